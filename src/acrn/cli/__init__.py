@@ -1,0 +1,89 @@
+"""The ``acrn`` command.
+
+Each subcommand lives in its own module under ``acrn.cli`` and exposes ``register(subparsers)``,
+which adds its parser and sets ``func`` to a handler ``(args) -> int``.  Command modules import
+only what their parser needs at module level; heavy modules (the emulator, unicorn, capstone) are
+imported inside the handlers so that ``acrn --help`` starts fast.
+
+User errors print one line, ``acrn: error: ...``, and exit 2 (usage) or 1 (failure); a traceback is
+shown only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from acrn import __version__
+
+#: Subcommand modules, in help order.
+COMMANDS = ("info", "regs", "run", "demo")
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status ``status``."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="acrn",
+        description="ACRN HSM userspace tools, with an emulated ACRN hypervisor when /dev/acrn_hsm is absent.",
+    )
+    parser.add_argument("--version", action="version", version=f"pyacrn {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0,
+        help="log every HSM ioctl (name, decoded argument, result); twice for debug logs",
+    )  # fmt: skip
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"acrn.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"acrn.cli.{name}":
+                continue  # command not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def setup_logging(verbosity: int) -> None:
+    level = logging.WARNING
+    if verbosity == 1:
+        level = logging.INFO
+    elif verbosity >= 2:
+        level = logging.DEBUG
+    logging.basicConfig(level=level, format="%(name)s: %(message)s", stream=sys.stderr)
+    if verbosity >= 1:
+        logging.getLogger("acrn.trace").setLevel(logging.DEBUG)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    setup_logging(args.verbose)
+    try:
+        rc = args.func(args)
+        return int(rc or 0)
+    except CliError as e:
+        if args.debug:
+            raise
+        print(f"acrn: error: {e}", file=sys.stderr)
+        return e.status
+    except (OSError, ValueError) as e:
+        if args.debug:
+            raise
+        print(f"acrn: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

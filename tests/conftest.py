@@ -1,0 +1,74 @@
+"""Shared fixtures and backend detection.
+
+Tests that need /dev/kvm are marked ``kvm`` and skipped, with the reason, where it does not work;
+tests that need unicorn are marked ``soft``.  The session summary says which backends ran.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+
+def _kvm_usable() -> tuple[bool, str]:
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as e:
+        return False, f"/dev/kvm unusable: {e.strerror}"
+    os.close(fd)
+    return True, "/dev/kvm opened"
+
+
+def _unicorn_usable() -> tuple[bool, str]:
+    try:
+        import unicorn  # noqa: F401
+    except ImportError as e:
+        return False, f"unicorn not installed: {e}"
+    return True, "unicorn importable"
+
+
+KVM_OK, KVM_WHY = _kvm_usable()
+SOFT_OK, SOFT_WHY = _unicorn_usable()
+_ran: dict[str, int] = {"kvm": 0, "soft": 0}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "kvm" in item.keywords and not KVM_OK:
+            item.add_marker(pytest.mark.skip(reason=f"needs /dev/kvm: {KVM_WHY}"))
+        if "soft" in item.keywords and not SOFT_OK:
+            item.add_marker(pytest.mark.skip(reason=f"needs unicorn: {SOFT_WHY}"))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.passed:
+        for name in _ran:
+            if name in report.keywords:
+                _ran[name] += 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    tr = terminalreporter
+    tr.section("accelerator backends exercised")
+    tr.write_line(f"kvm:  {'yes' if _ran['kvm'] else 'no'} ({_ran['kvm']} tests passed; {KVM_WHY})")
+    tr.write_line(f"soft: {'yes' if _ran['soft'] else 'no'} ({_ran['soft']} tests passed; {SOFT_WHY})")
+
+
+@pytest.fixture
+def no_leaks() -> Iterator[None]:
+    """Assert that a test leaves no extra open fds or threads behind."""
+    import threading
+    import time
+
+    fds_before = set(os.listdir("/proc/self/fd"))
+    threads_before = threading.active_count()
+    yield
+    deadline = time.monotonic() + 5.0
+    while threading.active_count() > threads_before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    fds_after = set(os.listdir("/proc/self/fd"))
+    assert threading.active_count() <= threads_before, "threads leaked"
+    leaked = fds_after - fds_before
+    assert not leaked, f"fds leaked: {sorted(leaked)}"
