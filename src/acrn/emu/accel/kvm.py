@@ -1,0 +1,791 @@
+"""The KVM accelerator: vCPUs run under Linux ``/dev/kvm``, one thin method per ioctl.
+
+What a guest sees (spec kvm-and-boot.md 10 item 2, in that order): a VM with its TSS at
+0xFFFBD000 and the EPT identity map at 0xFFFBC000 (both in the reserved hole below 4 GiB), no
+in-kernel irqchip unless asked for (without it HLT exits to userspace, which the emulated ACRN
+needs; with it HLT sleeps inside ``KVM_RUN``), CPUID taken from ``KVM_GET_SUPPORTED_CPUID`` minus
+the features this machine's KVM cannot run (CX16, XSAVE/OSXSAVE and the AVX family, spec 1) and
+with ACRN's hypervisor leaves (signature "ACRNACRNACRN", max leaf 0x40000010, TSC kHz in
+0x40000010.EAX), the small boot MSR list of spec 3.1, and the x87/SSE reset state.
+
+Kicking a vCPU (:meth:`KvmVcpu.kick`) needs a real-time signal whose handler is a no-op, so that
+the signal only interrupts ``KVM_RUN`` (EINTR) and never kills the process.  Python lets only the
+main thread install handlers: call :func:`install_kick_handler` once from the main thread before
+vCPUs run on other threads.  :meth:`KvmAccelerator.create_vm` does it for you when it is called
+on the main thread.  Without the handler a kick still works, but only at the next ``KVM_RUN``
+entry (through ``kvm_run.immediate_exit``), not for a guest that is already spinning.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import logging
+import mmap
+import os
+import signal
+import struct
+import threading
+from typing import Final
+
+from acrn.arch import CpuState, DescriptorTable, Segment
+from acrn.emu.accel import kvm_abi as abi
+from acrn.emu.accel.base import (
+    EmulationFailureExit,
+    EntryFailureExit,
+    HaltExit,
+    KickExit,
+    MmioExit,
+    PioExit,
+    ShutdownExit,
+    UnknownExit,
+    VmExit,
+)
+
+log = logging.getLogger(__name__)
+
+KVM_DEVICE: Final = "/dev/kvm"
+#: Spec 10 item 2 (Firecracker's values): 3 pages of TSS and one page of identity map.
+TSS_ADDR: Final = 0xFFFBD000
+IDENTITY_MAP_ADDR: Final = 0xFFFBC000
+PAGE_SIZE: Final = 4096
+
+#: The real-time signal used to interrupt ``KVM_RUN`` on a vCPU thread.
+KICK_SIGNAL: Final = int(signal.SIGRTMIN) + 4
+
+#: ``hardware_entry_failure_reason`` reported when KVM refuses the state at ``KVM_SET_SREGS``
+#: (this KVM checks there, before any VM entry): VMX basic exit reason 33 "VM-entry failure due
+#: to invalid guest state" with bit 31 (entry failure) set, which is what VMX hardware reports.
+ENTRY_FAILURE_INVALID_STATE: Final = 0x80000021
+
+# ACRN's hypervisor CPUID leaves (Linux Documentation/virt/acrn/cpuid.rst).
+ACRN_CPUID_SIGNATURE: Final = 0x40000000
+ACRN_CPUID_FEATURES: Final = 0x40000001
+ACRN_CPUID_TIMING_INFO: Final = 0x40000010
+ACRN_SIGNATURE: Final = b"ACRNACRNACRN"
+
+# CPUID bits masked because this machine's KVM cannot execute them (spec 1: cmpxchg16b and
+# xrstor kill the guest with KVM_EXIT_INTERNAL_ERROR) - (leaf, subleaf, register) -> mask.
+# Leaf 1 ECX: FMA, CX16, XSAVE, OSXSAVE, AVX, F16C.
+_LEAF1_ECX_MASK: Final = (1 << 12) | (1 << 13) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 29)
+# Leaf 7.0 EBX: AVX2, AVX512F/DQ/IFMA/PF/ER/CD/BW/VL.
+_LEAF7_EBX_MASK: Final = (1 << 5) | (1 << 16) | (1 << 17) | (1 << 21) | (0xD << 26) | (0x3 << 30)
+# Leaf 7.0 ECX: AVX512_VBMI, VBMI2, VNNI, BITALG, VPOPCNTDQ.
+_LEAF7_ECX_MASK: Final = (1 << 1) | (1 << 6) | (1 << 11) | (1 << 12) | (1 << 14)
+# Leaf 7.0 EDX: AVX512_4VNNIW, 4FMAPS, VP2INTERSECT, FP16.
+_LEAF7_EDX_MASK: Final = (1 << 2) | (1 << 3) | (1 << 8) | (1 << 23)
+# Leaf 7.1 EAX: AVX-VNNI, AVX512_BF16.
+_LEAF7_1_EAX_MASK: Final = (1 << 4) | (1 << 5)
+# Leaf 0x80000001 ECX: XOP, FMA4 (AMD's AVX-era extensions).
+_LEAF_80000001_ECX_MASK: Final = (1 << 11) | (1 << 16)
+_LEAF1_ECX_HYPERVISOR: Final = 1 << 31
+_KVM_CPUID_FLAG_SIGNIFCANT_INDEX: Final = 1
+
+#: The boot MSR list of spec 3.1 (Firecracker's ``create_boot_msr_entries``): index -> value.
+BOOT_MSRS: Final = {
+    0x174: 0,  # IA32_SYSENTER_CS
+    0x175: 0,  # IA32_SYSENTER_ESP
+    0x176: 0,  # IA32_SYSENTER_EIP
+    0xC0000081: 0,  # STAR
+    0xC0000082: 0,  # LSTAR
+    0xC0000083: 0,  # CSTAR
+    0xC0000084: 0,  # SYSCALL_MASK
+    0xC0000102: 0,  # KERNEL_GS_BASE
+    0x10: 0,  # IA32_TSC
+    0x1A0: 1,  # IA32_MISC_ENABLE: fast strings
+    0x2FF: (1 << 11) | 6,  # IA32_MTRR_DEF_TYPE: MTRRs enabled, default write-back
+}
+
+_U8 = struct.Struct("<B")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_IO = struct.Struct("<BBHIQ")  # direction, size, port, count, data_offset
+_MMIO = struct.Struct("<Q8sIB")  # phys_addr, data, len, is_write
+_KICK: Final = KickExit()
+_EINTR: Final = -1
+_ZERO8: Final = bytes(8)
+
+_SEGMENTS: Final = (("cs", "cs"), ("ss", "ss"), ("ds", "ds"), ("es", "es"), ("fs", "fs"), ("gs", "gs"),
+                    ("ldtr", "ldt"), ("tr", "tr"))  # fmt: skip
+_KVM_GPRS: Final = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+                    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
+
+
+def _noop_signal_handler(signum: int, frame: object) -> None:
+    """Does nothing: the kick signal exists only to make ``KVM_RUN`` return EINTR."""
+
+
+def install_kick_handler() -> None:
+    """Install the no-op handler of :data:`KICK_SIGNAL`; call once, from the main thread.
+
+    Idempotent.  A handler already installed by someone else is kept (any real handler makes the
+    signal interrupt ``KVM_RUN``); only the default action (terminate) or "ignore" (the signal
+    would then never interrupt anything) is replaced.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("install_kick_handler() must be called from the main thread")
+    if not kick_handler_installed():
+        signal.signal(KICK_SIGNAL, _noop_signal_handler)
+
+
+def kick_handler_installed() -> bool:
+    """Whether :data:`KICK_SIGNAL` has a handler, so that sending it is safe and interrupts."""
+    return signal.getsignal(KICK_SIGNAL) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+
+
+def _ioctl(fd: int, name: str, request: int, arg: int | bytearray | ctypes.Structure = 0) -> int:
+    """``ioctl`` raising OSError that names the KVM request (for everything but the run loop)."""
+    try:
+        return fcntl.ioctl(fd, request, arg)
+    except OSError as e:
+        raise OSError(e.errno, f"{name}: {os.strerror(e.errno or 0)}") from None
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc_ioctl = _libc.ioctl
+_libc_ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong)
+_libc_ioctl.restype = ctypes.c_int
+
+
+def _ioctl_ulong(fd: int, name: str, request: int, value: int) -> int:
+    """An ioctl whose argument is an unsigned long by value.
+
+    ``fcntl.ioctl`` passes integers as a C ``int``, which cannot carry 0xFFFBD000 (and a negative
+    int would be sign-extended into an address KVM refuses), so this goes through libc directly.
+    """
+    ret = int(_libc_ioctl(fd, request, value))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{name}: {os.strerror(err)}")
+    return ret
+
+
+# --------------------------------------------------------------------------------------------
+# Segment conversion (spec kvm-and-boot.md 3.7): VMX access rights <-> struct kvm_segment
+# --------------------------------------------------------------------------------------------
+def segment_to_kvm(seg: Segment, out: abi.kvm_segment) -> None:
+    """Fill ``out`` from a segment whose ``ar`` is in VMX access-rights format."""
+    ar = seg.ar
+    out.base = seg.base & 0xFFFFFFFFFFFFFFFF
+    out.limit = seg.limit & 0xFFFFFFFF
+    out.selector = seg.selector & 0xFFFF
+    out.type = ar & 0xF
+    out.s = (ar >> 4) & 1
+    out.dpl = (ar >> 5) & 3
+    out.present = (ar >> 7) & 1
+    out.avl = (ar >> 12) & 1
+    out.l = (ar >> 13) & 1
+    out.db = (ar >> 14) & 1
+    out.g = (ar >> 15) & 1
+    out.unusable = (ar >> 16) & 1
+    out.padding = 0
+
+
+def segment_from_kvm(ks: abi.kvm_segment) -> Segment:
+    """The inverse of :func:`segment_to_kvm`."""
+    ar = (
+        (ks.type & 0xF)
+        | (ks.s & 1) << 4
+        | (ks.dpl & 3) << 5
+        | (ks.present & 1) << 7
+        | (ks.avl & 1) << 12
+        | (ks.l & 1) << 13
+        | (ks.db & 1) << 14
+        | (ks.g & 1) << 15
+        | (ks.unusable & 1) << 16
+    )
+    return Segment(selector=ks.selector, base=ks.base, limit=ks.limit, ar=ar)
+
+
+# --------------------------------------------------------------------------------------------
+# CPUID
+# --------------------------------------------------------------------------------------------
+_supported_cpuid_cache: list[tuple[int, ...]] | None = None
+_cache_lock = threading.Lock()
+
+
+def get_supported_cpuid(kvm_fd: int) -> list[tuple[int, ...]]:
+    """``KVM_GET_SUPPORTED_CPUID`` as (function, index, flags, eax, ebx, ecx, edx) tuples.
+
+    The buffer grows on E2BIG (the kernel does not say how many entries it has).  The answer is
+    the same for the life of the host, so it is cached.
+    """
+    global _supported_cpuid_cache
+    with _cache_lock:
+        if _supported_cpuid_cache is not None:
+            return list(_supported_cpuid_cache)
+        nent = 128
+        while True:
+            buf = bytearray(ctypes.sizeof(abi.kvm_cpuid2) + nent * ctypes.sizeof(abi.kvm_cpuid_entry2))
+            _U32.pack_into(buf, 0, nent)
+            try:
+                fcntl.ioctl(kvm_fd, abi.KVM_GET_SUPPORTED_CPUID, buf)
+                break
+            except OSError as e:
+                if e.errno != errno.E2BIG or nent >= 65536:
+                    raise OSError(e.errno, f"KVM_GET_SUPPORTED_CPUID: {os.strerror(e.errno or 0)}") from None
+                nent *= 2
+        n = _U32.unpack_from(buf, 0)[0]
+        entries = (abi.kvm_cpuid_entry2 * n).from_buffer(buf, ctypes.sizeof(abi.kvm_cpuid2))
+        _supported_cpuid_cache = [(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx) for e in entries]
+        return list(_supported_cpuid_cache)
+
+
+def build_guest_cpuid(
+    supported: list[tuple[int, ...]], *, vcpu_id: int, tsc_khz: int, acrn_features: int = 0
+) -> list[tuple[int, ...]]:
+    """The CPUID table a vCPU gets: supported leaves, masked, with ACRN's hypervisor leaves.
+
+    KVM's own paravirtual leaves (0x40000000-0x400000FF, "KVMKVMKVM") are dropped: the guest
+    runs on ACRN, not KVM.  Leaf 0xD (XSAVE state components) is dropped with XSAVE.  The
+    initial APIC ID in leaves 1 and 0xB is the vCPU id, as KVM's local APIC numbers it.
+    """
+    out: list[tuple[int, ...]] = []
+    for fn, idx, flags, eax, ebx, ecx, edx in supported:
+        if 0x40000000 <= fn <= 0x400000FF or fn == 0xD:
+            continue
+        if fn == 1:
+            ecx = (ecx & ~_LEAF1_ECX_MASK) | _LEAF1_ECX_HYPERVISOR
+            ebx = (ebx & 0x00FFFFFF) | ((vcpu_id & 0xFF) << 24)
+        elif fn == 7 and idx == 0:
+            ebx &= ~_LEAF7_EBX_MASK
+            ecx &= ~_LEAF7_ECX_MASK
+            edx &= ~_LEAF7_EDX_MASK
+        elif fn == 7 and idx == 1:
+            eax &= ~_LEAF7_1_EAX_MASK
+        elif fn == 0xB:
+            edx = vcpu_id
+        elif fn == 0x80000001:
+            ecx &= ~_LEAF_80000001_ECX_MASK
+        out.append((fn, idx, flags, eax, ebx, ecx, edx))
+    sig = struct.unpack("<3I", ACRN_SIGNATURE)
+    out.append((ACRN_CPUID_SIGNATURE, 0, 0, ACRN_CPUID_TIMING_INFO, *sig))
+    out.append((ACRN_CPUID_FEATURES, 0, 0, acrn_features & 0xFFFFFFFF, 0, 0, 0))
+    out.append((ACRN_CPUID_TIMING_INFO, 0, 0, tsc_khz & 0xFFFFFFFF, 0, 0, 0))
+    return out
+
+
+def _cpuid2_buffer(entries: list[tuple[int, ...]]) -> bytearray:
+    head = ctypes.sizeof(abi.kvm_cpuid2)
+    esz = ctypes.sizeof(abi.kvm_cpuid_entry2)
+    buf = bytearray(head + len(entries) * esz)
+    _U32.pack_into(buf, 0, len(entries))
+    for i, (fn, idx, flags, eax, ebx, ecx, edx) in enumerate(entries):
+        struct.pack_into("<7I", buf, head + i * esz, fn, idx, flags, eax, ebx, ecx, edx)
+    return buf
+
+
+# --------------------------------------------------------------------------------------------
+# Accelerator, VM, vCPU
+# --------------------------------------------------------------------------------------------
+class KvmAccelerator:
+    """Factory of KVM VMs.
+
+    ``irqchip``: create the in-kernel PIC/IOAPIC/LAPIC and PIT (then HLT no longer exits).
+    ``tsc_khz``: what CPUID 0x40000010.EAX reports; ``None`` asks KVM (``KVM_GET_TSC_KHZ``).
+    """
+
+    name = "kvm"
+
+    def __init__(self, *, irqchip: bool = False, tsc_khz: int | None = None) -> None:
+        self.irqchip = irqchip
+        self.tsc_khz = tsc_khz
+
+    @staticmethod
+    def available() -> tuple[bool, str]:
+        """Open /dev/kvm and check the API version and the capabilities this module relies on."""
+        try:
+            fd = os.open(KVM_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            return False, f"{KVM_DEVICE}: {e.strerror}"
+        try:
+            version = fcntl.ioctl(fd, abi.KVM_GET_API_VERSION, 0)
+            if version != abi.KVM_API_VERSION:
+                return False, f"KVM API version {version}, need {abi.KVM_API_VERSION}"
+            needed = {
+                "USER_MEMORY": abi.KVM_CAP_USER_MEMORY,
+                "SET_TSS_ADDR": abi.KVM_CAP_SET_TSS_ADDR,
+                "SET_IDENTITY_MAP_ADDR": abi.KVM_CAP_SET_IDENTITY_MAP_ADDR,
+                "EXT_CPUID": abi.KVM_CAP_EXT_CPUID,
+                "IMMEDIATE_EXIT": abi.KVM_CAP_IMMEDIATE_EXIT,
+            }
+            missing = [n for n, cap in needed.items() if fcntl.ioctl(fd, abi.KVM_CHECK_EXTENSION, cap) <= 0]
+            if missing:
+                return False, "KVM lacks " + ", ".join(f"KVM_CAP_{n}" for n in missing)
+            mmap_size = fcntl.ioctl(fd, abi.KVM_GET_VCPU_MMAP_SIZE, 0)
+            if mmap_size < abi.KVM_RUN_SIZE:
+                return False, f"vCPU mmap size {mmap_size} < sizeof(kvm_run) {abi.KVM_RUN_SIZE}"
+            return True, f"{KVM_DEVICE} API {version}"
+        except OSError as e:
+            return False, f"{KVM_DEVICE}: {e.strerror}"
+        finally:
+            os.close(fd)
+
+    def create_vm(self) -> KvmVm:
+        """Create a VM (and install the kick handler when called on the main thread)."""
+        if threading.current_thread() is threading.main_thread():
+            install_kick_handler()
+        return KvmVm(irqchip=self.irqchip, tsc_khz=self.tsc_khz)
+
+
+class KvmVm:
+    """One KVM VM: its fd, memory slots and vCPUs.  Bring-up order: spec 10 item 2."""
+
+    name = "kvm"
+
+    def __init__(self, *, irqchip: bool = False, tsc_khz: int | None = None) -> None:
+        self.irqchip = irqchip
+        self.tsc_khz = tsc_khz
+        self._fd = -1
+        self._slots: dict[tuple[int, int], int] = {}
+        self._free_slots: list[int] = []
+        self._next_slot = 0
+        self._vcpus: list[KvmVcpu] = []
+        self._lock = threading.Lock()
+        kvm_fd = os.open(KVM_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            # The /dev/kvm fd is needed only at creation: the VM fd stands alone afterwards.
+            self._fd = _ioctl(kvm_fd, "KVM_CREATE_VM", abi.KVM_CREATE_VM, 0)
+            self._mmap_size = _ioctl(kvm_fd, "KVM_GET_VCPU_MMAP_SIZE", abi.KVM_GET_VCPU_MMAP_SIZE, 0)
+            self._readonly_ok = fcntl.ioctl(kvm_fd, abi.KVM_CHECK_EXTENSION, abi.KVM_CAP_READONLY_MEM) > 0
+            self._supported_cpuid = get_supported_cpuid(kvm_fd)
+            _ioctl_ulong(self._fd, "KVM_SET_TSS_ADDR", abi.KVM_SET_TSS_ADDR, TSS_ADDR)
+            _ioctl(
+                self._fd,
+                "KVM_SET_IDENTITY_MAP_ADDR",
+                abi.KVM_SET_IDENTITY_MAP_ADDR,
+                bytearray(_U64.pack(IDENTITY_MAP_ADDR)),
+            )
+            if irqchip:
+                _ioctl(self._fd, "KVM_CREATE_IRQCHIP", abi.KVM_CREATE_IRQCHIP, 0)
+                # SPEAKER_DUMMY: port 0x61 is handled in the kernel (spec 3.1).
+                pit = abi.kvm_pit_config(flags=abi.KVM_PIT_SPEAKER_DUMMY)
+                _ioctl(self._fd, "KVM_CREATE_PIT2", abi.KVM_CREATE_PIT2, pit)
+        except BaseException:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            raise
+        finally:
+            os.close(kvm_fd)
+
+    @property
+    def fd(self) -> int:
+        """The VM fd (for ioctls this class does not wrap, e.g. irqfd later)."""
+        return self._fd
+
+    def _check_open(self) -> None:
+        if self._fd < 0:
+            raise ValueError("KVM VM is closed")
+
+    def map_memory(self, gpa: int, size: int, host_addr: int, *, writable: bool = True) -> None:
+        """``KVM_SET_USER_MEMORY_REGION``: guest [gpa, gpa+size) is host memory at ``host_addr``.
+
+        All three must be page-aligned.  Read-only slots (``writable=False``) make guest writes
+        exit as MMIO writes (KVM_MEM_READONLY).  The host memory must stay mapped until the slot
+        is unmapped or the VM closed.
+        """
+        self._check_open()
+        for what, v in (("gpa", gpa), ("size", size), ("host_addr", host_addr)):
+            if v % PAGE_SIZE or v < 0:
+                raise ValueError(f"map_memory: {what} {v:#x} is not a page-aligned address")
+        if size == 0:
+            raise ValueError("map_memory: size is 0")
+        if not writable and not self._readonly_ok:
+            raise OSError(errno.ENOTSUP, "map_memory: this KVM lacks KVM_CAP_READONLY_MEM")
+        with self._lock:
+            if (gpa, size) in self._slots:
+                raise ValueError(f"map_memory: [{gpa:#x}, +{size:#x}) is already mapped")
+            slot = self._free_slots.pop() if self._free_slots else self._next_slot
+            region = abi.kvm_userspace_memory_region(
+                slot=slot,
+                flags=0 if writable else abi.KVM_MEM_READONLY,
+                guest_phys_addr=gpa,
+                memory_size=size,
+                userspace_addr=host_addr,
+            )
+            try:
+                _ioctl(self._fd, "KVM_SET_USER_MEMORY_REGION", abi.KVM_SET_USER_MEMORY_REGION, region)
+            except OSError:
+                if slot != self._next_slot:
+                    self._free_slots.append(slot)
+                raise
+            if slot == self._next_slot:
+                self._next_slot += 1
+            self._slots[(gpa, size)] = slot
+
+    def unmap_memory(self, gpa: int, size: int) -> None:
+        """Delete the slot made by :meth:`map_memory` with this gpa and size (memory_size 0)."""
+        self._check_open()
+        with self._lock:
+            slot = self._slots.get((gpa, size))
+            if slot is None:
+                raise ValueError(f"unmap_memory: [{gpa:#x}, +{size:#x}) is not mapped")
+            region = abi.kvm_userspace_memory_region(slot=slot, guest_phys_addr=gpa)
+            _ioctl(self._fd, "KVM_SET_USER_MEMORY_REGION", abi.KVM_SET_USER_MEMORY_REGION, region)
+            del self._slots[(gpa, size)]
+            self._free_slots.append(slot)
+
+    def create_vcpu(self, vcpu_id: int) -> KvmVcpu:
+        """``KVM_CREATE_VCPU`` plus the vCPU bring-up (kvm_run mmap, CPUID, MSRs, FPU, LAPIC)."""
+        self._check_open()
+        vcpu = KvmVcpu(self, vcpu_id)
+        with self._lock:
+            self._vcpus.append(vcpu)
+        return vcpu
+
+    def _forget_vcpu(self, vcpu: KvmVcpu) -> None:
+        with self._lock:
+            if vcpu in self._vcpus:
+                self._vcpus.remove(vcpu)
+
+    def close(self) -> None:
+        """Close every vCPU, then the VM fd (which drops the memory slots).  Idempotent."""
+        with self._lock:
+            vcpus = list(self._vcpus)
+        for v in vcpus:
+            v.close()
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            self._slots.clear()
+            self._free_slots.clear()
+
+    def __enter__(self) -> KvmVm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class KvmVcpu:
+    """One KVM vCPU: its fd and the mmap'd ``kvm_run`` through which exits are read.
+
+    After a PIO/MMIO exit KVM finishes the instruction only at the next ``KVM_RUN``.  So that
+    :meth:`get_state` and :meth:`set_state` see a finished instruction, they first complete a
+    pending access with a ``KVM_RUN`` under ``immediate_exit`` (the method KVM documents),
+    except that :meth:`get_state` leaves a read that still waits for :meth:`complete_read` (or
+    a string I/O with elements left) alone and reports the state before the instruction.
+    """
+
+    def __init__(self, vm: KvmVm, vcpu_id: int) -> None:
+        self.vcpu_id = vcpu_id
+        self._vm = vm
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._thread: int | None = None  # ident of the thread inside KVM_RUN, for kick()
+        self._closed = False
+        self._entry_failure: str | None = None
+        # I/O completion state (see class docstring).
+        self._completion_pending = False  # an IO/MMIO exit was returned and KVM_RUN not yet called
+        self._read_offset = -1  # where complete_read() writes, or -1 when no read waits
+        self._read_size = 0
+        self._read_waiting = False
+        self._str_port = 0  # string I/O (rep ins/outs): remaining elements
+        self._str_size = 0
+        self._str_write = False
+        self._str_offset = 0
+        self._str_left = 0
+        self._sregs = abi.kvm_sregs()
+        self._regs = abi.kvm_regs()
+        self._fd = _ioctl(vm.fd, "KVM_CREATE_VCPU", abi.KVM_CREATE_VCPU, vcpu_id)
+        try:
+            self._run = mmap.mmap(self._fd, vm._mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            self._bring_up()
+        except BaseException:
+            if hasattr(self, "_run"):
+                self._run.close()
+            os.close(self._fd)
+            raise
+
+    # -- bring-up ---------------------------------------------------------------------------
+    def _bring_up(self) -> None:
+        tsc_khz = self._vm.tsc_khz
+        if tsc_khz is None:
+            try:
+                tsc_khz = fcntl.ioctl(self._fd, abi.KVM_GET_TSC_KHZ, 0)
+            except OSError:
+                tsc_khz = 0
+        cpuid = build_guest_cpuid(self._vm._supported_cpuid, vcpu_id=self.vcpu_id, tsc_khz=int(tsc_khz))
+        _ioctl(self._fd, "KVM_SET_CPUID2", abi.KVM_SET_CPUID2, _cpuid2_buffer(cpuid))
+        self._set_msrs(BOOT_MSRS)
+        fpu = abi.kvm_fpu(fcw=0x37F, mxcsr=0x1F80)
+        _ioctl(self._fd, "KVM_SET_FPU", abi.KVM_SET_FPU, fpu)
+        if self._vm.irqchip:
+            self._set_lint()
+
+    def _set_msrs(self, msrs: dict[int, int]) -> None:
+        """``KVM_SET_MSRS``; KVM returns how many entries it wrote and stops at the first refusal."""
+        head = ctypes.sizeof(abi.kvm_msrs)
+        esz = ctypes.sizeof(abi.kvm_msr_entry)
+        items = list(msrs.items())
+        buf = bytearray(head + len(items) * esz)
+        _U32.pack_into(buf, 0, len(items))
+        for i, (index, value) in enumerate(items):
+            struct.pack_into("<IIQ", buf, head + i * esz, index, 0, value)
+        written = _ioctl(self._fd, "KVM_SET_MSRS", abi.KVM_SET_MSRS, buf)
+        if written != len(items):
+            index, value = items[written]
+            raise OSError(errno.EINVAL, f"KVM_SET_MSRS refused MSR {index:#x} = {value:#x}")
+
+    def _set_lint(self) -> None:
+        """LAPIC LVT LINT0 = ExtINT, LINT1 = NMI, so the in-kernel 8259 reaches the CPU (spec 3.1)."""
+        raw = bytearray(ctypes.sizeof(abi.kvm_lapic_state))
+        _ioctl(self._fd, "KVM_GET_LAPIC", abi.KVM_GET_LAPIC, raw)
+        for offset, mode in ((0x350, 7), (0x360, 4)):
+            v = _U32.unpack_from(raw, offset)[0]
+            _U32.pack_into(raw, offset, (v & ~0x700) | (mode << 8))
+        _ioctl(self._fd, "KVM_SET_LAPIC", abi.KVM_SET_LAPIC, raw)
+
+    # -- state --------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"KVM vCPU {self.vcpu_id} is closed")
+
+    def _flush_completion(self) -> None:
+        """Let KVM finish a pending PIO/MMIO instruction without running the guest further."""
+        if not self._completion_pending:
+            return
+        self._str_left = 0
+        self._read_offset = -1
+        self._read_waiting = False
+        with self._lock:
+            # Under the lock so that a concurrent kick() is not overwritten (it would be lost).
+            run = self._run
+            kicked = run[abi.RUN_IMMEDIATE_EXIT]
+            run[abi.RUN_IMMEDIATE_EXIT] = 1
+            try:
+                fcntl.ioctl(self._fd, abi.KVM_RUN, 0)
+            except InterruptedError:
+                pass
+            except OSError as e:
+                raise OSError(e.errno, f"KVM_RUN (completing I/O): {os.strerror(e.errno or 0)}") from None
+            finally:
+                run[abi.RUN_IMMEDIATE_EXIT] = kicked
+            self._completion_pending = False
+
+    def set_state(self, state: CpuState) -> None:
+        """``KVM_SET_SREGS`` + ``KVM_SET_REGS`` from an architectural state.
+
+        If this KVM refuses the state (EINVAL from ``KVM_SET_SREGS``, its pre-entry consistency
+        check), the refusal is reported as the next :meth:`run`'s :class:`EntryFailureExit`, as
+        a VM entry would; until a later ``set_state`` succeeds, every ``run`` reports it.
+        """
+        self._check_open()
+        self._flush_completion()
+        sregs = self._sregs
+        _ioctl(self._fd, "KVM_GET_SREGS", abi.KVM_GET_SREGS, sregs)  # keeps apic_base, cr8, pending irq
+        for ours, theirs in _SEGMENTS:
+            segment_to_kvm(getattr(state, ours), getattr(sregs, theirs))
+        for ours, theirs in (("gdtr", "gdt"), ("idtr", "idt")):
+            t: DescriptorTable = getattr(state, ours)
+            kt = getattr(sregs, theirs)
+            kt.base = t.base & 0xFFFFFFFFFFFFFFFF
+            kt.limit = t.limit & 0xFFFF
+        sregs.cr0 = state.cr0
+        sregs.cr2 = state.cr2
+        sregs.cr3 = state.cr3
+        sregs.cr4 = state.cr4
+        sregs.efer = state.efer
+        regs = self._regs
+        for n in _KVM_GPRS:
+            setattr(regs, n, getattr(state, n) & 0xFFFFFFFFFFFFFFFF)
+        regs.rip = state.rip & 0xFFFFFFFFFFFFFFFF
+        regs.rflags = state.rflags & 0xFFFFFFFFFFFFFFFF
+        try:
+            fcntl.ioctl(self._fd, abi.KVM_SET_SREGS, sregs)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise OSError(e.errno, f"KVM_SET_SREGS: {os.strerror(e.errno or 0)}") from None
+            self._entry_failure = (
+                f"KVM_SET_SREGS refused the state (EINVAL): mode {state.mode}, cr0={state.cr0:#x} "
+                f"cr4={state.cr4:#x} efer={state.efer:#x} cs.ar={state.cs.ar:#x}"
+            )
+            return
+        _ioctl(self._fd, "KVM_SET_REGS", abi.KVM_SET_REGS, regs)
+        self._entry_failure = None
+
+    def get_state(self) -> CpuState:
+        """``KVM_GET_SREGS`` + ``KVM_GET_REGS`` as an architectural state (see class docstring)."""
+        self._check_open()
+        if not self._read_waiting and not self._str_left:
+            self._flush_completion()
+        sregs = self._sregs
+        regs = self._regs
+        _ioctl(self._fd, "KVM_GET_SREGS", abi.KVM_GET_SREGS, sregs)
+        _ioctl(self._fd, "KVM_GET_REGS", abi.KVM_GET_REGS, regs)
+        st = CpuState()
+        for ours, theirs in _SEGMENTS:
+            setattr(st, ours, segment_from_kvm(getattr(sregs, theirs)))
+        st.gdtr = DescriptorTable(sregs.gdt.base, sregs.gdt.limit)
+        st.idtr = DescriptorTable(sregs.idt.base, sregs.idt.limit)
+        st.cr0 = sregs.cr0
+        st.cr2 = sregs.cr2
+        st.cr3 = sregs.cr3
+        st.cr4 = sregs.cr4
+        st.efer = sregs.efer
+        for n in _KVM_GPRS:
+            setattr(st, n, getattr(regs, n))
+        st.rip = regs.rip
+        st.rflags = regs.rflags
+        return st
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self) -> VmExit:
+        """Run the vCPU until the next exit (``KVM_RUN``) and translate the exit."""
+        if self._closed:
+            raise ValueError(f"KVM vCPU {self.vcpu_id} is closed")
+        if self._str_left:
+            return self._next_string_element()
+        if self._entry_failure is not None:
+            return EntryFailureExit(ENTRY_FAILURE_INVALID_STATE, self._entry_failure)
+        self._read_offset = -1
+        self._read_waiting = False
+        run = self._run
+        lock = self._lock
+        with lock:
+            if self._closed:
+                raise ValueError(f"KVM vCPU {self.vcpu_id} is closed")
+            self._thread = threading.get_ident()
+        try:
+            fcntl.ioctl(self._fd, abi.KVM_RUN, 0)
+            reason = _U32.unpack_from(run, abi.RUN_EXIT_REASON)[0]
+        except InterruptedError:
+            reason = _EINTR
+        except OSError as e:
+            raise OSError(e.errno, f"KVM_RUN: {os.strerror(e.errno or 0)}") from None
+        finally:
+            self._completion_pending = False
+            with lock:
+                self._thread = None
+                if self._closed:
+                    self._cond.notify_all()
+        if reason == abi.KVM_EXIT_IO:
+            direction, size, port, count, offset = _IO.unpack_from(run, abi.RUN_IO_DIRECTION)
+            self._completion_pending = True
+            if count == 1:
+                if direction == abi.KVM_EXIT_IO_OUT:
+                    return PioExit(port, size, True, int.from_bytes(run[offset : offset + size], "little"))
+                run[offset : offset + size] = _ZERO8[:size]  # an unanswered read reads 0
+                self._read_offset = offset
+                self._read_size = size
+                self._read_waiting = True
+                return PioExit(port, size, False)
+            self._str_port = port
+            self._str_size = size
+            self._str_write = direction == abi.KVM_EXIT_IO_OUT
+            self._str_offset = offset
+            self._str_left = count
+            if not self._str_write:
+                run[offset : offset + count * size] = bytes(count * size)
+            return self._next_string_element()
+        if reason == abi.KVM_EXIT_MMIO:
+            addr, data, length, is_write = _MMIO.unpack_from(run, abi.RUN_MMIO_PHYS_ADDR)
+            self._completion_pending = True
+            if is_write:
+                return MmioExit(addr, length, True, int.from_bytes(data[:length], "little"))
+            run[abi.RUN_MMIO_DATA : abi.RUN_MMIO_DATA + 8] = _ZERO8
+            self._read_offset = abi.RUN_MMIO_DATA
+            self._read_size = length
+            self._read_waiting = True
+            return MmioExit(addr, length, False)
+        if reason == _EINTR or reason == abi.KVM_EXIT_INTR:
+            # Consume the kick; one that lands between KVM_RUN returning and here is merged into
+            # this KickExit (kick() promises that the current or next run returns KickExit).
+            run[abi.RUN_IMMEDIATE_EXIT] = 0
+            return _KICK
+        if reason == abi.KVM_EXIT_HLT:
+            return HaltExit(bool(run[abi.RUN_IF_FLAG]))
+        return self._rare_exit(reason)
+
+    def _next_string_element(self) -> PioExit:
+        """One element of a ``rep ins/outs`` exit (KVM reports ``count`` elements at once)."""
+        size = self._str_size
+        offset = self._str_offset
+        self._str_offset = offset + size
+        self._str_left -= 1
+        if self._str_write:
+            return PioExit(
+                self._str_port, size, True, int.from_bytes(self._run[offset : offset + size], "little")
+            )
+        self._read_offset = offset
+        self._read_size = size
+        self._read_waiting = True
+        return PioExit(self._str_port, size, False)
+
+    def _rare_exit(self, reason: int) -> VmExit:
+        run = self._run
+        if reason == abi.KVM_EXIT_SHUTDOWN:
+            return ShutdownExit("triple fault (KVM_EXIT_SHUTDOWN)")
+        if reason == abi.KVM_EXIT_FAIL_ENTRY:
+            hw = _U64.unpack_from(run, abi.RUN_FAIL_ENTRY_REASON)[0]
+            cpu = _U32.unpack_from(run, abi.RUN_FAIL_ENTRY_CPU)[0]
+            return EntryFailureExit(hw, f"KVM_EXIT_FAIL_ENTRY reason {hw:#x} on host cpu {cpu}")
+        if reason == abi.KVM_EXIT_INTERNAL_ERROR:
+            suberror = _U32.unpack_from(run, abi.RUN_INTERNAL_SUBERROR)[0]
+            ndata = min(_U32.unpack_from(run, abi.RUN_INTERNAL_NDATA)[0], 16)
+            data = struct.unpack_from(f"<{ndata}Q", run, abi.RUN_INTERNAL_DATA)
+            insn = b""
+            # emulation_failure view: data[0] = flags, then insn_size and up to 15 bytes.
+            if (
+                suberror == abi.KVM_INTERNAL_ERROR_EMULATION
+                and ndata >= 3
+                and data[0] & abi.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES
+            ):
+                n = min(run[abi.RUN_EMULATION_FAILURE_INSN_SIZE], 15)
+                start = abi.RUN_EMULATION_FAILURE_INSN_BYTES
+                insn = bytes(run[start : start + n])
+            names = {1: "emulation failure", 2: "exception while handling an exception", 3: "event delivery"}
+            detail = f"KVM_EXIT_INTERNAL_ERROR {names.get(suberror, 'suberror')} {suberror}"
+            detail += " data=[" + ", ".join(f"{d:#x}" for d in data) + "]"
+            return EmulationFailureExit(suberror, detail, insn)
+        if reason == abi.KVM_EXIT_SYSTEM_EVENT:
+            kind = _U32.unpack_from(run, abi.RUN_SYSTEM_EVENT_TYPE)[0]
+            names = {1: "shutdown", 2: "reset", 3: "crash"}
+            return ShutdownExit(f"KVM_EXIT_SYSTEM_EVENT {names.get(kind, str(kind))}")
+        return UnknownExit(reason, f"KVM exit reason {reason}")
+
+    def complete_read(self, value: int) -> None:
+        """Supply the value of the last PIO/MMIO read; KVM loads it at the next ``KVM_RUN``."""
+        if not self._read_waiting:
+            raise RuntimeError("complete_read: the last exit was not a read waiting for its value")
+        size = self._read_size
+        offset = self._read_offset
+        self._run[offset : offset + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        self._read_waiting = False
+
+    def kick(self) -> None:
+        """Thread-safe: make the current ``run`` (or the next one) return :class:`KickExit`.
+
+        ``immediate_exit`` covers a vCPU that is not yet inside ``KVM_RUN``; the signal covers
+        one that is (KVM reads ``immediate_exit`` only at entry).  Written before the signal is
+        sent, so one of the two always lands.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._run[abi.RUN_IMMEDIATE_EXIT] = 1
+            if self._thread is not None and kick_handler_installed():
+                signal.pthread_kill(self._thread, KICK_SIGNAL)
+
+    def close(self) -> None:
+        """Stop a running ``KVM_RUN`` (kick and wait), then release the mmap and the fd."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            while self._thread is not None:
+                self._run[abi.RUN_IMMEDIATE_EXIT] = 1
+                if kick_handler_installed():
+                    signal.pthread_kill(self._thread, KICK_SIGNAL)
+                self._cond.wait(0.1)
+            self._run.close()
+            os.close(self._fd)
+            self._fd = -1
+        self._vm._forget_vcpu(self)
+
+
+#: The accelerator class this module provides (see :mod:`acrn.emu.accel`).
+ACCELERATOR = KvmAccelerator
