@@ -223,11 +223,9 @@ def land(regs: VcpuRegs) -> CpuState:
 
 def effective_state(regs: VcpuRegs) -> CpuState:
     """The state ACRN lands for ``regs``: ``acrn.emu.hv.land_vcpu_regs`` when present, else :func:`land`."""
-    try:
-        from acrn.emu import hv  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return land(regs)
-    fn = getattr(hv, "land_vcpu_regs", None)
+    from acrn.regs.validate import hv_function
+
+    fn = hv_function("land_vcpu_regs")
     if fn is None:
         return land(regs)
     st = fn(regs.to_struct().vcpu_regs)

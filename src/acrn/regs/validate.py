@@ -127,6 +127,20 @@ class VmxFacts:
         return cls(**found)
 
 
+def hv_function(name: str) -> Callable[..., Any] | None:
+    """A function of the emulated hypervisor (``acrn.emu.hv`` or its ``landing`` module), if built."""
+    import importlib
+
+    for mod in ("acrn.emu.hv", "acrn.emu.hv.landing"):
+        try:
+            fn = getattr(importlib.import_module(mod), name, None)
+        except ImportError:
+            continue
+        if callable(fn):
+            return fn  # type: ignore[no-any-return]
+    return None
+
+
 def _default_platform() -> object | None:
     try:
         from acrn.emu.platform import Platform  # type: ignore[import-not-found,unused-ignore]
@@ -249,6 +263,7 @@ class Context:
     regs: VcpuRegs
     facts: VmxFacts
     masks: CrMasks
+    platform: object | None = None
 
 
 @dataclass(frozen=True)
@@ -436,6 +451,26 @@ def _acrn_cr4_fixed1(c: Context) -> Iterator[Hit]:
     if missing:
         yield Hit(["vcpu_regs.cr4"], f"cr4 = {c.regs.cr4:#x} lacks the platform's fixed-1 bits "
                   f"{_bits(missing, _CR4_NAMES)}: the hypercall fails with -1 (EPERM)")  # fmt: skip
+
+
+@rule("acrn.cr0_cr4", "acrn", SRC_CR)
+def _acrn_cr0_cr4(c: Context) -> Iterator[Hit]:
+    """Cross-check with the emulated hypervisor's is_valid_cr0_cr4 for the same platform, if there is one.
+
+    The per-bit rules above explain a refusal; this one only fires if the emulator refuses a pair
+    they accept (a platform whose facts they could not read), so a refusal is never missed.
+    """
+    fn = hv_function("is_valid_cr0_cr4")
+    if fn is None or c.platform is None:
+        return
+    ours = is_valid_cr0_cr4(c.regs.cr0, c.regs.cr4, c.facts)
+    try:
+        theirs = bool(fn(c.regs.cr0, c.regs.cr4, c.platform))
+    except (TypeError, AttributeError):
+        return
+    if ours and not theirs:
+        yield Hit(["vcpu_regs.cr0", "vcpu_regs.cr4"], f"cr0 = {c.regs.cr0:#x}, cr4 = {c.regs.cr4:#x}: the "
+                  "emulated hypervisor's is_valid_cr0_cr4 refuses this pair: the hypercall fails with -1 (EPERM)")  # fmt: skip
 
 
 @rule("acrn.rflags.masked", "acrn", SRC_LAND)
@@ -837,12 +872,16 @@ def validate(
     if level not in LEVELS:
         raise ValueError(f"level: {level!r} is not one of {', '.join(LEVELS)}")
     regs.validate_ranges()
+    if platform is None:
+        platform = _default_platform()
     facts = VmxFacts.from_platform(platform)
     if maxphyaddr is not None:
         facts = _replace(facts, maxphyaddr=maxphyaddr)
     if unrestricted_guest is not None:
         facts = _replace(facts, unrestricted_guest=unrestricted_guest)
-    ctx = Context(regs, facts, CrMasks.from_facts(facts))
+    ctx = Context(
+        regs, facts, CrMasks.from_facts(facts), None if isinstance(platform, VmxFacts) else platform
+    )
     upto = LEVELS.index(level)
     out: list[Finding] = []
     for r in RULES:
