@@ -134,9 +134,9 @@ class kvm_cpuid_entry2(ctypes.LittleEndianStructure):
 
 
 class kvm_cpuid2(ctypes.LittleEndianStructure):
-    """Header only; ``nent`` :class:`kvm_cpuid_entry2` follow (a flexible array in C)."""
+    """Header; ``nent`` entries follow (``entries`` is the C flexible array, zero-sized here)."""
 
-    _fields_ = [("nent", c_uint32), ("padding", c_uint32)]
+    _fields_ = [("nent", c_uint32), ("padding", c_uint32), ("entries", kvm_cpuid_entry2 * 0)]
 
 
 class kvm_msr_entry(ctypes.LittleEndianStructure):
@@ -144,9 +144,9 @@ class kvm_msr_entry(ctypes.LittleEndianStructure):
 
 
 class kvm_msrs(ctypes.LittleEndianStructure):
-    """Header only; ``nmsrs`` :class:`kvm_msr_entry` follow."""
+    """Header; ``nmsrs`` entries follow (the flexible array gives the struct 8-byte alignment)."""
 
-    _fields_ = [("nmsrs", c_uint32), ("pad", c_uint32)]
+    _fields_ = [("nmsrs", c_uint32), ("pad", c_uint32), ("entries", kvm_msr_entry * 0)]
 
 
 class kvm_pit_config(ctypes.LittleEndianStructure):
