@@ -97,8 +97,12 @@ CASES = [
     Case("acrn.cr0.ne", setting(cr0=0x11), setting(cr0=0x31)),
     Case("acrn.cr0.fixed1", setting(cr0=0x21), setting(cr0=0x31), facts=VmxFacts(cr0_fixed0=0x80000031)),
     Case("acrn.cr0.reserved", _or("cr0", 1 << 32), _or("cr0", arch.CR0_WP | arch.CR0_AM | arch.CR0_CD)),
-    Case("acrn.cr4.vmxe", setting(cr4=arch.CR4_VMXE), setting(cr4=arch.CR4_VMXE),
-         pass_facts=VmxFacts(nested_vmx=True)),  # fmt: skip
+    Case(
+        "acrn.cr4.vmxe",
+        setting(cr4=arch.CR4_VMXE),
+        setting(cr4=arch.CR4_VMXE),
+        pass_facts=VmxFacts(nested_vmx=True),
+    ),
     Case("acrn.cr4.smxe", setting(cr4=arch.CR4_SMXE)),
     Case("acrn.cr4.cet", setting(cr4=arch.CR4_CET)),
     Case("acrn.cr4.reserved", setting(cr4=1 << 15), setting(cr4=arch.CR4_OSFXSR | arch.CR4_PGE)),
@@ -119,7 +123,11 @@ CASES = [
     Case("arch.ia32e.pae", setting(cr4=0), base=long),
     Case("arch.efer.reserved", setting(ia32_efer=1 << 1), setting(ia32_efer=arch.EFER_NXE | arch.EFER_SCE)),
     Case("arch.efer.lma_ia32e", setting(cs_ar=0xC09B), base=long),
-    Case("arch.efer.lme_lma", setting(cr0=0x80000031, ia32_efer=arch.EFER_LME), setting(ia32_efer=arch.EFER_LME)),
+    Case(
+        "arch.efer.lme_lma",
+        setting(cr0=0x80000031, ia32_efer=arch.EFER_LME),
+        setting(ia32_efer=arch.EFER_LME),
+    ),
     Case("arch.cs.type", setting(cs_ar=0xC09A), setting(cs_ar=0xC093)),
     Case("arch.cs.s", setting(cs_ar=0xC08B)),
     Case("arch.cs.dpl", setting(cs_ar=0xC0FB), setting(cs_ar=0xC09F)),
@@ -134,10 +142,16 @@ CASES = [
     Case("arch.data.rpl", setting(fs_sel=0x23), setting(fs_sel=0x23), facts=NO_UG, pass_facts=PF),
     Case("arch.tr.ti", setting(tr_sel=0x2C), setting(tr_sel=0x28)),
     Case("arch.ldtr.ti", setting(ldt_sel=0x34), setting(ldt_sel=0x30)),
-    Case("arch.gdtr.base", setting(gdt=DescriptorPtr(base=1 << 47, limit=31)),
-         setting(gdt=DescriptorPtr(base=0xFFFF800000000000, limit=31))),  # fmt: skip
-    Case("arch.idtr.base", setting(idt=DescriptorPtr(base=0x0001000000000000)),
-         setting(idt=DescriptorPtr(base=0x00007FFFFFFFF000))),  # fmt: skip
+    Case(
+        "arch.gdtr.base",
+        setting(gdt=DescriptorPtr(base=1 << 47, limit=31)),
+        setting(gdt=DescriptorPtr(base=0xFFFF800000000000, limit=31)),
+    ),
+    Case(
+        "arch.idtr.base",
+        setting(idt=DescriptorPtr(base=0x0001000000000000)),
+        setting(idt=DescriptorPtr(base=0x00007FFFFFFFF000)),
+    ),
     Case("arch.rip.high", setting(rip=1 << 32), setting(rip=1 << 32), pass_base=long),
     Case("arch.rip.canonical", setting(rip=1 << 47), setting(rip=0xFFFF800000000000), base=long),
     Case("arch.rflags.fixed1", setting(rflags=0x200), setting(rflags=0)),
@@ -231,10 +245,10 @@ def test_cr_masks_agree_with_emulated_hypervisor() -> None:
 
 
 def test_cross_check_reports_hypervisor_refusal_the_bit_rules_miss(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(v, "hv_function", lambda name: (lambda cr0, cr4, p: False))
+    monkeypatch.setattr(v, "hv_function", lambda name: lambda cr0, cr4, p: False)
     found = {f.rule for f in validate(pm(), "acrn", SimpleNamespace())}
     assert "acrn.cr0_cr4" in found
-    monkeypatch.setattr(v, "hv_function", lambda name: (lambda cr0, cr4, p: True))
+    monkeypatch.setattr(v, "hv_function", lambda name: lambda cr0, cr4, p: True)
     assert validate(pm(), "acrn", SimpleNamespace()) == []
 
 
