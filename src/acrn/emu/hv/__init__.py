@@ -1,0 +1,28 @@
+"""The emulated ACRN hypervisor core: pure state and rules, no threads, fds or KVM.
+
+The emulated HSM driver (``acrn.emu.hsm``) talks to it only through :meth:`Hypervisor.hypercall`;
+a runtime reads VM/vCPU state from it and listens for changes (:class:`HvListener`).
+"""
+
+from acrn.emu.hv.hypervisor import HV_API_MAJOR_VERSION, HV_API_MINOR_VERSION, HvListener, Hypervisor
+from acrn.emu.hv.landing import is_valid_cr0_cr4, land_vcpu_regs, reset_vcpu_state
+from acrn.emu.hv.state import HC_STATE_RULES, VcpuState, VmEvent, VmState
+from acrn.emu.hv.vm import EptRegion, PtdevIntx, Vcpu, Vm
+
+__all__ = [
+    "HC_STATE_RULES",
+    "HV_API_MAJOR_VERSION",
+    "HV_API_MINOR_VERSION",
+    "EptRegion",
+    "HvListener",
+    "Hypervisor",
+    "PtdevIntx",
+    "Vcpu",
+    "VcpuState",
+    "Vm",
+    "VmEvent",
+    "VmState",
+    "is_valid_cr0_cr4",
+    "land_vcpu_regs",
+    "reset_vcpu_state",
+]
