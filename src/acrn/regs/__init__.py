@@ -1,9 +1,13 @@
-"""vCPU register state: the typed model of ``acrn_vcpu_regs`` and the tools around it."""
+"""vCPU register state: the typed model of ``acrn_vcpu_regs`` and the tools around it.
+
+Submodules: ``model`` (VcpuRegs), ``validate`` (``validate.validate(regs, level)``; not re-exported here,
+so that ``acrn.regs.validate`` stays the module), ``presets``, ``show``, ``io``.
+"""
 
 from acrn.regs.io import diff, dumps_json, load_regs, loads_regs, save_blob, save_json
 from acrn.regs.model import DescriptorPtr, RegsFormatError, VcpuRegs
 from acrn.regs.presets import PRESETS
-from acrn.regs.validate import Finding, validate
+from acrn.regs.validate import Finding, VmxFacts
 
 __all__ = [
     "PRESETS",
@@ -11,11 +15,11 @@ __all__ = [
     "Finding",
     "RegsFormatError",
     "VcpuRegs",
+    "VmxFacts",
     "diff",
     "dumps_json",
     "load_regs",
     "loads_regs",
     "save_blob",
     "save_json",
-    "validate",
 ]
