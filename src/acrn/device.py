@@ -1,0 +1,228 @@
+"""Transports at the ioctl boundary: the real ``/dev/acrn_hsm`` or the emulated HSM.
+
+Both take exactly what ``fcntl.ioctl(fd, cmd, arg, True)`` takes: ``cmd`` the full 32-bit ioctl
+number, ``arg`` a mutable buffer (bytearray, memoryview, ctypes object; updated in place where the
+kernel writes back) or an integer (a user pointer, or the value of SET_IRQLINE/VM_INTR_MONITOR).
+They return the ioctl's non-negative result or raise ``OSError`` with the errno.
+
+Every ioctl is logged on ``logging.getLogger("acrn.trace")`` at DEBUG, strace-like::
+
+    ACRN_IOCTL_CREATE_VM({vmid=0, ..., ioreq_buf=0x7f...}) = 0 => {vmid=1, vcpu_num=2, ...}
+    ACRN_IOCTL_START_VM() = -1 EPERM
+
+Example::
+
+    from acrn.device import open_device
+    with open_device("emulated") as dev:
+        dev.ioctl(uapi.ACRN_IOCTL_PAUSE_VM, 0)   # OSError EINVAL: no VM yet (spec 1.2)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from acrn import uapi
+from acrn.errors import HsmError
+
+if TYPE_CHECKING:
+    from acrn.emu.hsm import HsmFile
+    from acrn.emu.machine import Machine
+
+trace = logging.getLogger("acrn.trace")
+
+DEFAULT_PATH = "/dev/acrn_hsm"
+
+
+class Device:
+    """One open HSM: ``ioctl``, ``close``, context manager, ``fileno``."""
+
+    kind: str = ""
+    description: str = ""
+
+    def ioctl(self, cmd: int, arg: Any = 0) -> int:
+        """Issue one ioctl, like ``fcntl.ioctl(fd, cmd, arg, True)``; traced on ``acrn.trace``."""
+        cmd &= 0xFFFFFFFF
+        if isinstance(arg, bytes):
+            arg = bytearray(arg)  # as fcntl does with an immutable buffer: a copy, never written back
+        if not trace.isEnabledFor(logging.DEBUG):
+            return self._ioctl(cmd, arg)
+        name = uapi.IOCTL_NAMES.get(cmd, f"{cmd:#010x}")
+        before = _describe(cmd, arg)
+        try:
+            ret = self._ioctl(cmd, arg)
+        except OSError as e:
+            ename = errno.errorcode.get(e.errno or 0, str(e.errno))
+            trace.debug("%s(%s) = -1 %s (%s)", name, before, ename, os.strerror(e.errno or 0))
+            raise
+        after = ""
+        if uapi.ioc_dir(cmd) & 2 and not isinstance(arg, int):
+            after = " => " + _describe(cmd, arg)
+        trace.debug("%s(%s) = %d%s", name, before, ret, after)
+        return ret
+
+    def _ioctl(self, cmd: int, arg: Any) -> int:
+        raise NotImplementedError
+
+    def fileno(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.description})"
+
+
+class KernelDevice(Device):
+    """The real HSM: ``os.open`` and ``fcntl.ioctl`` (integers go through libc's ioctl as unsigned long)."""
+
+    kind = "kernel"
+
+    def __init__(self, path: str = DEFAULT_PATH) -> None:
+        self.path = path
+        self.fd: int | None = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        self.description = f"{path} (kernel HSM driver)"
+
+    def _ioctl(self, cmd: int, arg: Any) -> int:
+        if self.fd is None:
+            raise OSError(errno.EBADF, "device is closed")
+        if isinstance(arg, int):
+            # fcntl.ioctl only takes a C int here; SET_IRQLINE's value and pointers need 64 bits.
+            ret = _libc_ioctl(self.fd, cmd, arg & 0xFFFFFFFFFFFFFFFF)
+            if ret < 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+            return ret
+        return int(fcntl.ioctl(self.fd, cmd, arg, True))
+
+    def fileno(self) -> int | None:
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def _libc_ioctl(fd: int, cmd: int, value: int) -> int:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
+        _libc.ioctl.restype = ctypes.c_int
+    return int(_libc.ioctl(fd, cmd, value))
+
+
+class EmulatedDevice(Device):
+    """An fd of the emulated HSM on a :class:`~acrn.emu.machine.Machine` (the process-wide one by default)."""
+
+    kind = "emulated"
+
+    def __init__(self, machine: Machine | None = None) -> None:
+        from acrn.emu.machine import default_machine
+
+        self.machine: Machine = machine if machine is not None else default_machine()
+        self.file: HsmFile | None = self.machine.open()
+        self.description = "emulated HSM driver + ACRN hypervisor (pyacrn)"
+
+    def _ioctl(self, cmd: int, arg: Any) -> int:
+        if self.file is None:
+            raise OSError(errno.EBADF, "device is closed")
+        return self.file.ioctl(cmd, arg)
+
+    @property
+    def vmid(self) -> int:
+        """The fd's vmid as the driver holds it (``ACRN_INVALID_VMID`` when there is no VM)."""
+        return self.file.vm.vmid if self.file is not None else uapi.ACRN_INVALID_VMID
+
+    def vcpu_state(self, vcpu_id: int) -> dict[str, Any]:
+        """The hypervisor's architectural state of a vCPU of this fd's VM (``CpuState.to_dict``)."""
+        vmid = self.vmid
+        if vmid == uapi.ACRN_INVALID_VMID:
+            raise HsmError(errno.EINVAL, "vcpu_state", "no VM on this fd")
+        try:
+            return self.machine.hv.vcpu_state(vmid, vcpu_id).to_dict()
+        except KeyError:
+            raise HsmError(errno.EINVAL, "vcpu_state", f"VM {vmid} has no vCPU {vcpu_id}") from None
+
+    def interrupt_attach(self) -> None:
+        """Emulate a signal to a thread blocked in ATTACH_IOREQ_CLIENT (it returns 0)."""
+        if self.file is not None:
+            self.file.interrupt_attach()
+
+    def close(self) -> None:
+        if self.file is not None:
+            f, self.file = self.file, None
+            f.release()
+
+
+def open_device(kind: str = "auto", **kwargs: Any) -> Device:
+    """Open an HSM: ``"kernel"`` (/dev/acrn_hsm), ``"emulated"``, or ``"auto"`` (kernel if present).
+
+    Keyword arguments go to the chosen class: ``path`` for the kernel, ``machine`` for the emulator.
+    """
+    if kind == "auto":
+        path = kwargs.get("path", DEFAULT_PATH)
+        kind = "kernel" if os.path.exists(path) else "emulated"
+        if kind == "emulated":
+            kwargs.pop("path", None)
+        else:
+            kwargs.pop("machine", None)
+    if kind == "kernel":
+        return KernelDevice(**kwargs)
+    if kind == "emulated":
+        return EmulatedDevice(**kwargs)
+    raise ValueError(f"unknown device kind {kind!r} (choose auto, kernel or emulated)")
+
+
+def _describe(cmd: int, arg: Any) -> str:
+    """The argument as strace would show it: a decoded struct, a value, or a pointer."""
+    ctype = uapi.IOCTL_ARG.get(cmd)
+    if ctype is None:
+        return "" if cmd in uapi.IOCTL_NAMES else _raw(arg)
+    if isinstance(arg, int):
+        return f"{arg:#x}"
+    if ctype == "value":
+        return "<buffer>"
+    try:
+        raw = bytes(memoryview(arg).cast("B"))
+    except (TypeError, ValueError):
+        return "<?>"
+    if ctype == "u64ptr":
+        if len(raw) < 8:
+            return f"<{len(raw)} bytes>"
+        return f"[{int.from_bytes(raw[:8], 'little'):#x}]"
+    assert not isinstance(ctype, str)
+    if len(raw) < ctypes.sizeof(ctype):
+        return f"<{len(raw)} bytes, short>"
+    return _fmt(uapi.decode(ctype.from_buffer_copy(raw)))
+
+
+def _raw(arg: Any) -> str:
+    return f"{arg:#x}" if isinstance(arg, int) else "<buffer>"
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}={_fmt(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        if v and all(x == 0 for x in v):
+            return f"[0 x{len(v)}]"
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    if isinstance(v, int):
+        return str(v) if v < 10 else f"{v:#x}"
+    return repr(v)

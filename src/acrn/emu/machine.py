@@ -1,0 +1,46 @@
+"""One emulated host: the platform, the Service VM's memory, the ACRN hypervisor and the HSM driver.
+
+A :class:`Machine` is what a real box with ACRN and the Service VM kernel's HSM module is;
+:meth:`Machine.open` is ``open("/dev/acrn_hsm")`` on it.  Several fds of one machine share the
+hypervisor (VM config slots, vmids) and the HSM's global VM list, as on real hardware.
+:func:`default_machine` is the process-wide machine that ``acrn.device`` uses by default.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from acrn.emu.hostmem import ServiceVmMemory
+from acrn.emu.hsm import HsmDriver, HsmFile
+from acrn.emu.hv import Hypervisor
+from acrn.emu.platform import Platform
+
+
+class Machine:
+    """Platform + ServiceVmMemory + Hypervisor + HSM driver state."""
+
+    def __init__(self, platform: Platform | None = None) -> None:
+        self.platform = platform if platform is not None else Platform.default()
+        self.memory = ServiceVmMemory()
+        self.hv = Hypervisor(platform=self.platform, memory=self.memory)
+        self.hsm = HsmDriver(self.hv)
+
+    def open(self) -> HsmFile:
+        """``open("/dev/acrn_hsm")``: a new fd (its own VM slot in the driver)."""
+        return self.hsm.open()
+
+    def __repr__(self) -> str:
+        return f"Machine(pcpus={self.platform.pcpu_num}, vms={len(self.hv.vms())}, open_fds={len(self.hsm.open_files)})"
+
+
+_default: Machine | None = None
+_default_lock = threading.Lock()
+
+
+def default_machine() -> Machine:
+    """The process-wide machine, created on first use."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Machine()
+        return _default
