@@ -114,7 +114,7 @@ CASES = [
     Case("acrn.cr4.stripped", setting(cr4=arch.CR4_MCE), severity="warning"),
     Case("acrn.efer.compat", setting(cs_ar=0xC09B), base=long, severity="warning"),
     Case("arch.cr0.pg_pe", setting(cr0=0x80000030), setting(cr0=0x80000031)),
-    Case("arch.cr0.pe_unrestricted", nothing, base=real, facts=NO_UG, pass_base=pm),
+    Case("arch.cr0.pe_unrestricted", nothing, setting(cr0=0x80000031), base=real, facts=NO_UG, pass_base=pm),
     Case("arch.cr4.reserved", setting(cr4=1 << 15)),
     Case("arch.cr4.cet_wp", setting(cr4=arch.CR4_CET), setting(cr4=arch.CR4_CET, cr0=0x31 | arch.CR0_WP)),
     Case("arch.cr4.pcide", _or("cr4", arch.CR4_PCIDE), _or("cr4", arch.CR4_PCIDE), pass_base=long),
@@ -293,6 +293,11 @@ def test_l_and_db_outside_ia32e_is_only_a_warning() -> None:
     r.cs_ar = 0xE09B
     (f,) = [x for x in validate(r) if x.rule == "arch.cs.l_and_db"]
     assert f.severity == "warning"
+
+
+def test_unpaged_protected_mode_needs_unrestricted_guest() -> None:
+    assert "arch.cr0.pe_unrestricted" in {f.rule for f in validate(pm(), unrestricted_guest=False)}
+    assert "arch.cr0.pe_unrestricted" not in {f.rule for f in validate(pm())}
 
 
 def test_real_mode_is_a_warning_with_unrestricted_guest() -> None:

@@ -563,21 +563,21 @@ def _arch_cr0_pg_pe(c: Context) -> Iterator[Hit]:
 
 @rule("arch.cr0.pe_unrestricted", "arch", SDM_CR)
 def _arch_cr0_pe_unrestricted(c: Context) -> Iterator[Hit]:
-    """CR0.PE = 0 (or PG = 0) is legal at VM entry only with the unrestricted-guest control, which ACRN uses."""
-    if not c.regs.cr0 & arch.CR0_PE:
-        if c.facts.unrestricted_guest:
-            yield Hit(
-                ["vcpu_regs.cr0"],
-                f"cr0 = {c.regs.cr0:#x} has PE clear (real mode): VM entry needs the unrestricted-guest "
-                "control, which ACRN always enables",
-                "warning",
-            )
-        else:
-            yield Hit(
-                ["vcpu_regs.cr0"],
-                f"cr0 = {c.regs.cr0:#x} has PE clear but the platform has no unrestricted guest: VM entry "
-                "requires PE and PG (IA32_VMX_CR0_FIXED0)",
-            )
+    """CR0.PE = 0 or PG = 0 passes VM entry only with the unrestricted-guest control, which ACRN always uses.
+
+    Without it, IA32_VMX_CR0_FIXED0 (PE, NE, PG) applies to PE and PG too: real mode and unpaged
+    protected mode cannot be entered.  With it, real mode is only worth a warning.
+    """
+    cr0 = c.regs.cr0
+    if c.facts.unrestricted_guest:
+        if not cr0 & arch.CR0_PE:
+            yield Hit(["vcpu_regs.cr0"], f"cr0 = {cr0:#x} has PE clear (real mode): VM entry needs the "
+                      "unrestricted-guest control, which ACRN always enables", "warning")  # fmt: skip
+        return
+    missing = (arch.CR0_PE | arch.CR0_PG) & ~cr0
+    if missing:
+        yield Hit(["vcpu_regs.cr0"], f"cr0 = {cr0:#x} has {_bits(missing, _CR0_NAMES)} clear but the platform "
+                  "has no unrestricted guest: VM entry requires PE and PG (IA32_VMX_CR0_FIXED0)")  # fmt: skip
 
 
 @rule("arch.cr4.reserved", "arch", SDM_CR)
@@ -672,7 +672,8 @@ def _arch_cs_type(c: Context) -> Iterator[Hit]:
     allowed = {9, 11, 13, 15} | ({3} if c.facts.unrestricted_guest else set())
     if t not in allowed:
         yield Hit(["vcpu_regs.cs_ar"], f"cs_ar = {c.regs.cs_ar:#x} has type {t}; CS must be type "
-                  f"{', '.join(map(str, sorted(allowed)))} (accessed code)")  # fmt: skip
+                  f"{', '.join(map(str, sorted(allowed)))} (accessed code, or 3, read/write accessed data, with "
+                  "unrestricted guest)")  # fmt: skip
 
 
 @rule("arch.cs.s", "arch", SDM_SEG)
