@@ -97,3 +97,17 @@ def test_diff_lists_only_changed_fields() -> None:
     b.idt.reserved[1] = 2
     assert io.diff(a, b) == [("vcpu_regs.idt.reserved[1]", 0, 2), ("vcpu_regs.cr0", 0, 0x31)]
     assert io.diff(a, a.copy()) == []
+
+
+@settings(max_examples=150)
+@given(vcpu_regs())
+def test_validate_and_show_accept_any_state_and_name_real_fields(r: VcpuRegs) -> None:
+    from acrn.regs import show
+    from acrn.regs.validate import validate
+
+    paths = set(io.flatten(r))
+    for f in validate(r):
+        assert f.severity in ("error", "warning")
+        assert all(p in paths for p in f.fields), f.fields
+    assert show.format_regs(r)
+    assert show.format_state(show.effective_state(r))
