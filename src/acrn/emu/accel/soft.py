@@ -1,0 +1,591 @@
+"""The soft accelerator: vCPUs executed by the unicorn 2.1.x CPU emulator (QEMU's TCG).
+
+Design (the interface returns exits from ``run()`` and takes read values in ``complete_read``,
+but unicorn delivers port I/O and MMIO through callbacks in the middle of a translated block):
+
+* Each vCPU owns one ``UC_MODE_64`` engine and one private **engine thread** that sits in
+  ``emu_start``.  A port-I/O or MMIO callback hands its exit to ``run()`` through a queue and
+  blocks until the next ``run()``; a read callback then returns the value given to
+  ``complete_read``.  The guest instruction therefore completes exactly as on hardware.  Stopping
+  the engine at the callback instead is not sound: unicorn's ``emu_stop`` lets the rest of the
+  translated block run (measured: the instructions after an OUT executed before the stop).
+* Unicorn's engine mode fixes how registers are accessed (spec 7.1), so the engine is always
+  ``UC_MODE_64`` and the mode comes from CR0/EFER/CS as loaded by :meth:`SoftVcpu.set_state`.
+  Hidden segment state is written into unicorn's CPU context (``soft_layout``), because the
+  register API cannot set it.  ``ctl_set_tlb_mode(UC_TLB_CPU)`` makes unicorn walk the guest's
+  page tables.
+* Guest RAM is mapped with ``mem_map_ptr`` onto the caller's host memory (no copy); every
+  guest-physical page below 2^40 that is not RAM is an ``mmio_map`` region whose callbacks become
+  :class:`MmioExit`.
+* ``kick()`` sets a flag and calls ``emu_stop`` (thread-safe in unicorn: it raises the TCG
+  exit request checked at every block entry).  A stop issued in the instant before
+  ``emu_start`` resets its stop request is lost, so ``kick`` repeats it until the engine
+  acknowledges.
+
+Limitations (unicorn is "a pure CPU emulator", spec 7.1), each reported, never silent:
+
+* No exception or interrupt delivery through the IDT/IVT: any exception raised by the guest
+  (``#GP``, ``#PF``, ``int n``, ...) ends the run with :class:`ShutdownExit` ``"exception #GP
+  at rip=0x..."`` - what KVM reports for the common test guest without an IDT (triple fault).
+* Invalid or unimplemented instructions give :class:`EmulationFailureExit` (suberror 1, KVM's
+  ``KVM_INTERNAL_ERROR_EMULATION``) with the instruction bytes; so does an instruction fetch
+  from a page that is not RAM.
+* VMX's "unusable" segment bit has no QEMU equivalent; an unusable segment is loaded
+  not-present, and read back as the exact access rights given for as long as the guest does not
+  reload that segment.
+* Writes to a read-only slot are reported as :class:`MmioExit` (like KVM's read-only memslots)
+  but unicorn also stores them into the backing memory.
+* Abandoning an outstanding exit (``set_state`` or ``close`` while an I/O exit waits for its
+  ``run()``) lets the engine finish its current translated block (straight-line code up to the
+  next branch) with further I/O suppressed.
+* A HLT that coincides with a kick is reported as the kick; the guest then continues after the
+  HLT, as after a wake-up.
+"""
+
+from __future__ import annotations
+
+import importlib
+import queue
+import struct
+import threading
+from typing import Any, Final
+
+from acrn.arch import (
+    AR_L,
+    CR0_PE,
+    CR0_PG,
+    CR4_PAE,
+    EFER_LMA,
+    EFER_LME,
+    RFLAGS_IF,
+    CpuState,
+    DescriptorTable,
+    Segment,
+)
+from acrn.emu.accel import soft_layout as lay
+from acrn.emu.accel.base import (
+    EmulationFailureExit,
+    EntryFailureExit,
+    HaltExit,
+    KickExit,
+    MmioExit,
+    PioExit,
+    ShutdownExit,
+    VmExit,
+)
+
+PAGE: Final = 0x1000
+#: Guest-physical addresses below this that are not RAM are MMIO (QEMU's default 40 phys bits).
+PHYS_TOP: Final = 1 << 40
+MSR_EFER: Final = 0xC000_0080
+#: KVM's KVM_INTERNAL_ERROR_EMULATION, used for instructions the engine cannot execute.
+SUBERROR_EMULATION: Final = 1
+#: VMX exit reason 33 "VM-entry failure due to invalid guest state" with the failure bit set.
+ENTRY_FAILURE_INVALID_STATE: Final = 0x8000_0021
+
+EXCEPTION_NAMES: Final = {
+    0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF",
+    10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF", 17: "#AC", 18: "#MC",
+    19: "#XM", 20: "#VE", 21: "#CP",
+}  # fmt: skip
+
+_GPR_REGS: Final = (
+    ("rax", "UC_X86_REG_RAX"), ("rcx", "UC_X86_REG_RCX"), ("rdx", "UC_X86_REG_RDX"),
+    ("rbx", "UC_X86_REG_RBX"), ("rsp", "UC_X86_REG_RSP"), ("rbp", "UC_X86_REG_RBP"),
+    ("rsi", "UC_X86_REG_RSI"), ("rdi", "UC_X86_REG_RDI"), ("r8", "UC_X86_REG_R8"),
+    ("r9", "UC_X86_REG_R9"), ("r10", "UC_X86_REG_R10"), ("r11", "UC_X86_REG_R11"),
+    ("r12", "UC_X86_REG_R12"), ("r13", "UC_X86_REG_R13"), ("r14", "UC_X86_REG_R14"),
+    ("r15", "UC_X86_REG_R15"),
+)  # fmt: skip
+
+# Engine-thread commands.
+_RESUME: Final = "resume"
+_QUIT: Final = "quit"
+
+_layout_problem: str | None = None
+
+
+def _unicorn() -> Any:
+    """The unicorn module, imported on first use (pyacrn must import without it); typed Any."""
+    return importlib.import_module("unicorn")
+
+
+def _x86() -> Any:
+    return importlib.import_module("unicorn.x86_const")
+
+
+def _check_layout() -> str:
+    """Verify (once per process) that unicorn's CPU context has the layout soft_layout expects."""
+    global _layout_problem
+    if _layout_problem is None:
+        unicorn = _unicorn()
+        _layout_problem = lay.verify(unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64))
+    return _layout_problem
+
+
+def exception_name(vector: int) -> str:
+    return EXCEPTION_NAMES.get(vector, f"vector {vector}")
+
+
+def validate_state(st: CpuState) -> str:
+    """Why VM entry would refuse ``st`` (VMX guest-state checks that matter here), or ""."""
+    if st.cr0 & CR0_PG and not st.cr0 & CR0_PE:
+        return "CR0.PG set without CR0.PE"
+    long_mode = bool(st.efer & EFER_LME and st.cr0 & CR0_PG)
+    if bool(st.efer & EFER_LMA) != long_mode:
+        return "EFER.LMA must equal EFER.LME && CR0.PG"
+    if long_mode and not st.cr4 & CR4_PAE:
+        return "long mode (EFER.LME and CR0.PG) needs CR4.PAE"
+    if st.efer & EFER_LMA and st.cs.ar & AR_L and st.cs.ar & (1 << 14):
+        return "CS.L and CS.D/B both set in IA-32e mode"
+    return ""
+
+
+class SoftVcpu:
+    """One vCPU: a unicorn engine plus the engine thread that runs it (see the module doc)."""
+
+    def __init__(self, vm: SoftVm, vcpu_id: int) -> None:
+        unicorn = _unicorn()
+        x = _x86()
+        self.vcpu_id = vcpu_id
+        self._vm = vm
+        self._x = x
+        self._unicorn: Any = unicorn
+        self._uc: Any = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+        self._uc.ctl_set_tlb_mode(unicorn.UC_TLB_CPU)
+        # No `until` address: emulation ends only through our stops, HLT or errors.
+        self._uc.ctl_exits_enabled(True)
+        self._uc.ctl_set_exits([])
+        self._ctx: Any = self._uc.context_save()
+        self._env_size: int = self._ctx.size - lay.CONTEXT_DATA
+        self._gpr_ids = [getattr(x, reg) for _, reg in _GPR_REGS]
+        self._mmio: list[tuple[int, int]] = []
+        self._mmio_hooks: list[int] = []
+        self._mmio_value = 0
+        self._ram: list[tuple[int, int]] = []
+        self._hooks: list[int] = []
+        self._hooks.append(
+            self._uc.hook_add(unicorn.UC_HOOK_INSN, self._on_out, None, 1, 0, x.UC_X86_INS_OUT)
+        )
+        self._hooks.append(self._uc.hook_add(unicorn.UC_HOOK_INSN, self._on_in, None, 1, 0, x.UC_X86_INS_IN))
+        self._hooks.append(self._uc.hook_add(unicorn.UC_HOOK_INTR, self._on_intr))
+        self._hooks.append(self._uc.hook_add(unicorn.UC_HOOK_MEM_WRITE_PROT, self._on_write_prot))
+        # Shadow of the exact access rights set per segment: (selector, base, limit, flags) -> ar.
+        self._shadow: dict[str, tuple[tuple[int, int, int, int], int]] = {}
+        self._entry_error = ""
+        # Engine-thread rendezvous.
+        self._thread: threading.Thread | None = None
+        self._to_engine: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._to_caller: queue.SimpleQueue[VmExit] = queue.SimpleQueue()
+        self._cv = threading.Condition()
+        self._in_guest = False  # the engine thread is executing guest code (not parked)
+        self._kick_pending = False
+        self._stop_issued = False  # an emu_stop was issued during the current emu_start
+        self._waiting_exit = False  # an I/O exit was returned and the engine waits in its callback
+        self._read_value = 0
+        self._abandon = False
+        self._fault: VmExit | None = None
+        self._closed = False
+        self._sync_memory()
+
+    # --- memory -----------------------------------------------------------------------------
+
+    def _sync_memory(self) -> None:
+        """Make the engine's physical map equal the VM's slots, with MMIO in every gap."""
+        unicorn = self._unicorn
+        for start, size in self._mmio:
+            self._uc.mem_unmap(start, size)
+        self._mmio = []
+        slots = self._vm.slots()
+        current = set(self._ram)
+        wanted = {(gpa, size) for gpa, size, _, _ in slots}
+        for gpa, size in current - wanted:
+            self._uc.mem_unmap(gpa, size)
+        for gpa, size, host, writable in slots:
+            if (gpa, size) not in current:
+                perms = unicorn.UC_PROT_ALL if writable else unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC
+                self._uc.mem_map_ptr(gpa, size, perms, host)
+        self._ram = sorted(wanted)
+        for h in self._mmio_hooks:
+            self._uc.hook_del(h)
+        self._mmio_hooks = []
+        cursor = 0
+        for gpa, size in [*self._ram, (PHYS_TOP, 0)]:
+            if gpa > cursor:
+                self._uc.mmio_map(cursor, gpa - cursor, self._on_mmio_read, None, self._on_mmio_write, None)
+                self._mmio.append((cursor, gpa - cursor))
+                # The exit is taken in a memory hook bounded to the gap, not in the MMIO
+                # callback: unicorn syncs RIP and the lazy flags before memory hooks only.
+                hook = self._uc.hook_add(
+                    unicorn.UC_HOOK_MEM_READ | unicorn.UC_HOOK_MEM_WRITE,
+                    self._on_mmio_access,
+                    None,
+                    cursor,
+                    gpa - 1,
+                )
+                self._mmio_hooks.append(hook)
+            cursor = max(cursor, gpa + size)
+
+    # --- state --------------------------------------------------------------------------------
+
+    def set_state(self, state: CpuState) -> None:
+        """Load the full architectural state (see the module doc for how hidden parts land)."""
+        self._check_open()
+        self._park_engine()
+        x = self._x
+        uc = self._uc
+        st = state
+        self._entry_error = validate_state(st)
+        # Control registers in an order that lets QEMU derive EFER.LMA from the CR0.PG
+        # transition (cpu_x86_update_cr0): paging off, CR4, EFER (LME), then the final CR0.
+        uc.reg_write(x.UC_X86_REG_CR0, st.cr0 & ~CR0_PG & 0xFFFF_FFFF)
+        uc.reg_write(x.UC_X86_REG_CR4, st.cr4)
+        uc.msr_write(MSR_EFER, st.efer & ~EFER_LMA)
+        uc.reg_write(x.UC_X86_REG_CR0, st.cr0)
+        uc.reg_write(x.UC_X86_REG_CR3, st.cr3)
+        uc.reg_write(x.UC_X86_REG_CR2, st.cr2)
+        uc.reg_write(x.UC_X86_REG_GDTR, (0, st.gdtr.base, st.gdtr.limit, 0))
+        uc.reg_write(x.UC_X86_REG_IDTR, (0, st.idtr.base, st.idtr.limit, 0))
+        for name, reg in (("ldtr", x.UC_X86_REG_LDTR), ("tr", x.UC_X86_REG_TR)):
+            seg = st.segment(name)
+            flags = lay.ar_to_flags(seg.ar)
+            uc.reg_write(reg, (seg.selector & 0xFFFF, seg.base, seg.limit & 0xFFFF_FFFF, flags))
+            self._shadow[name] = ((seg.selector & 0xFFFF, seg.base, seg.limit & 0xFFFF_FFFF, flags), seg.ar)
+        uc.reg_write(x.UC_X86_REG_RFLAGS, st.rflags)
+        for (name, _), reg in zip(_GPR_REGS, self._gpr_ids, strict=True):
+            uc.reg_write(reg, int(getattr(st, name)) & 0xFFFF_FFFF_FFFF_FFFF)
+        uc.reg_write(x.UC_X86_REG_RIP, st.rip)
+        # Segment caches and the hflags derived from them, through the CPU context.
+        uc.context_update(self._ctx)
+        env = lay.read_env(self._ctx, lay.OFF_SEGS + 6 * lay.SEG_SIZE)
+        caches: dict[str, tuple[int, int, int, int]] = {}
+        for name, index in lay.SEG_INDEX.items():
+            seg = st.segment(name)
+            flags = lay.ar_to_flags(seg.ar)
+            cache = (seg.selector & 0xFFFF, seg.base & 0xFFFF_FFFF_FFFF_FFFF, seg.limit & 0xFFFF_FFFF, flags)
+            caches[name] = cache
+            self._shadow[name] = (cache, seg.ar)
+            struct.pack_into("<I4xQII", env, lay.OFF_SEGS + index * lay.SEG_SIZE, *cache)
+        (hflags,) = struct.unpack_from("<I", env, lay.OFF_HFLAGS)
+        hflags = lay.derive_hflags(hflags, caches, bool(st.cr0 & CR0_PE), bool(st.rflags & lay.HF_VM))
+        struct.pack_into("<I", env, lay.OFF_HFLAGS, hflags)
+        lay.write_env(self._ctx, lay.OFF_HFLAGS, bytes(env[lay.OFF_HFLAGS :]))
+        uc.context_restore(self._ctx)
+        uc.ctl(self._unicorn.UC_CTL_TLB_FLUSH, self._unicorn.UC_CTL_IO_WRITE)
+
+    def get_state(self) -> CpuState:
+        """Read the full architectural state back (exact ARs while the guest kept its segments)."""
+        self._check_open()
+        x = self._x
+        uc = self._uc
+        st = CpuState()
+        uc.context_update(self._ctx)
+        env = lay.read_env(self._ctx, lay.OFF_SEGS + 6 * lay.SEG_SIZE)
+        for name, index in lay.SEG_INDEX.items():
+            setattr(st, name, self._segment_from_cache(name, lay.unpack_segment(env, index)))
+        for name, reg in (("ldtr", x.UC_X86_REG_LDTR), ("tr", x.UC_X86_REG_TR)):
+            sel, base, limit, flags = uc.reg_read(reg)
+            setattr(st, name, self._segment_from_cache(name, (sel, base, limit, flags)))
+        _, base, limit, _ = uc.reg_read(x.UC_X86_REG_GDTR)
+        st.gdtr = DescriptorTable(base, limit)
+        _, base, limit, _ = uc.reg_read(x.UC_X86_REG_IDTR)
+        st.idtr = DescriptorTable(base, limit)
+        st.cr0 = uc.reg_read(x.UC_X86_REG_CR0)
+        st.cr2 = uc.reg_read(x.UC_X86_REG_CR2)
+        st.cr3 = uc.reg_read(x.UC_X86_REG_CR3)
+        st.cr4 = uc.reg_read(x.UC_X86_REG_CR4)
+        st.efer = uc.msr_read(MSR_EFER)
+        st.rflags = uc.reg_read(x.UC_X86_REG_RFLAGS)
+        st.rip = uc.reg_read(x.UC_X86_REG_RIP)
+        for (name, _), reg in zip(_GPR_REGS, self._gpr_ids, strict=True):
+            setattr(st, name, uc.reg_read(reg))
+        return st
+
+    def _segment_from_cache(self, name: str, cache: tuple[int, int, int, int]) -> Segment:
+        sel, base, limit, flags = cache
+        shadow = self._shadow.get(name)
+        ar = shadow[1] if shadow is not None and shadow[0] == cache else lay.flags_to_ar(flags)
+        return Segment(sel & 0xFFFF, base, limit & 0xFFFF_FFFF, ar)
+
+    # --- running --------------------------------------------------------------------------------
+
+    def run(self) -> VmExit:
+        """Run until the next exit (I/O, HLT, fault, kick) and return it."""
+        self._check_open()
+        with self._cv:
+            if self._kick_pending:
+                self._kick_pending = False
+                return KickExit()
+        if self._entry_error and not self._waiting_exit:
+            return EntryFailureExit(ENTRY_FAILURE_INVALID_STATE, self._entry_error)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._engine, name=f"soft-vcpu{self.vcpu_id}", daemon=True)
+            self._thread.start()
+        self._waiting_exit = False
+        self._to_engine.put(_RESUME)
+        exit_ = self._to_caller.get()
+        self._waiting_exit = isinstance(exit_, PioExit | MmioExit)
+        return exit_
+
+    def complete_read(self, value: int) -> None:
+        """Supply the value of the last PIO/MMIO read; the next ``run`` completes the access."""
+        self._read_value = int(value)
+
+    def kick(self) -> None:
+        """Thread-safe: make the current or the next ``run`` return :class:`KickExit`."""
+        with self._cv:
+            self._kick_pending = True
+            # A stop that lands just before emu_start resets its stop request is lost: repeat
+            # it until the engine leaves guest code (it notifies under this condition).
+            while self._in_guest and self._kick_pending and not self._closed:
+                self._stop_issued = True
+                self._uc.emu_stop()
+                self._cv.wait(0.002)
+
+    def close(self) -> None:
+        """Stop the engine thread, release the engine and its mappings."""
+        if self._closed:
+            return
+        self._park_engine(quit_thread=True)
+        self._closed = True
+        for h in self._hooks + self._mmio_hooks:
+            self._uc.hook_del(h)
+        self._hooks = []
+        self._mmio_hooks = []
+        finalizer = getattr(self._uc, "_Uc__finalizer", None)
+        self._ctx = None
+        self._uc = None
+        if finalizer is not None:
+            finalizer()  # uc_close now, rather than whenever the cyclic GC runs
+        self._vm._forget(self)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"soft vCPU {self.vcpu_id} is closed")
+
+    def _park_engine(self, quit_thread: bool = False) -> None:
+        """Bring the engine thread out of guest code: abandon an outstanding I/O exit."""
+        if self._thread is None:
+            return
+        if self._waiting_exit:
+            self._abandon = True
+            self._waiting_exit = False
+            self._to_engine.put(_RESUME)
+            self._to_caller.get()  # the engine reports once it has left emu_start
+            self._abandon = False
+        if quit_thread:
+            self._to_engine.put(_QUIT)
+            self._thread.join()
+            self._thread = None
+
+    # --- engine thread ---------------------------------------------------------------------------
+
+    def _engine(self) -> None:
+        while self._to_engine.get() != _QUIT:
+            self._to_caller.put(self._emulate())
+
+    def _emulate(self) -> VmExit:
+        """One ``run`` on the engine side: emu_start until something worth reporting happens."""
+        unicorn = self._unicorn
+        x = self._x
+        while True:
+            with self._cv:
+                if self._kick_pending and not self._abandon:
+                    self._kick_pending = False
+                    return KickExit()
+                self._in_guest = True
+                self._stop_issued = False
+            self._fault = None
+            error: Any = None
+            try:
+                self._uc.emu_start(self._uc.reg_read(x.UC_X86_REG_RIP), 0)
+            except unicorn.UcError as e:
+                error = e
+            with self._cv:
+                self._in_guest = False
+                stop_issued = self._stop_issued
+                kicked = self._kick_pending
+                self._cv.notify_all()
+            if self._abandon:
+                return KickExit()
+            if error is not None:
+                return self._error_exit(error)
+            if self._fault is not None:
+                return self._fault
+            if kicked:
+                with self._cv:
+                    self._kick_pending = False
+                return KickExit()
+            if stop_issued:
+                continue  # a stale stop from a kick already consumed by run(): carry on
+            return HaltExit(bool(self._uc.reg_read(x.UC_X86_REG_RFLAGS) & RFLAGS_IF))
+
+    def _error_exit(self, error: Any) -> VmExit:
+        unicorn = self._unicorn
+        rip = self._uc.reg_read(self._x.UC_X86_REG_RIP)
+        code = error.errno
+        if code in (unicorn.UC_ERR_FETCH_UNMAPPED, unicorn.UC_ERR_FETCH_PROT):
+            return EmulationFailureExit(SUBERROR_EMULATION, f"instruction fetch from non-RAM at rip={rip:#x}")
+        detail = f"{error} at rip={rip:#x}"
+        if code == unicorn.UC_ERR_INSN_INVALID:
+            detail = f"invalid or unsupported instruction at rip={rip:#x}"
+        return EmulationFailureExit(SUBERROR_EMULATION, detail, self._insn_bytes(rip))
+
+    def _insn_bytes(self, rip: int) -> bytes:
+        """Up to 15 bytes at CS:RIP (physical = linear when paging is off; best effort)."""
+        try:
+            self._uc.context_update(self._ctx)
+            cs_base = lay.unpack_segment(lay.read_env(self._ctx, lay.OFF_SEGS + 2 * lay.SEG_SIZE), 1)[1]
+            addr = (cs_base + rip) & 0xFFFF_FFFF_FFFF_FFFF
+            if self._uc.reg_read(self._x.UC_X86_REG_CR0) & CR0_PG:
+                return b""
+            return bytes(self._uc.mem_read(addr, 15))
+        except Exception:
+            return b""
+
+    def _exchange(self, exit_: VmExit) -> bool:
+        """Hand an I/O exit to ``run()`` and wait for the next ``run()``; False if abandoned."""
+        if self._abandon:
+            return False
+        with self._cv:
+            self._in_guest = False
+            self._cv.notify_all()
+        self._to_caller.put(exit_)
+        cmd = self._to_engine.get()
+        if cmd == _QUIT:  # close() without run(): leave quietly
+            self._abandon = True
+        if self._abandon:
+            self._uc.emu_stop()
+            return False
+        with self._cv:
+            self._in_guest = True
+        return True
+
+    # unicorn callbacks (engine thread)
+
+    def _on_out(self, uc: Any, port: int, size: int, value: int, _: Any) -> None:
+        self._exchange(PioExit(port, size, True, value & ((1 << (8 * size)) - 1)))
+
+    def _on_in(self, uc: Any, port: int, size: int, _: Any) -> int:
+        if not self._exchange(PioExit(port, size, False)):
+            return (1 << (8 * size)) - 1
+        return self._read_value & ((1 << (8 * size)) - 1)
+
+    def _on_mmio_access(self, uc: Any, access: int, address: int, size: int, value: int, _: Any) -> None:
+        mask = (1 << (8 * size)) - 1
+        if access == self._unicorn.UC_MEM_WRITE:
+            self._exchange(MmioExit(address, size, True, value & mask))
+        elif self._exchange(MmioExit(address, size, False)):
+            self._mmio_value = self._read_value & mask
+        else:
+            self._mmio_value = mask
+
+    def _on_mmio_read(self, uc: Any, offset: int, size: int, _: Any) -> int:
+        return self._mmio_value  # obtained by _on_mmio_access just before
+
+    def _on_mmio_write(self, uc: Any, offset: int, size: int, value: int, _: Any) -> None:
+        pass  # reported by _on_mmio_access just before
+
+    def _on_write_prot(self, uc: Any, access: int, address: int, size: int, value: int, _: Any) -> bool:
+        self._exchange(MmioExit(address, size, True, value & ((1 << (8 * size)) - 1)))
+        return True
+
+    def _on_intr(self, uc: Any, vector: int, _: Any) -> None:
+        # Called outside the translated block, so the stop is precise; RIP is at the faulting
+        # instruction (after it for INT n / INT3 / INTO).
+        rip = uc.reg_read(self._x.UC_X86_REG_RIP)
+        self._fault = ShutdownExit(f"exception {exception_name(vector)} at rip={rip:#x}")
+        uc.emu_stop()
+
+
+class SoftVm:
+    """A VM of soft vCPUs sharing guest-physical slots backed by host memory."""
+
+    name = "soft"
+
+    def __init__(self) -> None:
+        self._slots: dict[int, tuple[int, int, bool]] = {}
+        self._vcpus: dict[int, SoftVcpu] = {}
+        self._closed = False
+
+    def slots(self) -> list[tuple[int, int, int, bool]]:
+        """(gpa, size, host_addr, writable) of every RAM slot, by address."""
+        return [(gpa, size, host, w) for gpa, (size, host, w) in sorted(self._slots.items())]
+
+    def map_memory(self, gpa: int, size: int, host_addr: int, *, writable: bool = True) -> None:
+        """Back guest-physical [gpa, gpa+size) with host memory at ``host_addr`` (no copy)."""
+        self._check_open()
+        if size <= 0 or gpa % PAGE or size % PAGE or host_addr % PAGE:
+            raise ValueError(f"soft: gpa, size and host address must be 4 KiB aligned ({gpa:#x}+{size:#x})")
+        if gpa + size > PHYS_TOP:
+            raise ValueError(f"soft: gpa range {gpa:#x}+{size:#x} beyond the 40-bit physical space")
+        for other, (osize, _, _) in self._slots.items():
+            if gpa < other + osize and other < gpa + size:
+                raise ValueError(f"soft: {gpa:#x}+{size:#x} overlaps the slot at {other:#x}")
+        self._slots[gpa] = (size, host_addr, writable)
+        for vcpu in self._vcpus.values():
+            vcpu._sync_memory()
+
+    def unmap_memory(self, gpa: int, size: int) -> None:
+        """Remove a mapping made by :meth:`map_memory` with the same gpa and size."""
+        self._check_open()
+        if self._slots.get(gpa, (None,))[0] != size:
+            raise ValueError(f"soft: no slot at {gpa:#x} of size {size:#x}")
+        del self._slots[gpa]
+        for vcpu in self._vcpus.values():
+            vcpu._sync_memory()
+
+    def create_vcpu(self, vcpu_id: int) -> SoftVcpu:
+        """Create a vCPU; its state is undefined until :meth:`SoftVcpu.set_state`."""
+        self._check_open()
+        if vcpu_id in self._vcpus:
+            raise ValueError(f"soft: vCPU {vcpu_id} exists")
+        vcpu = SoftVcpu(self, vcpu_id)
+        self._vcpus[vcpu_id] = vcpu
+        return vcpu
+
+    def close(self) -> None:
+        """Release every vCPU (engine thread and engine) and forget the slots."""
+        for vcpu in list(self._vcpus.values()):
+            vcpu.close()
+        self._slots.clear()
+        self._closed = True
+
+    def _forget(self, vcpu: SoftVcpu) -> None:
+        self._vcpus.pop(vcpu.vcpu_id, None)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("soft VM is closed")
+
+
+class SoftAccelerator:
+    """The unicorn-backed accelerator (``name = "soft"``)."""
+
+    name = "soft"
+
+    @staticmethod
+    def available() -> tuple[bool, str]:
+        """unicorn importable, version 2.1.x, and its CPU context layout as expected."""
+        try:
+            unicorn = _unicorn()
+        except ImportError as e:
+            return False, f"unicorn not importable: {e}"
+        version = getattr(unicorn, "__version__", "?")
+        if not str(version).startswith("2.1."):
+            return False, f"unicorn {version} found, 2.1.x needed"
+        problem = _check_layout()
+        if problem:
+            return False, problem
+        return True, f"unicorn {version}"
+
+    def create_vm(self) -> SoftVm:
+        ok, why = self.available()
+        if not ok:
+            raise RuntimeError(f"soft accelerator unavailable: {why}")
+        return SoftVm()
+
+
+ACCELERATOR = SoftAccelerator
+
+__all__ = ["ACCELERATOR", "PHYS_TOP", "SoftAccelerator", "SoftVcpu", "SoftVm", "validate_state"]
