@@ -51,6 +51,13 @@ REP_INSW = bytes.fromhex("bf0012b90300ba6000fcf36df4")
 MMIO = bytes.fromhex("b800208ec026c7061000efbe2666a12000f4")
 # movw $0x1234,0x8000 ; mov 0x8000,%bx ; hlt
 RO_WRITE = bytes.fromhex("c706008034128b1e0080f4")
+# mov $0x40000000,%eax ; cpuid ; out %eax,$0x10 ; mov %ebx,%eax ; out %eax,$0x10
+# mov %ecx,%eax ; out %eax,$0x10 ; mov %edx,%eax ; out %eax,$0x10
+# mov $0x40000010,%eax ; cpuid ; out %eax,$0x10 ; mov $1,%eax ; cpuid ; mov %ecx,%eax ; out %eax,$0x10 ; hlt
+#   (OUTs, in order: leaf 0x40000000 EAX EBX ECX EDX, leaf 0x40000010 EAX, leaf 1 ECX)
+CPUID_PROBE = bytes.fromhex(
+    "66b8000000400fa266e7106689d866e7106689c866e7106689d066e71066b8100000400fa266e71066b8010000000fa26689c866e710f4"
+)
 # cli ; hlt
 CLI_HLT = bytes.fromhex("faf4")
 # sti ; hlt
@@ -67,6 +74,8 @@ PM_UD = bytes.fromhex("0f0b")
 # ---- 64-bit long mode (.code64) --------------------------------------------------------------
 # movabs $0x1122334455667788,%rax ; mov %rax,0x200000 ; out %eax,$0x10 ; mov 0x200008,%rbx ; hlt
 LM_OUT = bytes.fromhex("48b888776655443322114889042500002000e710488b1c2508002000f4")
+# mov $0x1100,%edi ; lock cmpxchg16b (%rdi) ; hlt
+LM_CMPXCHG16B = bytes.fromhex("bf00110000f0480fc70ff4")
 
 
 class GuestRam:
