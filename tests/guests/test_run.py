@@ -27,7 +27,6 @@ pytestmark = pytest.mark.parametrize("accel", ACCELS, indirect=True)
 #: that a fix shows up as XPASS.
 SOFT_NO_LIMIT_CHECKS = "unicorn does not check segment limits, so no #GP beyond DS.limit"
 SOFT_NO_EXCEPTIONS = "unicorn delivers no exceptions (spec kvm-and-boot.md 7.1), so no triple fault"
-SOFT_EFER_LMA = "soft accelerator reports EFER.LMA outside long mode (unicorn UC_MODE_64 engine)"
 
 
 def soft_gap(request: pytest.FixtureRequest, accel: Accelerator, reason: str) -> None:
@@ -49,18 +48,13 @@ def test_hello_guest_prints_its_line_and_halts(accel: Accelerator, name: str) ->
 
 
 @pytest.mark.parametrize("name", HELLO)
-def test_hello_guest_stays_in_the_mode_it_was_entered_in(
-    request: pytest.FixtureRequest, accel: Accelerator, name: str
-) -> None:
+def test_hello_guest_stays_in_the_mode_it_was_entered_in(accel: Accelerator, name: str) -> None:
     g = get(name)
-    if g.mode != "long":
-        soft_gap(request, accel, SOFT_EFER_LMA)
     r = run_guest(accel, g)
     assert r.state.mode == g.mode
 
 
-def test_probe_real_reports_real_mode_landing(request: pytest.FixtureRequest, accel: Accelerator) -> None:
-    soft_gap(request, accel, SOFT_EFER_LMA)
+def test_probe_real_reports_real_mode_landing(accel: Accelerator) -> None:
     p = parse_probe(run_guest(accel, get("probe_real")).output)
     assert p["CR0"] == 0x30
     assert p["CR3"] == 0 and p["CR4"] == 0 and p["EFER"] == 0
@@ -77,8 +71,7 @@ def test_probe_real_ds_limit_is_64k(request: pytest.FixtureRequest, accel: Accel
     assert p["DSLIMIT"] == "fault"
 
 
-def test_probe_protected_reports_acrn_dm_landing(request: pytest.FixtureRequest, accel: Accelerator) -> None:
-    soft_gap(request, accel, SOFT_EFER_LMA)
+def test_probe_protected_reports_acrn_dm_landing(accel: Accelerator) -> None:
     g = get("probe_protected")
     p = parse_probe(run_guest(accel, g).output)
     assert p["CR0"] == 0x31
@@ -157,3 +150,7 @@ def test_spin_runs_until_kicked(accel: Accelerator) -> None:
         assert not t.is_alive()
         assert isinstance(result[0], KickExit)
         assert vcpu.get_state().rip == g.symbols()["start"]  # still inside `jmp .`
+
+
+def test_running_a_guest_leaks_no_fds_or_threads(accel: Accelerator, no_leaks: None) -> None:
+    assert run_guest(accel, get("hello_protected")).output == "hello from protected mode\n"
