@@ -27,11 +27,14 @@ import os
 import signal
 import struct
 import threading
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from acrn.arch import CpuState, DescriptorTable, Segment
 from acrn.emu.accel import kvm_abi as abi
 from acrn.emu.accel.base import (
+    Accelerator,
+    AccelVcpu,
+    AccelVm,
     EmulationFailureExit,
     EntryFailureExit,
     HaltExit,
@@ -652,12 +655,14 @@ class KvmVcpu:
         try:
             fcntl.ioctl(self._fd, abi.KVM_RUN, 0)
             reason = _U32.unpack_from(run, abi.RUN_EXIT_REASON)[0]
+            self._completion_pending = False
         except InterruptedError:
+            # Whether KVM finished a pending I/O before noticing the kick depends on the kernel
+            # version; keep the flag so get_state/set_state complete it (a no-op if done).
             reason = _EINTR
         except OSError as e:
             raise OSError(e.errno, f"KVM_RUN: {os.strerror(e.errno or 0)}") from None
         finally:
-            self._completion_pending = False
             with lock:
                 self._thread = None
                 if self._closed:
@@ -789,3 +794,9 @@ class KvmVcpu:
 
 #: The accelerator class this module provides (see :mod:`acrn.emu.accel`).
 ACCELERATOR = KvmAccelerator
+
+if TYPE_CHECKING:
+    # mypy proves here that the classes satisfy the accelerator protocols of base.py.
+    _accelerator_check: Accelerator = KvmAccelerator()
+    _vm_check: AccelVm = KvmVm()
+    _vcpu_check: AccelVcpu = KvmVcpu(KvmVm(), 0)
