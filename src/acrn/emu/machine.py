@@ -14,16 +14,20 @@ from acrn.emu.hostmem import ServiceVmMemory
 from acrn.emu.hsm import HsmDriver, HsmFile
 from acrn.emu.hv import Hypervisor
 from acrn.emu.platform import Platform
+from acrn.emu.runtime import Runtime
 
 
 class Machine:
     """Platform + ServiceVmMemory + Hypervisor + HSM driver state."""
 
-    def __init__(self, platform: Platform | None = None) -> None:
+    def __init__(self, platform: Platform | None = None, accel: str = "auto") -> None:
         self.platform = platform if platform is not None else Platform.default()
         self.memory = ServiceVmMemory()
         self.hv = Hypervisor(platform=self.platform, memory=self.memory)
         self.hsm = HsmDriver(self.hv)
+        # Executes the VMs' vCPUs from START on; the accelerator itself (and /dev/kvm) is only
+        # opened when the first VM starts, so ABI/state-only use never touches it.
+        self.runtime = Runtime(self.hv, accel)
 
     def open(self) -> HsmFile:
         """``open("/dev/acrn_hsm")``: a new fd (its own VM slot in the driver)."""

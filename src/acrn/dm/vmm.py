@@ -1,0 +1,210 @@
+"""One VM driven end to end through the HSM interface, as acrn-dm drives it.
+
+:class:`VmSession` is the device model's main sequence (spec 7.1 and 5.6): open the HSM, CREATE_VM,
+SET_MEMSEG for guest RAM, copy images, SET_VCPU_REGS for the BSP, CREATE_IOREQ_CLIENT, START_VM, run
+the ioreq loop, and on the way out PAUSE_VM, DESTROY_IOREQ_CLIENT (which ends the loop),
+DESTROY_VM and close.  Every step is an ioctl, so ``acrn -v`` shows the whole conversation.
+
+How a run ends (:class:`RunResult.reason` and the exit status ``acrn run`` returns):
+
+=================  ===========  ==================================================================
+reason             status       when
+=================  ===========  ==================================================================
+``halt``           0            a vCPU executed HLT with interrupts disabled
+``debugexit``      (v<<1)|1     the guest wrote v to the debug-exit port (0xF4)
+``shutdown``       3            triple fault
+``entry-failure``  3            VM entry refused the register state
+``emulation-...``  3            the accelerator could not execute an instruction
+``timeout``        124          ``timeout`` seconds passed (as timeout(1))
+=================  ===========  ==================================================================
+
+Stops other than debug-exit and timeout are known only to the emulator (the real HSM has no such
+notification); against ``/dev/acrn_hsm`` a run ends on debug-exit or timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from acrn import uapi
+from acrn.dm.bus import IoBus
+from acrn.dm.devices.debugexit import DebugExit
+from acrn.dm.devices.uart16550 import Uart16550
+from acrn.dm.ioreq import IoreqLoop
+from acrn.hsm import Hsm, Vm
+from acrn.memory import HostMemory
+from acrn.regs.model import VcpuRegs
+
+if TYPE_CHECKING:
+    from acrn.emu.runtime import Runtime, StopReport
+
+log = logging.getLogger(__name__)
+
+STATUS_FAULT = 3
+STATUS_TIMEOUT = 124
+FAULT_REASONS = ("shutdown", "entry-failure", "emulation-failure", "unknown-exit", "error")
+
+
+@dataclass
+class RunResult:
+    """How a VM run ended."""
+
+    reason: str
+    status: int
+    detail: str = ""
+    seconds: float = 0.0
+    output: bytes = b""
+    states: dict[int, dict[str, Any]] = field(default_factory=dict)
+    exits: dict[str, int] = field(default_factory=dict)
+    report: StopReport | None = None
+
+    def summary(self) -> str:
+        exits = ", ".join(f"{k} {v}" for k, v in self.exits.items() if v)
+        return (
+            f"VM ended: {self.reason} (status {self.status}) after {self.seconds:.3f} s"
+            + (f"; {self.detail}" if self.detail else "")
+            + (f"; exits: {exits}" if exits else "")
+        )
+
+
+class VmSession:
+    """Build, run and tear down one VM; usable as a context manager."""
+
+    def __init__(
+        self,
+        *,
+        name: str = "pyacrn",
+        mem_size: int = 2 << 20,
+        device: str = "auto",
+        accel: str = "auto",
+        console: Callable[[bytes], None] | None = None,
+        fast_path: bool = False,
+    ) -> None:
+        self.hsm = Hsm.open(device)
+        self.accel = accel
+        self.runtime: Runtime | None = None
+        machine = getattr(self.hsm.device, "machine", None)
+        if machine is not None:
+            self.runtime = machine.runtime
+            self.runtime.set_accelerator(accel)
+        self.output = bytearray()
+        self._console = console
+        self.bus = IoBus()
+        self.uart = Uart16550(output=self._on_output)
+        self.uart.attach(self.bus)
+        self._stop_event = threading.Event()
+        self._debugexit_status: int | None = None
+        self.debugexit = DebugExit(on_exit=self._on_debugexit)
+        self.debugexit.attach(self.bus)
+        self.fast_path = fast_path and self.runtime is not None
+        self.vm: Vm = self.hsm.create_vm(name)
+        self.ram: HostMemory = self.vm.map_ram(0, mem_size)
+        self.mem_size = self.ram.size
+        self._loop: IoreqLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._started = False
+        self._closed = False
+
+    # ------------------------------------------------------------------ building
+    def load(self, gpa: int, data: bytes) -> None:
+        """Copy an image into guest RAM at ``gpa``."""
+        if gpa < 0 or gpa + len(data) > self.mem_size:
+            raise ValueError(
+                f"image of {len(data)} bytes at GPA {gpa:#x} does not fit in {self.mem_size:#x} bytes of RAM"
+            )
+        self.ram.write(gpa, data)
+
+    def set_regs(self, regs: VcpuRegs, *, strict: bool = False) -> None:
+        self.vm.set_vcpu_regs(regs, strict=strict)
+
+    # ------------------------------------------------------------------ running
+    def _on_output(self, data: bytes) -> None:
+        self.output += data
+        if self._console is not None:
+            self._console(data)
+
+    def _on_debugexit(self, status: int) -> None:
+        self._debugexit_status = status
+        self._stop_event.set()
+
+    def _on_stop(self, report: StopReport) -> None:
+        if report.vmid == self.vm.vmid:
+            self._stop_event.set()
+
+    def run(self, timeout: float | None = None) -> RunResult:
+        """START_VM and serve I/O until the guest stops, exits through the debug port or times out."""
+        t0 = time.monotonic()
+        if self.runtime is not None:
+            self.runtime.on_stop(self._on_stop)
+        if self.fast_path:
+            assert self.runtime is not None
+            loop = IoreqLoop(self.vm, self.bus)
+
+            def fast(vcpu_id: int, slot: uapi.acrn_io_request) -> None:
+                loop.handle_slot(slot)
+
+            self.runtime.set_fast_handler(self.vm.vmid, fast)
+            self.vm.start()
+        else:
+            self.vm.create_ioreq_client()
+            self._loop = IoreqLoop(self.vm, self.bus)
+            self._loop_thread = threading.Thread(target=self._loop.run, name="acrn-dm-ioreq", daemon=True)
+            self._loop_thread.start()
+            self.vm.start()
+        self._started = True
+        finished = self._stop_event.wait(timeout)
+        seconds = time.monotonic() - t0
+        report = None
+        if self.runtime is not None:
+            report = self.runtime.wait_stop(self.vm.vmid, timeout=0)
+        if self._debugexit_status is not None:
+            result = RunResult("debugexit", self._debugexit_status, f"guest wrote to port {0xF4:#x}")
+        elif not finished:
+            result = RunResult("timeout", STATUS_TIMEOUT, f"no stop within {timeout} s")
+        elif report is not None:
+            status = 0 if report.reason == "halt" else STATUS_FAULT
+            result = RunResult(report.reason, status, report.detail, report=report)
+        else:
+            result = RunResult("error", STATUS_FAULT, "stopped without a report")
+        result.seconds = seconds
+        self._pause_and_collect(result)
+        return result
+
+    def _pause_and_collect(self, result: RunResult) -> None:
+        self.vm.pause()
+        if self.runtime is not None:
+            vmrt = self.runtime.vms.get(self.vm.vmid)
+            if vmrt is not None:
+                for vid, runner in vmrt.vcpus.items():
+                    result.states[vid] = runner.avcpu.get_state().to_dict()
+                counts = vmrt.exit_counts()
+                result.exits = {k: int(v) for k, v in vars(counts).items()}
+        result.output = bytes(self.output)
+
+    def close(self) -> None:
+        """Tear down as acrn-dm does: PAUSE, DESTROY_IOREQ_CLIENT, join the loop, DESTROY_VM, close."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._started:
+                self.vm.pause()
+                if self._loop_thread is not None:
+                    self.vm.destroy_ioreq_client()
+                    self._loop_thread.join(timeout=10)
+                self.vm.destroy()
+        finally:
+            if self.runtime is not None:
+                self.runtime.remove_stop_callback(self._on_stop)
+            self.hsm.close()
+
+    def __enter__(self) -> VmSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,432 @@
+"""The execution runtime: runs the emulated hypervisor's vCPUs on an accelerator.
+
+``acrn.emu.hv`` is pure state; this module is its I/O edge.  It listens to the hypervisor
+(:class:`HvListener` callbacks) and:
+
+* on START, creates the accelerator VM (once per hypervisor VM), maps the VM's EPT regions (guest
+  RAM the HSM pinned) and runs every vCPU the hypervisor has RUNNING on a thread of its own;
+  ACRN starts only the BSP, so that is vCPU 0;
+* turns each port-I/O or MMIO exit into an I/O request in the vCPU's slot of the shared ioreq
+  page, exactly as ACRN's ``acrn_insert_request`` does (spec 5.2), and waits for the hypervisor's
+  completion (HC_NOTIFY_REQUEST_FINISH) before resuming the vCPU with the value;
+* on PAUSE, kicks every vCPU out of the guest and parks it before the PAUSE hypercall returns;
+  on RESET, reloads the (reset) register state at the next START; on DESTROY, stops and joins every
+  thread and closes the accelerator VM.
+
+A vCPU that halts with interrupts disabled, triple-faults, fails VM entry or hits an instruction
+the accelerator cannot execute stops, and a :class:`StopReport` (which vCPU, why, its registers)
+is published; ACRN itself has no such notification, so this is an emulator-only facility that the
+device model uses to end ``acrn run``.
+
+The fast path: a device model in the same process may register an in-thread handler with
+:meth:`Runtime.set_fast_handler`; requests are then handled on the vCPU thread, walking the same
+slot states (PENDING -> PROCESSING -> COMPLETE -> FREE) without the ATTACH/NOTIFY round trip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from acrn import uapi
+from acrn.arch import CpuState
+from acrn.emu.accel.base import (
+    Accelerator,
+    AccelVcpu,
+    AccelVm,
+    EmulationFailureExit,
+    EntryFailureExit,
+    HaltExit,
+    KickExit,
+    MmioExit,
+    PioExit,
+    ShutdownExit,
+    UnknownExit,
+    VmExit,
+)
+
+if TYPE_CHECKING:
+    from acrn.emu.hv import Hypervisor, Vm
+
+log = logging.getLogger(__name__)
+
+#: handler(vcpu_id, slot) -> None: handle the request in ``slot`` (fill the value for reads).
+FastHandler = Callable[[int, uapi.acrn_io_request], None]
+
+
+@dataclass
+class StopReport:
+    """Why a vCPU stopped running the guest for good (until RESET)."""
+
+    vmid: int
+    vcpu_id: int
+    reason: str  # "halt", "shutdown", "entry-failure", "emulation-failure", "unknown-exit", "error"
+    detail: str
+    state: dict[str, Any] | None = None
+    exit: VmExit | None = None
+    time: float = field(default_factory=time.monotonic)
+
+    def summary(self) -> str:
+        rip = f" at rip={self.state['rip']:#x}" if self.state else ""
+        return f"vm {self.vmid} vcpu {self.vcpu_id}: {self.reason}{rip}: {self.detail}".rstrip(": ")
+
+
+@dataclass
+class ExitCounts:
+    """Exits seen per kind, for ``acrn run -v`` summaries and benchmarks."""
+
+    pio: int = 0
+    mmio: int = 0
+    halt: int = 0
+    kick: int = 0
+    other: int = 0
+
+
+class _VcpuRunner:
+    """One vCPU thread."""
+
+    def __init__(self, vmrt: VmRuntime, vcpu_id: int, avcpu: AccelVcpu) -> None:
+        self.vmrt = vmrt
+        self.vcpu_id = vcpu_id
+        self.avcpu = avcpu
+        self.cond = threading.Condition()
+        self.run_allowed = False  # set by START, cleared by PAUSE/DESTROY
+        self.reload = True  # load the hypervisor's landed state before the next run
+        self.stopped = False  # parked after a StopReport until RESET
+        self.in_guest = False
+        self.quit = False
+        self.completed = threading.Event()
+        self.counts = ExitCounts()
+        self.thread = threading.Thread(
+            target=self._main, name=f"acrn-vm{vmrt.vmid}-vcpu{vcpu_id}", daemon=True
+        )
+
+    # ------------------------------------------------------------------ control (any thread)
+    def allow(self) -> None:
+        with self.cond:
+            self.run_allowed = True
+            self.cond.notify_all()
+
+    def park(self) -> None:
+        """Stop running guest code; returns once the thread is out of the guest."""
+        with self.cond:
+            self.run_allowed = False
+            self.cond.notify_all()
+        self.completed.set()  # abandon a request the device model may never complete
+        self.avcpu.kick()
+        with self.cond:
+            self.cond.wait_for(lambda: not self.in_guest, timeout=10.0)
+
+    def stop_thread(self) -> None:
+        with self.cond:
+            self.quit = True
+            self.run_allowed = False
+            self.cond.notify_all()
+        self.completed.set()
+        self.avcpu.kick()
+
+    # ------------------------------------------------------------------ the thread
+    def _main(self) -> None:
+        try:
+            while True:
+                with self.cond:
+                    self.cond.wait_for(lambda: self.quit or (self.run_allowed and not self.stopped))
+                    if self.quit:
+                        return
+                    self.in_guest = True
+                if self.reload:
+                    self.avcpu.set_state(self.vmrt.landed_state(self.vcpu_id))
+                    self.reload = False
+                ex = self.avcpu.run()
+                with self.cond:
+                    self.in_guest = False
+                    self.cond.notify_all()
+                self._handle(ex)
+        except Exception as e:  # a bug must end the VM with a report, never kill silently
+            log.exception("vCPU %d thread failed", self.vcpu_id)
+            self._stop("error", f"{type(e).__name__}: {e}", None)
+        finally:
+            with self.cond:
+                self.in_guest = False
+                self.cond.notify_all()
+
+    def _handle(self, ex: VmExit) -> None:
+        if isinstance(ex, PioExit):
+            self.counts.pio += 1
+            value = self.vmrt.io_request(
+                self, uapi.ACRN_IOREQ_TYPE_PORTIO, ex.port, ex.size, ex.is_write, ex.value
+            )
+            if not ex.is_write and value is not None:
+                self.avcpu.complete_read(value)
+        elif isinstance(ex, MmioExit):
+            self.counts.mmio += 1
+            value = self.vmrt.io_request(
+                self, uapi.ACRN_IOREQ_TYPE_MMIO, ex.address, ex.size, ex.is_write, ex.value
+            )
+            if not ex.is_write and value is not None:
+                self.avcpu.complete_read(value)
+        elif isinstance(ex, KickExit):
+            self.counts.kick += 1
+        elif isinstance(ex, HaltExit):
+            self.counts.halt += 1
+            if not ex.interrupts_enabled:
+                self._stop("halt", "HLT with interrupts disabled", ex)
+            else:
+                # No interrupt source can wake it yet: it sleeps until PAUSE/RESET.
+                self._stop("halt", "HLT with interrupts enabled and no interrupt pending", ex)
+        elif isinstance(ex, ShutdownExit):
+            self.counts.other += 1
+            self._stop("shutdown", ex.detail or "triple fault", ex)
+        elif isinstance(ex, EntryFailureExit):
+            self.counts.other += 1
+            self._stop("entry-failure", f"reason {ex.reason:#x} {ex.detail}".strip(), ex)
+        elif isinstance(ex, EmulationFailureExit):
+            self.counts.other += 1
+            insn = f" bytes {ex.insn_bytes.hex(' ')}" if ex.insn_bytes else ""
+            self._stop("emulation-failure", f"suberror {ex.suberror} {ex.detail}{insn}".strip(), ex)
+        elif isinstance(ex, UnknownExit):
+            self.counts.other += 1
+            self._stop("unknown-exit", f"code {ex.code} {ex.detail}".strip(), ex)
+        else:
+            self.counts.other += 1
+            self._stop("unknown-exit", repr(ex), ex)
+
+    def _stop(self, reason: str, detail: str, ex: VmExit | None) -> None:
+        state: dict[str, Any] | None
+        try:
+            state = self.avcpu.get_state().to_dict()
+        except Exception:
+            state = None
+        with self.cond:
+            self.stopped = True
+        self.vmrt.runtime.publish(StopReport(self.vmrt.vmid, self.vcpu_id, reason, detail, state, ex))
+
+
+class VmRuntime:
+    """The execution side of one hypervisor VM."""
+
+    def __init__(self, runtime: Runtime, vm: Vm) -> None:
+        self.runtime = runtime
+        self.hv = runtime.hv
+        self.vmid: int = vm.vmid
+        self.accel_vm: AccelVm = runtime.accelerator.create_vm()
+        self.mapped: dict[tuple[int, int], int] = {}
+        self.vcpus: dict[int, _VcpuRunner] = {}
+
+    def landed_state(self, vcpu_id: int) -> CpuState:
+        return self.hv.vcpu_state(self.vmid, vcpu_id)
+
+    def sync_memory(self, vm: Vm) -> None:
+        """Make the accelerator's slots equal the hypervisor's EPT regions."""
+        wanted = {(r.gpa, r.size): r for r in vm.memory_regions}
+        for key in [k for k in self.mapped if k not in wanted]:
+            self.accel_vm.unmap_memory(*key)
+            del self.mapped[key]
+        for key, r in wanted.items():
+            if key not in self.mapped or self.mapped[key] != r.hpa:
+                if key in self.mapped:
+                    self.accel_vm.unmap_memory(*key)
+                writable = bool(r.prot & uapi.ACRN_MEM_ACCESS_WRITE)
+                self.accel_vm.map_memory(r.gpa, r.size, r.hpa, writable=writable)
+                self.mapped[key] = r.hpa
+
+    def start(self, vm: Vm) -> None:
+        from acrn.emu.hv import VcpuState
+
+        self.sync_memory(vm)
+        for vcpu in vm.vcpus:
+            if vcpu.state != VcpuState.RUNNING:
+                continue
+            runner = self.vcpus.get(vcpu.vcpu_id)
+            if runner is None:
+                runner = _VcpuRunner(self, vcpu.vcpu_id, self.accel_vm.create_vcpu(vcpu.vcpu_id))
+                self.vcpus[vcpu.vcpu_id] = runner
+                runner.thread.start()
+            runner.allow()
+
+    def pause(self) -> None:
+        for r in self.vcpus.values():
+            r.park()
+
+    def reset(self) -> None:
+        for r in self.vcpus.values():
+            r.park()
+            with r.cond:
+                r.reload = True
+                r.stopped = False
+
+    def destroy(self) -> None:
+        for r in self.vcpus.values():
+            r.stop_thread()
+        for r in self.vcpus.values():
+            if r.thread is not threading.current_thread():
+                r.thread.join(timeout=30.0)
+            r.avcpu.close()
+        self.vcpus.clear()
+        self.accel_vm.close()
+
+    def request_completed(self, vcpu_id: int) -> None:
+        r = self.vcpus.get(vcpu_id)
+        if r is not None:
+            r.completed.set()
+
+    def exit_counts(self) -> ExitCounts:
+        total = ExitCounts()
+        for r in self.vcpus.values():
+            for f in dataclasses.fields(ExitCounts):
+                setattr(total, f.name, getattr(total, f.name) + getattr(r.counts, f.name))
+        return total
+
+    # ------------------------------------------------------------------ the ioreq path (vCPU thread)
+    def io_request(
+        self, runner: _VcpuRunner, req_type: int, address: int, size: int, is_write: bool, value: int
+    ) -> int | None:
+        """Post one request in the vCPU's slot and wait for its completion; the read value or None."""
+        reqs = uapi._acrn_io_request_reqs()
+        if req_type == uapi.ACRN_IOREQ_TYPE_PORTIO:
+            reqs.pio_request.direction = int(is_write)
+            reqs.pio_request.address = address
+            reqs.pio_request.size = size
+            reqs.pio_request.value = value & 0xFFFFFFFF if is_write else 0
+        else:
+            reqs.mmio_request.direction = int(is_write)
+            reqs.mmio_request.address = address
+            reqs.mmio_request.size = size
+            reqs.mmio_request.value = value if is_write else 0
+        vid = runner.vcpu_id
+        fast = self.runtime.fast_handlers.get(self.vmid)
+        runner.completed.clear()
+        with self.hv.lock:
+            if not runner.run_allowed:
+                return None  # paused meanwhile: the instruction is not completed (it re-runs after reset)
+            rc = self.hv.insert_request(self.vmid, vid, req_type, bytes(reqs), fast=fast is not None)
+        if rc < 0:
+            runner._stop("error", f"ioreq slot {vid} not free (acrn_insert_request returned {rc})", None)
+            return None
+        if fast is not None:
+            slot = self.hv.ioreq_slot(self.vmid, vid)
+            if slot is not None:
+                # What the HSM dispatcher would do for the default client (spec 5.2 step 4).
+                slot.kernel_handled = 0
+                slot.processed = uapi.ACRN_IOREQ_STATE_PROCESSING
+                fast(vid, slot)
+            with self.hv.lock:
+                self.hv.fast_complete_request(self.vmid, vid)
+        else:
+            runner.completed.wait()
+            if not runner.run_allowed:
+                return None
+        with self.hv.lock:
+            result: int | None = self.hv.complete_request(self.vmid, vid)
+        return result
+
+
+class Runtime:
+    """Attach to a :class:`~acrn.emu.hv.Hypervisor` and execute its VMs on an accelerator."""
+
+    def __init__(self, hv: Hypervisor, accel: str | Accelerator = "auto") -> None:
+        from acrn.emu.accel import get_accelerator
+
+        self.hv = hv
+        self._accel_spec = accel
+        self._accelerator: Accelerator | None = accel if not isinstance(accel, str) else None
+        self.vms: dict[int, VmRuntime] = {}
+        self.fast_handlers: dict[int, FastHandler] = {}
+        self._stops: list[StopReport] = []
+        self._stop_cond = threading.Condition()
+        self._stop_callbacks: list[Callable[[StopReport], None]] = []
+        self._get_accelerator = get_accelerator
+        hv.add_listener(self)
+
+    @property
+    def accelerator(self) -> Accelerator:
+        if self._accelerator is None:
+            assert isinstance(self._accel_spec, str)
+            self._accelerator = self._get_accelerator(self._accel_spec)
+        return self._accelerator
+
+    def set_accelerator(self, accel: str | Accelerator) -> None:
+        """Choose the accelerator for VMs started from now on."""
+        self._accel_spec = accel
+        self._accelerator = accel if not isinstance(accel, str) else None
+
+    # ------------------------------------------------------------------ hv listener
+    def vm_started(self, vm: Vm) -> None:
+        vmrt = self.vms.get(vm.vmid)
+        if vmrt is None:
+            vmrt = self.vms[vm.vmid] = VmRuntime(self, vm)
+        vmrt.start(vm)
+
+    def vm_paused(self, vm: Vm) -> None:
+        if vm.vmid in self.vms:
+            self.vms[vm.vmid].pause()
+
+    def vm_reset(self, vm: Vm) -> None:
+        if vm.vmid in self.vms:
+            self.vms[vm.vmid].reset()
+
+    def vm_destroyed(self, vm: Vm) -> None:
+        self.fast_handlers.pop(vm.vmid, None)
+        vmrt = self.vms.pop(vm.vmid, None)
+        if vmrt is not None:
+            vmrt.destroy()
+
+    def memory_changed(self, vm: Vm) -> None:
+        vmrt = self.vms.get(vm.vmid)
+        if vmrt is not None:
+            vmrt.sync_memory(vm)
+
+    def request_completed(self, vm: Vm, vcpu_id: int) -> None:
+        vmrt = self.vms.get(vm.vmid)
+        if vmrt is not None:
+            vmrt.request_completed(vcpu_id)
+
+    # ------------------------------------------------------------------ stop reports
+    def publish(self, report: StopReport) -> None:
+        log.info("%s", report.summary())
+        with self._stop_cond:
+            self._stops.append(report)
+            self._stop_cond.notify_all()
+        for cb in list(self._stop_callbacks):
+            cb(report)
+
+    def on_stop(self, callback: Callable[[StopReport], None]) -> None:
+        """Call ``callback(report)`` (on the vCPU thread) whenever a vCPU stops."""
+        self._stop_callbacks.append(callback)
+
+    def remove_stop_callback(self, callback: Callable[[StopReport], None]) -> None:
+        if callback in self._stop_callbacks:
+            self._stop_callbacks.remove(callback)
+
+    def wait_stop(self, vmid: int, timeout: float | None = None) -> StopReport | None:
+        """Block until a vCPU of ``vmid`` stops (or the timeout passes); consume the report."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._stop_cond:
+            while True:
+                for i, r in enumerate(self._stops):
+                    if r.vmid == vmid:
+                        return self._stops.pop(i)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._stop_cond.wait(remaining)
+
+    def set_fast_handler(self, vmid: int, handler: FastHandler | None) -> None:
+        """Handle ``vmid``'s requests on the vCPU threads (in-process device model); None undoes it."""
+        if handler is None:
+            self.fast_handlers.pop(vmid, None)
+        else:
+            self.fast_handlers[vmid] = handler
+
+    def close(self) -> None:
+        for vmid in list(self.vms):
+            self.vms.pop(vmid).destroy()
+        self.hv.remove_listener(self)
+
+
+__all__ = ["ExitCounts", "Runtime", "StopReport", "VmRuntime"]
