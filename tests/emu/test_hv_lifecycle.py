@@ -9,7 +9,7 @@ import errno
 import pytest
 
 from acrn import uapi
-from acrn.emu.hv import HC_STATE_RULES, Hypervisor, VcpuState, VmState
+from acrn.emu.hv import HC_STATE_RULES, Hypervisor, VcpuState, Vm, VmState
 
 EINVAL = -errno.EINVAL
 ENOTTY = -errno.ENOTTY
@@ -174,7 +174,7 @@ def test_create_vm_vcpu_num_is_popcount_of_affinity(hv: Hypervisor) -> None:
 
 
 def test_create_vm_affinity_must_be_subset_of_configured(hv: Hypervisor) -> None:
-    ret, cv = create(hv, b"POST_STD_VM1", affinity=0b1000)  # slot affinity is 0b0110
+    ret, _cv = create(hv, b"POST_STD_VM1", affinity=0b1000)  # slot affinity is 0b0110
     assert ret == -1
     assert hv.vms() == []
 
@@ -377,7 +377,7 @@ def test_set_vcpu_regs_rejects_unmapped_param2(hv: Hypervisor, page: Page) -> No
 
 
 def test_set_vcpu_regs_vcpu_id_bounded_by_pcpu_count_then_offline(hv: Hypervisor, page: Page) -> None:
-    ret, cv = create(hv, b"one", affinity=0b0010)
+    _ret, cv = create(hv, b"one", affinity=0b0010)
     assert cv.vcpu_num == 1
     assert set_buffer(hv, cv.vmid, page) == 0
     assert set_regs(hv, cv.vmid, vcpu_regs(4)) == -1  # >= pCPU count
@@ -425,12 +425,12 @@ def test_insert_request_needs_buffer(hv: Hypervisor) -> None:
 
 
 def test_insert_request_sets_completion_polling_only_in_polling_mode(hv: Hypervisor, page: Page) -> None:
-    ret, cv = create(hv, b"p", flags=uapi.GUEST_FLAG_IO_COMPLETION_POLLING)
+    _, cv = create(hv, b"p", flags=uapi.GUEST_FLAG_IO_COMPLETION_POLLING)
     assert set_buffer(hv, cv.vmid, page) == 0
     assert hv.insert_request(cv.vmid, 1, uapi.ACRN_IOREQ_TYPE_MMIO, address=0xFED00000, size=4) == 0
     assert page.slots().req_slot[1].completion_polling == 1
     page2 = Page()
-    ret, cv2 = create(hv, b"q")
+    _ret, cv2 = create(hv, b"q")
     assert set_buffer(hv, cv2.vmid, page2) == 0
     page2.slots().req_slot[0].completion_polling = 5  # the hypervisor never writes 0 there
     assert hv.insert_request(cv2.vmid, 0, uapi.ACRN_IOREQ_TYPE_MMIO, address=0xFED00000, size=4) == 0
@@ -464,8 +464,8 @@ def test_notify_request_finish_signals_vcpu(hv: Hypervisor, page: Page) -> None:
     seen: list[tuple[int, int]] = []
 
     class L:
-        def request_completed(self, vm: object, vcpu_id: int) -> None:
-            seen.append((getattr(vm, "vmid"), vcpu_id))
+        def request_completed(self, vm: Vm, vcpu_id: int) -> None:
+            seen.append((vm.vmid, vcpu_id))
 
     hv.add_listener(L())
     assert hv.hypercall(uapi.HC_NOTIFY_REQUEST_FINISH, vmid, 0x10002) == 0  # vcpu truncated to u16
@@ -479,7 +479,7 @@ def test_notify_request_finish_needs_buffer(hv: Hypervisor) -> None:
 
 
 def test_notify_request_finish_polling_vm_does_not_signal(hv: Hypervisor, page: Page) -> None:
-    ret, cv = create(hv, b"p", flags=uapi.GUEST_FLAG_IO_COMPLETION_POLLING)
+    _ret, cv = create(hv, b"p", flags=uapi.GUEST_FLAG_IO_COMPLETION_POLLING)
     assert set_buffer(hv, cv.vmid, page) == 0
     seen: list[int] = []
 
