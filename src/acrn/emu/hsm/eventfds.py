@@ -256,11 +256,11 @@ class IrqfdSet:
             return -(e.errno or errno.EINVAL)
         try:
             with self.lock:
-                for i, e in enumerate(self.entries):
-                    if e.ctx.ident == ctx.ident:
-                        self._master.unregister(e.ep.fileno())
+                for i, irqfd in enumerate(self.entries):
+                    if irqfd.ctx.ident == ctx.ident:
+                        self._master.unregister(irqfd.ep.fileno())
                         del self.entries[i]
-                        e.close()
+                        irqfd.close()
                         break
         finally:
             ctx.close()

@@ -3,7 +3,7 @@
 RAM: ``vma_base`` is a user address of this process; its pages are "pinned" (must be mapped
 writable: the kernel always pins with FOLL_WRITE) and handed to the hypervisor as Service VM
 physical addresses, which in the emulator are the same addresses (see ``acrn.emu.hostmem``).
-One region is made per compound page: per 4 KB page, or per huge page inside a hugetlb mapping.
+The batch has one region per SET_MEMSEG instead of one per compound page (see :func:`_regions`).
 
 Emulator difference: the VM_PFNMAP path (device memory mapped with remap_pfn_range) is not
 modelled; every RAM range goes through the pinning path.
@@ -22,46 +22,23 @@ from acrn.emu.hsm.vm import ACRN_MEM_MAPPING_MAX, HsmVm
 log = logging.getLogger("acrn.emu.hsm")
 
 
-def _page_sizes(start: int, end: int) -> list[tuple[int, int, int]]:
-    """(vma start, vma end, kernel page size) of the mappings overlapping [start, end), from smaps."""
-    out: list[tuple[int, int, int]] = []
-    cur: tuple[int, int] | None = None
-    with open("/proc/self/smaps", "rb") as f:
-        for line in f:
-            first = line.split(maxsplit=1)[0]
-            if b"-" in first and not first.endswith(b":"):
-                lo, hi = (int(x, 16) for x in first.split(b"-"))
-                cur = (lo, hi) if lo < end and hi > start else None
-            elif cur is not None and first == b"KernelPageSize:":
-                out.append((cur[0], cur[1], int(line.split()[1]) * 1024))
-    return out
+def _regions(vma_base: int, size: int, user_vm_pa: int, attr: int) -> list[uapi.vm_memory_region_op]:
+    """The ADD regions of a pinned RAM range (``acrn_vm_ram_map``).
 
-
-def _regions(
-    vm: HsmVm, vma_base: int, size: int, user_vm_pa: int, attr: int
-) -> list[uapi.vm_memory_region_op]:
-    """One ADD region per compound page, ``user_vm_pa`` increasing (``acrn_vm_ram_map``)."""
-    huge = [(lo, hi, ps) for lo, hi, ps in _page_sizes(vma_base, vma_base + size) if ps > PAGE_SIZE]
-    regions: list[uapi.vm_memory_region_op] = []
-    off = 0
-    while off < size:
-        va = vma_base + off
-        step = PAGE_SIZE
-        for lo, hi, ps in huge:
-            if lo <= va < hi and va % ps == 0:
-                step = min(ps, size - off)
-                break
-        regions.append(
-            uapi.vm_memory_region_op(
-                type=uapi.MR_ADD,
-                attr=uapi.ACRN_MEM_TYPE_WB | (attr & uapi.ACRN_MEM_ACCESS_RIGHT_MASK),
-                user_vm_pa=(user_vm_pa + off) & ((1 << 64) - 1),
-                service_vm_pa=va,
-                size=step,
-            )
+    The kernel builds one region per compound page, because the pages' physical addresses are
+    scattered.  In the emulator a page's "physical" address is its virtual address, so the pages of
+    one user range are contiguous and the batch is one region with the same effect (and a cost
+    independent of the size).
+    """
+    return [
+        uapi.vm_memory_region_op(
+            type=uapi.MR_ADD,
+            attr=uapi.ACRN_MEM_TYPE_WB | (attr & uapi.ACRN_MEM_ACCESS_RIGHT_MASK),
+            user_vm_pa=user_vm_pa,
+            service_vm_pa=vma_base,
+            size=size,
         )
-        off += step
-    return regions
+    ]
 
 
 def set_memory_regions(vm: HsmVm, regions: list[uapi.vm_memory_region_op]) -> int:
@@ -99,7 +76,7 @@ def ram_map(vm: HsmVm, memmap: uapi.acrn_vm_memmap) -> int:
         pins.unpin(base, size)
         return -errno.ENOMEM
     vm.regions_mapping_count += 1
-    ret = set_memory_regions(vm, _regions(vm, base, size, memmap.user_vm_pa, memmap.attr))
+    ret = set_memory_regions(vm, _regions(base, size, memmap.user_vm_pa, memmap.attr))
     if ret < 0:
         vm.regions_mapping_count -= 1
         pins.unpin(base, size)
