@@ -44,6 +44,7 @@ Limitations (unicorn is "a pure CPU emulator", spec 7.1), each reported, never s
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import queue
 import struct
@@ -83,6 +84,9 @@ SUBERROR_EMULATION: Final = 1
 #: VMX exit reason 33 "VM-entry failure due to invalid guest state" with the failure bit set.
 ENTRY_FAILURE_INVALID_STATE: Final = 0x8000_0021
 
+#: Opcodes that raise #UD by definition (UD2, UD1, UD0).
+UD_OPCODES: Final = (b"\x0f\x0b", b"\x0f\xb9", b"\x0f\xff")
+
 EXCEPTION_NAMES: Final = {
     0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF",
     10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF", 17: "#AC", 18: "#MC",
@@ -112,6 +116,18 @@ def _unicorn() -> Any:
 
 def _x86() -> Any:
     return importlib.import_module("unicorn.x86_const")
+
+
+def _vmem_read() -> Any:
+    """libunicorn's ``uc_vmem_read`` (2.1.x exports it; the Python binding does not wrap it)."""
+    try:
+        lib = importlib.import_module("unicorn.unicorn_py3.unicorn").uclib
+        fn = lib.uc_vmem_read
+    except (ImportError, AttributeError):
+        return None
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+    return fn
 
 
 def _check_layout() -> str:
@@ -162,6 +178,8 @@ class SoftVcpu:
         self._mmio: list[tuple[int, int]] = []
         self._mmio_hooks: list[int] = []
         self._mmio_value = 0
+        self._mmio_addr = 0
+        self._ro_undo: list[tuple[int, bytes]] = []
         self._ram: list[tuple[int, int]] = []
         self._hooks: list[int] = []
         self._hooks.append(
@@ -196,6 +214,9 @@ class SoftVcpu:
         for start, size in self._mmio:
             self._uc.mem_unmap(start, size)
         self._mmio = []
+        for h in self._mmio_hooks:
+            self._uc.hook_del(h)
+        self._mmio_hooks = []
         slots = self._vm.slots()
         current = set(self._ram)
         wanted = {(gpa, size) for gpa, size, _, _ in slots}
@@ -206,13 +227,16 @@ class SoftVcpu:
                 perms = unicorn.UC_PROT_ALL if writable else unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC
                 self._uc.mem_map_ptr(gpa, size, perms, host)
         self._ram = sorted(wanted)
-        for h in self._mmio_hooks:
-            self._uc.hook_del(h)
-        self._mmio_hooks = []
+        for gpa, size, _, writable in slots:
+            if not writable:
+                hook = self._uc.hook_add(
+                    unicorn.UC_HOOK_MEM_READ, self._on_read_only_read, None, gpa, gpa + size - 1
+                )
+                self._mmio_hooks.append(hook)
         cursor = 0
         for gpa, size in [*self._ram, (PHYS_TOP, 0)]:
             if gpa > cursor:
-                self._uc.mmio_map(cursor, gpa - cursor, self._on_mmio_read, None, self._on_mmio_write, None)
+                self._uc.mmio_map(cursor, gpa - cursor, self._on_mmio_read, cursor, self._on_mmio_write, None)
                 self._mmio.append((cursor, gpa - cursor))
                 # The exit is taken in a memory hook bounded to the gap, not in the MMIO
                 # callback: unicorn syncs RIP and the lazy flags before memory hooks only.
@@ -257,7 +281,9 @@ class SoftVcpu:
         uc.reg_write(x.UC_X86_REG_RIP, st.rip)
         # Segment caches and the hflags derived from them, through the CPU context.
         uc.context_update(self._ctx)
-        env = lay.read_env(self._ctx, lay.OFF_SEGS + 6 * lay.SEG_SIZE)
+        env = lay.read_env(self._ctx, lay.OFF_EFER + 8)
+        # EFER exactly as given: QEMU's WRMSR keeps LMA (a status bit) from before.
+        struct.pack_into("<Q", env, lay.OFF_EFER, st.efer & 0xFFFF_FFFF_FFFF_FFFF)
         caches: dict[str, tuple[int, int, int, int]] = {}
         for name, index in lay.SEG_INDEX.items():
             seg = st.segment(name)
@@ -267,6 +293,7 @@ class SoftVcpu:
             self._shadow[name] = (cache, seg.ar)
             struct.pack_into("<I4xQII", env, lay.OFF_SEGS + index * lay.SEG_SIZE, *cache)
         (hflags,) = struct.unpack_from("<I", env, lay.OFF_HFLAGS)
+        hflags = (hflags | lay.HF_LMA) if st.efer & EFER_LMA else (hflags & ~lay.HF_LMA)
         hflags = lay.derive_hflags(hflags, caches, bool(st.cr0 & CR0_PE), bool(st.rflags & lay.HF_VM))
         struct.pack_into("<I", env, lay.OFF_HFLAGS, hflags)
         lay.write_env(self._ctx, lay.OFF_HFLAGS, bytes(env[lay.OFF_HFLAGS :]))
@@ -401,6 +428,7 @@ class SoftVcpu:
                 self._uc.emu_start(self._uc.reg_read(x.UC_X86_REG_RIP), 0)
             except unicorn.UcError as e:
                 error = e
+            self._undo_read_only()
             with self._cv:
                 self._in_guest = False
                 stop_issued = self._stop_issued
@@ -426,27 +454,36 @@ class SoftVcpu:
         code = error.errno
         if code in (unicorn.UC_ERR_FETCH_UNMAPPED, unicorn.UC_ERR_FETCH_PROT):
             return EmulationFailureExit(SUBERROR_EMULATION, f"instruction fetch from non-RAM at rip={rip:#x}")
-        detail = f"{error} at rip={rip:#x}"
+        insn = self._insn_bytes(rip)
         if code == unicorn.UC_ERR_INSN_INVALID:
-            detail = f"invalid or unsupported instruction at rip={rip:#x}"
-        return EmulationFailureExit(SUBERROR_EMULATION, detail, self._insn_bytes(rip))
+            if insn[:2] in UD_OPCODES:
+                # An architectural #UD (UD2/UD1/UD0): no IDT delivery here, so a shutdown,
+                # as KVM reports for a guest without an IDT (see the module doc).
+                return ShutdownExit(f"exception #UD at rip={rip:#x}")
+            return EmulationFailureExit(
+                SUBERROR_EMULATION, f"invalid or unsupported instruction at rip={rip:#x}", insn
+            )
+        return EmulationFailureExit(SUBERROR_EMULATION, f"{error} at rip={rip:#x}", insn)
 
     def _insn_bytes(self, rip: int) -> bytes:
-        """Up to 15 bytes at CS:RIP (physical = linear when paging is off; best effort)."""
-        try:
-            self._uc.context_update(self._ctx)
-            cs_base = lay.unpack_segment(lay.read_env(self._ctx, lay.OFF_SEGS + 2 * lay.SEG_SIZE), 1)[1]
-            addr = (cs_base + rip) & 0xFFFF_FFFF_FFFF_FFFF
-            if self._uc.reg_read(self._x.UC_X86_REG_CR0) & CR0_PG:
-                return b""
-            return bytes(self._uc.mem_read(addr, 15))
-        except Exception:
+        """Up to 15 bytes at CS:RIP, through the guest's page tables (best effort, b"" if none)."""
+        self._uc.context_update(self._ctx)
+        cs_base = lay.unpack_segment(lay.read_env(self._ctx, lay.OFF_SEGS + 2 * lay.SEG_SIZE), 1)[1]
+        linear = (cs_base + rip) & 0xFFFF_FFFF_FFFF_FFFF
+        vmem_read = _vmem_read()
+        if vmem_read is None:
             return b""
+        for size in (15, PAGE - (linear % PAGE)):
+            buf = ctypes.create_string_buffer(size)
+            if vmem_read(self._uc._uch, linear, self._unicorn.UC_PROT_EXEC, buf, size) == 0:
+                return buf.raw
+        return b""
 
     def _exchange(self, exit_: VmExit) -> bool:
         """Hand an I/O exit to ``run()`` and wait for the next ``run()``; False if abandoned."""
         if self._abandon:
             return False
+        self._undo_read_only()
         with self._cv:
             self._in_guest = False
             self._cv.notify_all()
@@ -473,6 +510,7 @@ class SoftVcpu:
 
     def _on_mmio_access(self, uc: Any, access: int, address: int, size: int, value: int, _: Any) -> None:
         mask = (1 << (8 * size)) - 1
+        self._mmio_addr = address
         if access == self._unicorn.UC_MEM_WRITE:
             self._exchange(MmioExit(address, size, True, value & mask))
         elif self._exchange(MmioExit(address, size, False)):
@@ -480,15 +518,33 @@ class SoftVcpu:
         else:
             self._mmio_value = mask
 
-    def _on_mmio_read(self, uc: Any, offset: int, size: int, _: Any) -> int:
-        return self._mmio_value  # obtained by _on_mmio_access just before
+    def _on_mmio_read(self, uc: Any, offset: int, size: int, base: int) -> int:
+        # The value was obtained by _on_mmio_access just before; QEMU may split the access
+        # into narrower region reads (an 8-byte read arrives as two 4-byte ones).
+        shift = 8 * max(0, base + offset - self._mmio_addr)
+        return (self._mmio_value >> shift) & ((1 << (8 * size)) - 1)
 
     def _on_mmio_write(self, uc: Any, offset: int, size: int, value: int, _: Any) -> None:
         pass  # reported by _on_mmio_access just before
 
     def _on_write_prot(self, uc: Any, access: int, address: int, size: int, value: int, _: Any) -> bool:
+        # KVM turns writes to a read-only slot into MMIO exits and drops them.  Unicorn stores
+        # a write once a hook has accepted it (and stops imprecisely if none does), so keep the
+        # old bytes and put them back before the next read of the slot or the next exit.
         self._exchange(MmioExit(address, size, True, value & ((1 << (8 * size)) - 1)))
+        host = self._vm.host_address(address, size)
+        if host is not None:  # saved after the exchange: it restores pending undos itself
+            self._ro_undo.append((host, ctypes.string_at(host, size)))
         return True
+
+    def _on_read_only_read(self, uc: Any, access: int, address: int, size: int, value: int, _: Any) -> None:
+        if self._ro_undo:
+            self._undo_read_only()
+
+    def _undo_read_only(self) -> None:
+        while self._ro_undo:
+            host, old = self._ro_undo.pop()
+            ctypes.memmove(host, old, len(old))
 
     def _on_intr(self, uc: Any, vector: int, _: Any) -> None:
         # Called outside the translated block, so the stop is precise; RIP is at the faulting
@@ -511,6 +567,13 @@ class SoftVm:
     def slots(self) -> list[tuple[int, int, int, bool]]:
         """(gpa, size, host_addr, writable) of every RAM slot, by address."""
         return [(gpa, size, host, w) for gpa, (size, host, w) in sorted(self._slots.items())]
+
+    def host_address(self, gpa: int, size: int) -> int | None:
+        """The host address backing guest-physical [gpa, gpa+size), if one slot holds it all."""
+        for start, (slot_size, host, _) in self._slots.items():
+            if start <= gpa and gpa + size <= start + slot_size:
+                return host + (gpa - start)
+        return None
 
     def map_memory(self, gpa: int, size: int, host_addr: int, *, writable: bool = True) -> None:
         """Back guest-physical [gpa, gpa+size) with host memory at ``host_addr`` (no copy)."""

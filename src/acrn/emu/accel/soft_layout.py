@@ -33,6 +33,7 @@ OFF_SEGS: Final = 184
 SEG_SIZE: Final = 24  # uint32 selector, pad, uint64 base, uint32 limit, uint32 flags
 OFF_LDT: Final = OFF_SEGS + 6 * SEG_SIZE
 OFF_TR: Final = OFF_SEGS + 7 * SEG_SIZE
+OFF_EFER: Final = 592
 _SEG: Final = struct.Struct("<I4xQII")
 
 #: QEMU's segment indices (R_ES .. R_GS) for the schema's names.
@@ -154,6 +155,9 @@ def verify(uc: Any) -> str:
             return f"unicorn CPU context layout differs from QEMU 5.0's CPUX86State (offset {off})"
     if unpack_segment(env, SEG_INDEX["cs"])[0] != 0x5A58 or unpack_segment(env, 7)[3] != 0x8B00:
         return "unicorn CPU context layout differs (segment caches)"
+    uc.msr_write(0xC000_0080, 0xD01)
+    if struct.unpack_from("<Q", read_env(uc.context_save(), OFF_EFER + 8), OFF_EFER)[0] != 0xD01:
+        return "unicorn CPU context layout differs (efer)"
     h_pe = struct.unpack_from("<I", env, OFF_HFLAGS)[0] & HF_PE
     uc.reg_write(x.UC_X86_REG_CR0, 0x10)
     env2 = read_env(uc.context_save(), OFF_HFLAGS + 4)
