@@ -41,6 +41,7 @@ from acrn.memory import HostMemory
 from acrn.regs.model import VcpuRegs
 
 if TYPE_CHECKING:
+    from acrn.device import Device
     from acrn.emu.runtime import Runtime, StopReport
 
 log = logging.getLogger(__name__)
@@ -80,18 +81,19 @@ class VmSession:
         *,
         name: str = "pyacrn",
         mem_size: int = 2 << 20,
-        device: str = "auto",
+        device: str | Device = "auto",
         accel: str = "auto",
         console: Callable[[bytes], None] | None = None,
         fast_path: bool = False,
     ) -> None:
-        self.hsm = Hsm.open(device)
+        self.hsm = Hsm.open(device) if isinstance(device, str) else Hsm(device)
         self.accel = accel
         self.runtime: Runtime | None = None
         machine = getattr(self.hsm.device, "machine", None)
         if machine is not None:
             self.runtime = machine.runtime
-            self.runtime.set_accelerator(accel)
+            if accel != self.runtime.accel_name:
+                self.runtime.set_accelerator(accel)
         self.output = bytearray()
         self._console = console
         self.bus = IoBus()
@@ -139,7 +141,10 @@ class VmSession:
     def run(self, timeout: float | None = None) -> RunResult:
         """START_VM and serve I/O until the guest stops, exits through the debug port or times out."""
         t0 = time.monotonic()
+        self._stop_event.clear()
+        self._debugexit_status = None
         if self.runtime is not None:
+            self.runtime.remove_stop_callback(self._on_stop)
             self.runtime.on_stop(self._on_stop)
         if self.fast_path:
             assert self.runtime is not None
@@ -151,10 +156,11 @@ class VmSession:
             self.runtime.set_fast_handler(self.vm.vmid, fast)
             self.vm.start()
         else:
-            self.vm.create_ioreq_client()
-            self._loop = IoreqLoop(self.vm, self.bus)
-            self._loop_thread = threading.Thread(target=self._loop.run, name="acrn-dm-ioreq", daemon=True)
-            self._loop_thread.start()
+            if self._loop_thread is None:  # the client outlives guest resets, as in acrn-dm
+                self.vm.create_ioreq_client()
+                self._loop = IoreqLoop(self.vm, self.bus)
+                self._loop_thread = threading.Thread(target=self._loop.run, name="acrn-dm-ioreq", daemon=True)
+                self._loop_thread.start()
             self.vm.start()
         self._started = True
         finished = self._stop_event.wait(timeout)

@@ -326,6 +326,19 @@ class VmRuntime:
         return result
 
 
+def _install_kick_handler() -> None:
+    """KVM's kick interrupts KVM_RUN with a signal whose handler must be set from the main thread.
+
+    Without it a kick only sets ``immediate_exit``, which a vCPU spinning inside the guest never
+    sees, so PAUSE could not stop it; hence the handler is installed as early as possible.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    from acrn.emu.accel import kvm
+
+    kvm.install_kick_handler()
+
+
 class Runtime:
     """Attach to a :class:`~acrn.emu.hv.Hypervisor` and execute its VMs on an accelerator."""
 
@@ -341,6 +354,7 @@ class Runtime:
         self._stop_cond = threading.Condition()
         self._stop_callbacks: list[Callable[[StopReport], None]] = []
         self._get_accelerator = get_accelerator
+        _install_kick_handler()
         hv.add_listener(self)
 
     @property
@@ -349,6 +363,13 @@ class Runtime:
             assert isinstance(self._accel_spec, str)
             self._accelerator = self._get_accelerator(self._accel_spec)
         return self._accelerator
+
+    @property
+    def accel_name(self) -> str:
+        """The accelerator asked for (``auto`` until a VM starts and one is chosen)."""
+        if self._accelerator is not None:
+            return self._accelerator.name
+        return self._accel_spec if isinstance(self._accel_spec, str) else self._accel_spec.name
 
     def set_accelerator(self, accel: str | Accelerator) -> None:
         """Choose the accelerator for VMs started from now on."""
