@@ -118,12 +118,22 @@ def run(args: argparse.Namespace) -> int:
         session.set_regs(regs, strict=args.strict)
         result = session.run(timeout=args.timeout)
     print(result.summary(), file=sys.stderr)
-    if result.reason not in ("halt", "debugexit", "timeout") and result.report and result.report.state:
-        st = result.report.state
-        print(
-            f"  rip={st['rip']:#x} mode={st['mode']} cr0={st['cr0']:#x} rflags={st['rflags']:#x}",
-            file=sys.stderr,
-        )
+    report = result.report
+    if result.reason not in ("halt", "debugexit", "timeout") and report is not None:
+        if report.state:
+            st = report.state
+            print(
+                f"  vcpu {report.vcpu_id}: rip={st['rip']:#x} mode={st['mode']} cr0={st['cr0']:#x} "
+                f"cr4={st['cr4']:#x} efer={st['efer']:#x} rflags={st['rflags']:#x}",
+                file=sys.stderr,
+            )
+        for line in report.disassembly:
+            print(f"  {line}", file=sys.stderr)
+        for finding in report.findings:
+            print(
+                f"  [{finding['level']} {finding['severity']}] {finding['rule']}: {finding['message']}",
+                file=sys.stderr,
+            )
     if args.dump_state:
         with open(args.dump_state, "w") as out:
             json.dump({str(k): v for k, v in result.states.items()}, out, indent=2)

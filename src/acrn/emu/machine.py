@@ -20,10 +20,13 @@ from acrn.emu.runtime import Runtime
 class Machine:
     """Platform + ServiceVmMemory + Hypervisor + HSM driver state."""
 
-    def __init__(self, platform: Platform | None = None, accel: str = "auto") -> None:
+    def __init__(
+        self, platform: Platform | None = None, accel: str = "auto", *, strict_arch: bool = False
+    ) -> None:
         self.platform = platform if platform is not None else Platform.default()
         self.memory = ServiceVmMemory()
         self.hv = Hypervisor(platform=self.platform, memory=self.memory)
+        self.hv.strict_arch = strict_arch
         self.hsm = HsmDriver(self.hv)
         # Executes the VMs' vCPUs from START on; the accelerator itself (and /dev/kvm) is only
         # opened when the first VM starts, so ABI/state-only use never touches it.

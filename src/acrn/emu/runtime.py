@@ -70,6 +70,10 @@ class StopReport:
     state: dict[str, Any] | None = None
     exit: VmExit | None = None
     time: float = field(default_factory=time.monotonic)
+    #: For faults: acrn.regs.validate findings (dicts) for the state SET_VCPU_REGS last landed.
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    #: For faults: the instructions at RIP (needs capstone).
+    disassembly: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         rip = f" at rip={self.state['rip']:#x}" if self.state else ""
@@ -204,7 +208,10 @@ class _VcpuRunner:
             state = None
         with self.cond:
             self.stopped = True
-        self.vmrt.runtime.publish(StopReport(self.vmrt.vmid, self.vcpu_id, reason, detail, state, ex))
+        report = StopReport(self.vmrt.vmid, self.vcpu_id, reason, detail, state, ex)
+        if reason != "halt":
+            self.vmrt.explain(report)
+        self.vmrt.runtime.publish(report)
 
 
 class VmRuntime:
@@ -220,6 +227,33 @@ class VmRuntime:
 
     def landed_state(self, vcpu_id: int) -> CpuState:
         return self.hv.vcpu_state(self.vmid, vcpu_id)
+
+    def explain(self, report: StopReport) -> None:
+        """Add the validator's findings and the code at RIP to a fault report (best effort)."""
+        from acrn.emu.guestmem import code_at_rip, disassemble, region_reader
+        from acrn.regs.model import VcpuRegs
+        from acrn.regs.validate import validate
+
+        try:
+            with self.hv.lock:
+                vm = self.hv.vm(self.vmid)
+                vcpu = vm.vcpu(report.vcpu_id) if vm is not None else None
+                blob = vcpu.set_regs if vcpu is not None else None
+                regions = list(vm.memory_regions) if vm is not None else []
+            if blob is not None:
+                findings = validate(VcpuRegs.from_bytes(blob), level="arch", platform=self.hv.platform)
+                report.findings = [f.to_dict() for f in findings]
+            if report.state is not None:
+                st = CpuState.from_dict(report.state)
+                code = None
+                if isinstance(report.exit, EmulationFailureExit) and report.exit.insn_bytes:
+                    code = report.exit.insn_bytes
+                if code is None:
+                    code = code_at_rip(st, region_reader(regions))
+                if code:
+                    report.disassembly = disassemble(code, st.cs.base + st.rip, st)
+        except Exception:  # a report must never fail the stop itself
+            log.debug("could not explain stop", exc_info=True)
 
     def sync_memory(self, vm: Vm) -> None:
         """Make the accelerator's slots equal the hypervisor's EPT regions."""

@@ -112,6 +112,9 @@ class Hypervisor:
         self.memory = memory if memory is not None else ServiceVmMemory()
         #: Held during every hypercall and every runtime entry point; re-entrant for listeners.
         self.lock = threading.RLock()
+        #: Refuse (-1) SET_VCPU_REGS states that fail the processor's VM-entry checks (level ``arch``
+        #: of acrn.regs.validate).  Off by default, since ACRN accepts them.
+        self.strict_arch = False
         # ACRN mutates its vm_configs (dynamic names, DM-owned flags, affinity): work on copies.
         self.vm_configs: list[VmConfig] = [dataclasses.replace(c) for c in self.platform.vm_configs]
         self._configured_affinity = [c.cpu_affinity for c in self.platform.vm_configs]
@@ -533,6 +536,7 @@ class Hypervisor:
         assert vm is not None
         for vcpu in vm.vcpus:
             vcpu.regs = reset_vcpu_state()
+            vcpu.set_regs = None
             vcpu.tsc_aux = 0  # COLD_RESET is not INIT_RESET
             vcpu.state = VCPU_TRANSITIONS[VmEvent.RESET]
             vcpu.io_type = None
@@ -565,8 +569,19 @@ class Hypervisor:
             return -1
         if not is_valid_cr0_cr4(int(vr.vcpu_regs.cr0), int(vr.vcpu_regs.cr4), self.platform):
             return -1
+        if self.strict_arch and self._arch_errors(data):
+            return -1  # emulator option, off by default: ACRN itself accepts these states
         vcpu.regs = land_vcpu_regs(vr.vcpu_regs, vcpu.regs)
+        vcpu.set_regs = data
         return 0
+
+    def _arch_errors(self, blob: bytes) -> list[str]:
+        """Errors the processor's VM-entry checks would raise for this state (acrn.regs.validate)."""
+        from acrn.regs.model import VcpuRegs
+        from acrn.regs.validate import validate
+
+        found = validate(VcpuRegs.from_bytes(blob), level="arch", platform=self.platform)
+        return [f.message for f in found if f.severity == "error" and f.level == "arch"]
 
     # ------------------------------------------------------------------ handlers: interrupts
     def _hc_inject_msi(self, t: _Target, p1: int, p2: int) -> int:

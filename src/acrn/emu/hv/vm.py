@@ -42,6 +42,9 @@ class Vcpu:
     lapic_id: int
     state: VcpuState = VcpuState.INIT
     regs: CpuState = field(default_factory=reset_vcpu_state, repr=False)
+    #: The ``acrn_vcpu_regs`` blob SET_VCPU_REGS last landed (None after create/RESET), kept so that
+    #: a fault report can validate the state the vCPU was started with.
+    set_regs: bytes | None = field(default=None, repr=False)
     tsc_aux: int = 0
     #: The type of the request this vCPU last inserted (ACRN's ``vcpu->req.io_type``), for post-work.
     io_type: int | None = None
