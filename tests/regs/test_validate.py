@@ -114,6 +114,7 @@ CASES = [
     Case("acrn.cr4.stripped", setting(cr4=arch.CR4_MCE), severity="warning"),
     Case("acrn.efer.compat", setting(cs_ar=0xC09B), base=long, severity="warning"),
     Case("arch.cr0.pg_pe", setting(cr0=0x80000030), setting(cr0=0x80000031)),
+    Case("arch.cr0.nw_cd", setting(cr0=0x20000031), setting(cr0=0x60000031)),
     Case("arch.cr0.pe_unrestricted", nothing, setting(cr0=0x80000031), base=real, facts=NO_UG, pass_base=pm),
     Case("arch.cr4.reserved", setting(cr4=1 << 15)),
     Case("arch.cr4.cet_wp", setting(cr4=arch.CR4_CET), setting(cr4=arch.CR4_CET, cr0=0x31 | arch.CR0_WP)),

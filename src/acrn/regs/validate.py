@@ -561,6 +561,13 @@ def _arch_cr0_pg_pe(c: Context) -> Iterator[Hit]:
         yield Hit(["vcpu_regs.cr0"], f"cr0 = {c.regs.cr0:#x} sets PG (bit 31) without PE (bit 0)")
 
 
+@rule("arch.cr0.nw_cd", "arch", "Intel SDM Vol. 3 2.5 (CR0.NW/CD), KVM kvm_is_valid_cr0")
+def _arch_cr0_nw_cd(c: Context) -> Iterator[Hit]:
+    """CR0.NW = 1 with CD = 0 is an invalid combination: MOV to CR0 faults and KVM refuses the state."""
+    if c.regs.cr0 & arch.CR0_NW and not c.regs.cr0 & arch.CR0_CD:
+        yield Hit(["vcpu_regs.cr0"], f"cr0 = {c.regs.cr0:#x} sets NW (bit 29) without CD (bit 30)")
+
+
 @rule("arch.cr0.pe_unrestricted", "arch", SDM_CR)
 def _arch_cr0_pe_unrestricted(c: Context) -> Iterator[Hit]:
     """CR0.PE = 0 or PG = 0 passes VM entry only with the unrestricted-guest control, which ACRN always uses.
