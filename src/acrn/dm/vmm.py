@@ -34,8 +34,10 @@ from typing import TYPE_CHECKING, Any
 from acrn import uapi
 from acrn.dm.bus import IoBus
 from acrn.dm.devices.debugexit import DebugExit
+from acrn.dm.devices.pci_host import PciHostBridge
 from acrn.dm.devices.uart16550 import Uart16550
 from acrn.dm.ioreq import IoreqLoop
+from acrn.dm.pci import PciBus
 from acrn.hsm import Hsm, Vm
 from acrn.memory import HostMemory
 from acrn.regs.model import VcpuRegs
@@ -103,6 +105,10 @@ class VmSession:
         self._debugexit_status: int | None = None
         self.debugexit = DebugExit(on_exit=self._on_debugexit)
         self.debugexit.attach(self.bus)
+        # PCICFG requests (the kernel's CF8/CFC combiner, spec 5.4) go to bus 0 with the host bridge.
+        self.pci = PciBus()
+        self.hostbridge = PciHostBridge()
+        self.hostbridge.attach(self.pci)
         self.fast_path = fast_path and self.runtime is not None
         self.vm: Vm = self.hsm.create_vm(name)
         self.ram: HostMemory = self.vm.map_ram(0, mem_size)
@@ -148,7 +154,7 @@ class VmSession:
             self.runtime.on_stop(self._on_stop)
         if self.fast_path:
             assert self.runtime is not None
-            loop = IoreqLoop(self.vm, self.bus)
+            loop = IoreqLoop(self.vm, self.bus, self.pci)
 
             def fast(vcpu_id: int, slot: uapi.acrn_io_request) -> None:
                 loop.handle_slot(slot)
@@ -158,7 +164,7 @@ class VmSession:
         else:
             if self._loop_thread is None:  # the client outlives guest resets, as in acrn-dm
                 self.vm.create_ioreq_client()
-                self._loop = IoreqLoop(self.vm, self.bus)
+                self._loop = IoreqLoop(self.vm, self.bus, self.pci)
                 self._loop_thread = threading.Thread(target=self._loop.run, name="acrn-dm-ioreq", daemon=True)
                 self._loop_thread.start()
             self.vm.start()
