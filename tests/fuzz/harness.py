@@ -1,0 +1,311 @@
+"""The shared fuzzing harness for the emulated HSM ioctl surface (issue 7, spec acrn-hsm.md 1.2, 2, 3, 5).
+
+Used by the hypothesis state machine (``test_hsm_fuzz.py``) and by the atheris driver
+(``atheris_hsm.py``).  It provides:
+
+* :class:`NullAccelerator`: an accelerator whose vCPUs "spin" until kicked, so START/PAUSE/RESET/
+  DESTROY and release exercise the runtime's threads without running real guest code;
+* :class:`AddressPool`: user addresses of every kind the kernel may be handed (mapped read-write
+  scratch pages, a read-only page, a PROT_NONE page, NULL, non-canonical and kernel addresses,
+  misaligned offsets).  The emulator writes through some of them (the ioreq page, the interrupt
+  monitor page, copy_to_user), so mapped addresses always point into the pool's own scratch pages;
+* :data:`ALLOWED_ERRNO`: for every ioctl, the errno values the spec allows (section 2 plus the
+  preamble of 1.2); anything else is a finding;
+* :func:`check_invariants` and :func:`check_released`: the state-machine, slot-state and
+  resource-accounting invariants that must hold after every step and after every fd is closed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import threading
+from dataclasses import dataclass, field
+
+from acrn import uapi
+from acrn.arch import CpuState
+from acrn.emu.accel.base import KickExit, VmExit
+from acrn.emu.hsm import HsmFile
+from acrn.emu.hv import VcpuState, VmState
+from acrn.emu.machine import Machine
+from acrn.memory import HostMemory
+
+PAGE = mmap.PAGESIZE
+
+E = errno
+_HV = {E.EPERM, E.ENOTTY}  # a bare -1 from the hypervisor, or an unreachable target (spec 12.2)
+_STRUCT_HV = {E.EFAULT, E.ENOMEM, E.EINVAL} | _HV
+#: Spec 2 per ioctl: what each may fail with once the fd has a VM (before CREATE_VM every command,
+#: known or not, is EINVAL: spec 1.2 step 1; unknown commands are ENOTTY: step 2).
+ALLOWED_ERRNO: dict[int, set[int]] = {
+    # Every hypervisor failure is folded into EINVAL (spec 12.2).
+    uapi.ACRN_IOCTL_CREATE_VM: {E.EFAULT, E.ENOMEM, E.EINVAL},
+    uapi.ACRN_IOCTL_DESTROY_VM: _HV,
+    uapi.ACRN_IOCTL_START_VM: _HV,
+    uapi.ACRN_IOCTL_PAUSE_VM: _HV,
+    uapi.ACRN_IOCTL_RESET_VM: _HV,
+    uapi.ACRN_IOCTL_SET_VCPU_REGS: _STRUCT_HV,
+    uapi.ACRN_IOCTL_INJECT_MSI: _STRUCT_HV,
+    uapi.ACRN_IOCTL_VM_INTR_MONITOR: {E.EFAULT, E.EINVAL} | _HV,
+    uapi.ACRN_IOCTL_SET_IRQLINE: _HV,
+    uapi.ACRN_IOCTL_NOTIFY_REQUEST_FINISH: {E.EFAULT, E.EINVAL} | _HV,
+    uapi.ACRN_IOCTL_CREATE_IOREQ_CLIENT: {E.EEXIST, E.EINVAL},
+    uapi.ACRN_IOCTL_ATTACH_IOREQ_CLIENT: {E.ENODEV},
+    uapi.ACRN_IOCTL_DESTROY_IOREQ_CLIENT: set(),
+    uapi.ACRN_IOCTL_CLEAR_VM_IOREQ: set(),
+    uapi.ACRN_IOCTL_SET_MEMSEG: _STRUCT_HV,
+    uapi.ACRN_IOCTL_UNSET_MEMSEG: _STRUCT_HV,
+    uapi.ACRN_IOCTL_SET_PTDEV_INTR: _STRUCT_HV,
+    uapi.ACRN_IOCTL_RESET_PTDEV_INTR: _STRUCT_HV,
+    # vpci_assign/deassign_pcidev report an unknown or busy physical device as -ENODEV.
+    uapi.ACRN_IOCTL_ASSIGN_PCIDEV: _STRUCT_HV | {E.ENODEV},
+    uapi.ACRN_IOCTL_DEASSIGN_PCIDEV: _STRUCT_HV | {E.ENODEV},
+    uapi.ACRN_IOCTL_ASSIGN_MMIODEV: _STRUCT_HV,
+    uapi.ACRN_IOCTL_DEASSIGN_MMIODEV: _STRUCT_HV,
+    uapi.ACRN_IOCTL_CREATE_VDEV: _STRUCT_HV,
+    uapi.ACRN_IOCTL_DESTROY_VDEV: _STRUCT_HV,
+    uapi.ACRN_IOCTL_PM_GET_CPU_STATE: {E.EFAULT, E.ENOMEM, E.EINVAL} | _HV,
+    uapi.ACRN_IOCTL_IOEVENTFD: {E.EFAULT, E.EINVAL, E.EBADF, E.ENOMEM, E.EEXIST},
+    uapi.ACRN_IOCTL_IRQFD: {E.EFAULT, E.EINVAL, E.EBADF, E.ENOMEM, E.EBUSY},
+}
+IOCTLS: list[int] = sorted(ALLOWED_ERRNO)
+#: Commands with no handler: ENOTTY once a VM exists (another type, another number, a bad size).
+UNKNOWN_IOCTLS: list[int] = [
+    0,
+    0xFFFFFFFF,
+    (uapi.ACRN_IOCTL_TYPE << 8) | 0x99,
+    uapi.ACRN_IOCTL_CREATE_VM ^ (1 << 16),  # the right number with a wrong size field
+    uapi.ACRN_IOCTL_START_VM ^ (0xA2 << 8) ^ (0xAE << 8),  # KVM's type byte
+]
+
+
+def allowed(cmd: int, has_vm: bool) -> set[int]:
+    """The errno values an ioctl may fail with (spec 1.2 preamble, then spec 2)."""
+    if not has_vm and cmd != uapi.ACRN_IOCTL_CREATE_VM:
+        return {E.EINVAL}
+    if cmd not in ALLOWED_ERRNO:
+        return {E.ENOTTY}
+    return ALLOWED_ERRNO[cmd]
+
+
+# ------------------------------------------------------------------------------ null accelerator
+class NullVcpu:
+    """A vCPU that spins in the guest until kicked (each run returns KickExit once kicked)."""
+
+    def __init__(self, vcpu_id: int) -> None:
+        self.vcpu_id = vcpu_id
+        self._kicked = threading.Event()
+        self._state = CpuState()
+        self.closed = False
+
+    def set_state(self, state: CpuState) -> None:
+        self._state = state.copy()
+
+    def get_state(self) -> CpuState:
+        return self._state.copy()
+
+    def run(self) -> VmExit:
+        self._kicked.wait()
+        self._kicked.clear()
+        return KickExit()
+
+    def complete_read(self, value: int) -> None:
+        pass
+
+    def kick(self) -> None:
+        self._kicked.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._kicked.set()
+
+
+@dataclass
+class NullVm:
+    name: str = "null"
+    slots: dict[tuple[int, int], int] = field(default_factory=dict)
+    vcpus: list[NullVcpu] = field(default_factory=list)
+    closed: bool = False
+
+    def map_memory(self, gpa: int, size: int, host_addr: int, *, writable: bool = True) -> None:
+        self.slots[(gpa, size)] = host_addr
+
+    def unmap_memory(self, gpa: int, size: int) -> None:
+        self.slots.pop((gpa, size), None)
+
+    def create_vcpu(self, vcpu_id: int) -> NullVcpu:
+        v = NullVcpu(vcpu_id)
+        self.vcpus.append(v)
+        return v
+
+    def close(self) -> None:
+        for v in self.vcpus:
+            v.close()
+        self.closed = True
+
+
+class NullAccelerator:
+    """Counts the VMs it made, so that the harness can check that every one was closed."""
+
+    name = "null"
+
+    def __init__(self) -> None:
+        self.vms: list[NullVm] = []
+
+    @staticmethod
+    def available() -> tuple[bool, str]:
+        return True, "always"
+
+    def create_vm(self) -> NullVm:
+        vm = NullVm()
+        self.vms.append(vm)
+        return vm
+
+    def open_vms(self) -> int:
+        return sum(1 for vm in self.vms if not vm.closed)
+
+
+# ------------------------------------------------------------------------------ addresses
+class AddressPool:
+    """User addresses for vma_base, ioreq_buf, the monitor page and raw struct pointers."""
+
+    SCRATCH_PAGES = 8
+
+    def __init__(self) -> None:
+        self.scratch = HostMemory(self.SCRATCH_PAGES * PAGE)
+        self._ro = mmap.mmap(-1, PAGE, prot=mmap.PROT_READ)
+        self._none = mmap.mmap(-1, 2 * PAGE, prot=0)  # PROT_NONE
+        self.ro_page = _address_of_mmap(self._ro)
+        self.none_page = _address_of_mmap(self._none)
+        #: Addresses that must never be dereferenced (the emulator has to fault on them).
+        self.bad: list[int] = [
+            0,
+            8,
+            self.none_page,
+            self.none_page + PAGE - 4,  # a range that ends in unmapped memory
+            self.ro_page,  # readable, not writable: pins and copy_to_user fault
+            0x0000_8000_0000_0000,  # non-canonical
+            0xFFFF_8000_0000_0000,  # kernel half
+            0xFFFF_FFFF_FFFF_F000,
+        ]
+
+    def page(self, i: int) -> int:
+        return self.scratch.address + (i % self.SCRATCH_PAGES) * PAGE
+
+    def pick(self, selector: int, offset: int = 0) -> int:
+        """A deterministic choice: good scratch pages (possibly misaligned) or a bad address."""
+        n = self.SCRATCH_PAGES + len(self.bad)
+        k = selector % n
+        if k < self.SCRATCH_PAGES:
+            return self.page(k) + (offset % PAGE if offset % 3 == 0 else 0)
+        return self.bad[k - self.SCRATCH_PAGES]
+
+    def scratch_ptr(self, data: bytes, slot: int = 0) -> int:
+        """Copy ``data`` into a scratch page and return its address (a raw pointer argument)."""
+        addr = self.page(slot)
+        n = min(len(data), PAGE)
+        ctypes.memmove(addr, data, n)
+        return addr
+
+    def close(self) -> None:
+        self.scratch.close()
+        self._ro.close()
+        self._none.close()
+
+
+def _address_of_mmap(m: mmap.mmap) -> int:
+    # ctypes' from_buffer needs a writable export, which read-only and PROT_NONE maps refuse.
+    return _buffer_address(m)
+
+
+class _Py_buffer(ctypes.Structure):
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.py_object),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+def _buffer_address(obj: object) -> int:
+    """The address behind any buffer (read-only ones included), via PyObject_GetBuffer."""
+    b = _Py_buffer()
+    get = ctypes.pythonapi.PyObject_GetBuffer
+    get.argtypes = [ctypes.py_object, ctypes.POINTER(_Py_buffer), ctypes.c_int]
+    rel = ctypes.pythonapi.PyBuffer_Release
+    rel.argtypes = [ctypes.POINTER(_Py_buffer)]
+    if get(obj, ctypes.byref(b), 0) != 0:
+        raise OSError("PyObject_GetBuffer failed")
+    try:
+        return int(b.buf or 0)
+    finally:
+        rel(ctypes.byref(b))
+
+
+# ------------------------------------------------------------------------------ invariants
+def check_invariants(machine: Machine, files: list[HsmFile], accel: NullAccelerator | None = None) -> None:
+    """Hold after every step: legal states, legal slot states, resources accounted (spec 3, 5.2)."""
+    hv = machine.hv
+    live = {vm.vmid: vm for vm in hv.vms()}
+    for vm in live.values():
+        assert vm.state in VmState and vm.state != VmState.POWERED_OFF, f"VM {vm.vmid} state {vm.state}"
+        for v in vm.vcpus:
+            assert v.state in VcpuState, f"VM {vm.vmid} vCPU {v.vcpu_id} state {v.state}"
+            # A RUNNING vCPU only exists in a RUNNING (or RT-powering-off) VM; PAUSE makes ZOMBIEs.
+            if v.state == VcpuState.RUNNING:
+                assert vm.state in (VmState.RUNNING, VmState.READY_TO_POWEROFF), (vm.vmid, vm.state)
+        if vm.ioreq_buffer is not None:
+            for i in range(uapi.ACRN_IO_REQUEST_MAX):
+                slot = hv.ioreq_slot(vm.vmid, i)
+                assert slot is not None
+                assert slot.processed in (0, 1, 2, 3), f"VM {vm.vmid} slot {i} processed={slot.processed}"
+    open_vmids = set()
+    for f in files:
+        if f.closed:
+            continue
+        if f.vm.valid:
+            assert f.vm.vmid in live, f"fd holds vmid {f.vm.vmid} that the hypervisor does not know"
+            open_vmids.add(f.vm.vmid)
+            assert f.vm.ioreq_buf is not None, "a valid VM always has its ioreq page pinned"
+        elif not f.vm.orphans:
+            # Only a fd that lost its VMs (spec 12.12) keeps pages pinned without a vmid.
+            assert f.vm.ioreq_buf is None and f.vm.monitor_page is None and not f.vm.ram_mappings
+    # Every runtime VM belongs to a live hypervisor VM; every live VM is owned by an fd (or orphaned
+    # by it, spec 12.12, and then released with it).
+    assert set(machine.runtime.vms) <= set(live), (sorted(machine.runtime.vms), sorted(live))
+    owned = open_vmids | {o for f in files if not f.closed for o in f.vm.orphans}
+    assert set(live) <= owned, f"VMs {sorted(set(live) - owned)} have no fd"
+    # Pins: exactly the pages the open fds hold (ioreq page, monitor page, RAM ranges).
+    expected = sum(
+        (f.vm.ioreq_buf is not None) + (f.vm.monitor_page is not None) + len(f.vm.ram_mappings)
+        for f in files
+        if not f.closed
+    )
+    assert machine.hsm.pins.count() == expected, (machine.hsm.pins.count(), expected)
+    if accel is not None:
+        assert accel.open_vms() == len(machine.runtime.vms)
+
+
+def check_released(machine: Machine, accel: NullAccelerator | None = None) -> None:
+    """After every fd is closed: nothing is left in the hypervisor, the driver or the runtime."""
+    assert machine.hv.vms() == [], machine.hv.vms()
+    assert machine.hsm.vms == []
+    assert machine.hsm.open_files == set()
+    assert machine.hsm.pins.count() == 0
+    assert machine.memory._starts == [], "Service VM memory registrations left behind"
+    assert machine.runtime.vms == {}
+    if accel is not None:
+        assert accel.open_vms() == 0
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
