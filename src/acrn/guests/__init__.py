@@ -60,6 +60,14 @@ IO_LOOP_DEFAULT_COUNT: Final = 100
 IO_LOOP_DEFAULT_PORT: Final = 0x80
 DEBUGEXIT_DEFAULT_VALUE: Final = 0x10
 DEBUGEXIT_PORT: Final = 0xF4
+#: Port the pci_probe and ioevent_probe guests write every value they read to (one dword each).
+REPORT_PORT: Final = 0xE0
+#: ioevent_probe's defaults: a queue-notify port and MMIO address (outside RAM), the queue index
+#: it kicks with (CX) and another value (BX).
+IOEVENT_PORT: Final = 0xC010
+IOEVENT_MMIO: Final = 0xD0000000
+IOEVENT_MATCH: Final = 1
+IOEVENT_OTHER: Final = 2
 
 
 @cache
@@ -232,6 +240,11 @@ GUESTS: Final[dict[str, Guest]] = {
               expected_output=compute_output(COMPUTE_DEFAULT_COUNT), params={"rcx": COMPUTE_DEFAULT_COUNT}),
         Guest("io_loop", "ECX one-byte OUTs to port DX (0x80), then halts: one exit each", "protected",
               expected_output="", params={"rcx": IO_LOOP_DEFAULT_COUNT, "rdx": IO_LOOP_DEFAULT_PORT}),
+        Guest("pci_probe", "probes PCI config space through 0xCF8/0xCFC, reports each value read to port "
+              "0xE0", "protected", expected_output=""),
+        Guest("ioevent_probe", "reads and writes a notify port (DX) and MMIO address (ESI) as a virtio "
+              "driver kicks a queue; reports reads to port 0xE0", "protected", expected_output="",
+              params={"rdx": IOEVENT_PORT, "rsi": IOEVENT_MMIO, "rcx": IOEVENT_MATCH, "rbx": IOEVENT_OTHER}),
     )
 }  # fmt: skip
 
