@@ -22,6 +22,7 @@ from acrn.dm.vmm import VmSession
 from acrn.emu.machine import Machine
 from acrn.guests import GUESTS, REPORT_PORT
 from acrn.hsm import Hsm, Vm
+from acrn.memory import HostMemory
 from acrn.regs.model import VcpuRegs
 
 ACCELS = [pytest.param("kvm", marks=pytest.mark.kvm), pytest.param("soft", marks=pytest.mark.soft)]
@@ -94,6 +95,8 @@ class RawVm:
         self.guest = GUESTS[guest]
         self.dev = EmulatedDevice(machine)
         self.hsm = Hsm(self.dev)
+        #: Memory the VM may still have pinned (e.g. an interrupt-monitor page): freed after close.
+        self.keep: list[HostMemory] = []
         try:
             self.vm: Vm = self.hsm.create_vm(name)
             ram = self.vm.map_ram(0, self.guest.mem_size)
@@ -139,6 +142,9 @@ class RawVm:
                     step()
         finally:
             self.hsm.close()
+            for mem in self.keep:
+                mem.close()
+            self.keep.clear()
 
 
 def eventfd() -> int:
