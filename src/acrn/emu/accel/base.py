@@ -83,6 +83,17 @@ class KickExit(VmExit):
 
 
 @dataclass(frozen=True)
+class StartupExit(VmExit):
+    """An application processor left wait-for-SIPI: the guest's INIT/SIPI started it.
+
+    Only vCPUs put in wait-for-SIPI by :meth:`MultiprocessorVcpu.power_on` report it, once, when
+    they start at CS.selector = ``vector`` << 8, CS.base = ``vector`` << 12, RIP = 0.
+    """
+
+    vector: int
+
+
+@dataclass(frozen=True)
 class UnknownExit(VmExit):
     """An exit the accelerator does not translate; ``code`` is the engine's own reason."""
 
@@ -130,6 +141,57 @@ class AccelVm(Protocol):
 
     def close(self) -> None:
         """Release every vCPU, mapping and fd of the VM."""
+
+
+class InterruptController(Protocol):
+    """Optional AccelVm capability: interrupt controllers (IOAPIC, 8259 pair, per-vCPU local APICs).
+
+    An AccelVm has it when its ``interrupt_controller`` attribute is True; the routing from ACRN's
+    GSIs to these lines is :mod:`acrn.emu.irq`'s business, not the accelerator's.
+    """
+
+    interrupt_controller: bool
+    #: Input pins of the IOAPIC.
+    ioapic_pins: int
+
+    def set_ioapic_line(self, pin: int, level: bool) -> None:
+        """Drive IOAPIC input ``pin`` to ``level`` (the RTE decides edge or level triggering)."""
+
+    def set_pic_line(self, pin: int, level: bool) -> None:
+        """Drive 8259 input ``pin`` (0-7 master, 8-15 slave) to ``level``."""
+
+    def signal_msi(self, address: int, data: int) -> bool:
+        """Deliver one MSI (address 0xFEExxxxx, data) to the local APICs; False if none accepted it."""
+
+    def reset_interrupt_controllers(self) -> None:
+        """Put the IOAPIC and PICs back to their power-on state with every input line low."""
+
+
+class MultiprocessorVcpu(Protocol):
+    """Optional AccelVcpu capability (``multiprocessor`` is True): local APIC and INIT/SIPI start-up."""
+
+    multiprocessor: bool
+
+    def power_on(self, *, wait_for_sipi: bool) -> None:
+        """After ``set_state``: reset the local APIC and pending events to power-on values, then
+        either run at the next ``run`` (BSP) or wait for the guest's INIT/SIPI (AP): ``run`` then
+        returns :class:`StartupExit` when a SIPI arrives after an INIT, with every register of the
+        loaded state kept except CS selector/base and RIP (ACRN's rule for a vCPU that never ran,
+        spec acrn-hsm.md 4.4), or :class:`KickExit` when kicked meanwhile."""
+
+
+def interrupt_controller(vm: AccelVm) -> InterruptController | None:
+    """``vm`` as an :class:`InterruptController` if it has one, else None."""
+    if getattr(vm, "interrupt_controller", False):
+        return vm  # type: ignore[return-value]
+    return None
+
+
+def multiprocessor_vcpu(vcpu: AccelVcpu) -> MultiprocessorVcpu | None:
+    """``vcpu`` as a :class:`MultiprocessorVcpu` if it supports INIT/SIPI start-up, else None."""
+    if getattr(vcpu, "multiprocessor", False):
+        return vcpu  # type: ignore[return-value]
+    return None
 
 
 class Accelerator(Protocol):

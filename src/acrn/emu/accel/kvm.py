@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Final
 
 from acrn.arch import CpuState, DescriptorTable, Segment
 from acrn.emu.accel import kvm_abi as abi
+from acrn.emu.accel import kvm_irq as ki
 from acrn.emu.accel.base import (
     Accelerator,
     AccelVcpu,
@@ -42,6 +43,7 @@ from acrn.emu.accel.base import (
     MmioExit,
     PioExit,
     ShutdownExit,
+    StartupExit,
     UnknownExit,
     VmExit,
 )
@@ -106,6 +108,18 @@ _U64 = struct.Struct("<Q")
 _IO = struct.Struct("<BBHIQ")  # direction, size, port, count, data_offset
 _MMIO = struct.Struct("<Q8sIB")  # phys_addr, data, len, is_write
 _KICK: Final = KickExit()
+#: With the in-kernel irqchip HLT sleeps inside KVM_RUN.  A vCPU that has been inside KVM_RUN
+#: for this long without an exit is interrupted (a "halt probe") to see whether it is halted with
+#: interrupts disabled, which would otherwise hang silently (spec kvm-and-boot.md 1).
+HALT_PROBE_PERIOD: Final = 0.02
+#: How often an AP in wait-for-SIPI looks for the guest's INIT/SIPI (backing off to the maximum).
+SIPI_POLL_MIN: Final = 0.0005
+SIPI_POLL_MAX: Final = 0.01
+#: KVM GSI numbers of the routing table this module installs (see KvmVm._set_routing): one KVM GSI
+#: per irqchip input, so that the caller decides the wiring.  KVM GSI 0 stays the in-kernel PIT's.
+IOAPIC_GSI_BASE: Final = 32
+PIC_GSI_BASE: Final = 64
+_RFLAGS_IF: Final = 1 << 9
 _EINTR: Final = -1
 _ZERO8: Final = bytes(8)
 
@@ -346,6 +360,9 @@ class KvmVm:
         self._next_slot = 0
         self._vcpus: list[KvmVcpu] = []
         self._lock = threading.Lock()
+        self._chip_snapshots: list[ki.kvm_irqchip] = []
+        self._probe_thread: threading.Thread | None = None
+        self._probe_stop = threading.Event()
         kvm_fd = os.open(KVM_DEVICE, os.O_RDWR | os.O_CLOEXEC)
         try:
             # The /dev/kvm fd is needed only at creation: the VM fd stands alone afterwards.
@@ -365,6 +382,11 @@ class KvmVm:
                 # SPEAKER_DUMMY: port 0x61 is handled in the kernel (spec 3.1).
                 pit = abi.kvm_pit_config(flags=abi.KVM_PIT_SPEAKER_DUMMY)
                 _ioctl(self._fd, "KVM_CREATE_PIT2", abi.KVM_CREATE_PIT2, pit)
+                self._set_routing()
+                self._chip_snapshots = [
+                    ki.get_irqchip(self._fd, chip)
+                    for chip in (ki.KVM_IRQCHIP_PIC_MASTER, ki.KVM_IRQCHIP_PIC_SLAVE, ki.KVM_IRQCHIP_IOAPIC)
+                ]
         except BaseException:
             if self._fd >= 0:
                 os.close(self._fd)
@@ -377,6 +399,79 @@ class KvmVm:
     def fd(self) -> int:
         """The VM fd (for ioctls this class does not wrap, e.g. irqfd later)."""
         return self._fd
+
+    # -- interrupt controllers (irqchip=True only; acrn.emu.accel.base.InterruptController) -------
+    @property
+    def interrupt_controller(self) -> bool:
+        """Whether this VM has the in-kernel IOAPIC, PICs and local APICs."""
+        return self.irqchip
+
+    ioapic_pins: Final = ki.KVM_IOAPIC_NUM_PINS
+
+    def _set_routing(self) -> None:
+        """One KVM GSI per irqchip input (IOAPIC pin n = GSI 32+n, PIC pin p = GSI 64+p).
+
+        KVM's default table wires GSI n to PIC pin n *and* IOAPIC pin n; the caller needs to drive
+        each chip on its own (ACRN mirrors GSI 2 onto PIC pin 0, spec acrn-hsm.md 6.4).  GSI 0 is
+        what the in-kernel PIT raises: it goes to PIC pin 0 and IOAPIC pin 2, the PC wiring that
+        ACRN's vPIT uses too.  Those entries come last because KVM maps (chip, pin) back to the last
+        GSI routed to it, and the PIT's interrupt-acknowledge notifier looks its pin up that way.
+        """
+        routes: list[tuple[int, int, int]] = []
+        for pin in range(ki.KVM_IOAPIC_NUM_PINS):
+            routes.append((IOAPIC_GSI_BASE + pin, ki.KVM_IRQCHIP_IOAPIC, pin))
+        for pin in range(16):
+            chip = ki.KVM_IRQCHIP_PIC_MASTER if pin < 8 else ki.KVM_IRQCHIP_PIC_SLAVE
+            routes.append((PIC_GSI_BASE + pin, chip, pin % 8))
+        routes.append((0, ki.KVM_IRQCHIP_PIC_MASTER, 0))
+        routes.append((0, ki.KVM_IRQCHIP_IOAPIC, 2))
+        ki.set_gsi_routing(self._fd, routes)
+
+    def _require_irqchip(self) -> None:
+        self._check_open()
+        if not self.irqchip:
+            raise RuntimeError("this KVM VM has no in-kernel irqchip (KvmAccelerator(irqchip=True))")
+
+    def set_ioapic_line(self, pin: int, level: bool) -> None:
+        """``KVM_IRQ_LINE`` on IOAPIC input ``pin`` (0-23)."""
+        self._require_irqchip()
+        if not 0 <= pin < ki.KVM_IOAPIC_NUM_PINS:
+            raise ValueError(f"IOAPIC pin {pin} out of range (KVM's IOAPIC has {ki.KVM_IOAPIC_NUM_PINS})")
+        ki.irq_line(self._fd, IOAPIC_GSI_BASE + pin, int(level))
+
+    def set_pic_line(self, pin: int, level: bool) -> None:
+        """``KVM_IRQ_LINE`` on 8259 input ``pin`` (0-7 master, 8-15 slave)."""
+        self._require_irqchip()
+        if not 0 <= pin < 16:
+            raise ValueError(f"PIC pin {pin} out of range (0-15)")
+        ki.irq_line(self._fd, PIC_GSI_BASE + pin, int(level))
+
+    def signal_msi(self, address: int, data: int) -> bool:
+        """``KVM_SIGNAL_MSI``; False when no local APIC accepted it (e.g. software-disabled)."""
+        self._require_irqchip()
+        return ki.signal_msi(self._fd, address, data) > 0
+
+    def reset_interrupt_controllers(self) -> None:
+        """Every input line low, then the PICs and the IOAPIC as they were right after creation."""
+        self._require_irqchip()
+        for pin in range(ki.KVM_IOAPIC_NUM_PINS):
+            ki.irq_line(self._fd, IOAPIC_GSI_BASE + pin, 0)
+        for pin in range(16):
+            ki.irq_line(self._fd, PIC_GSI_BASE + pin, 0)
+        for chip in self._chip_snapshots:
+            ki.set_irqchip(self._fd, chip)
+
+    def _probe_loop(self) -> None:
+        """Interrupt vCPUs that stay inside KVM_RUN without exits, so they can check for a halt."""
+        seen: dict[int, int] = {}
+        while not self._probe_stop.wait(HALT_PROBE_PERIOD):
+            with self._lock:
+                vcpus = list(self._vcpus)
+            for v in vcpus:
+                entries = v._entries
+                if seen.get(id(v)) == entries:
+                    v._probe()
+                seen[id(v)] = entries
 
     def _check_open(self) -> None:
         if self._fd < 0:
@@ -436,6 +531,11 @@ class KvmVm:
         vcpu = KvmVcpu(self, vcpu_id)
         with self._lock:
             self._vcpus.append(vcpu)
+            if self.irqchip and self._probe_thread is None:
+                self._probe_thread = threading.Thread(
+                    target=self._probe_loop, name="kvm-halt-probe", daemon=True
+                )
+                self._probe_thread.start()
         return vcpu
 
     def _forget_vcpu(self, vcpu: KvmVcpu) -> None:
@@ -445,6 +545,9 @@ class KvmVm:
 
     def close(self) -> None:
         """Close every vCPU, then the VM fd (which drops the memory slots).  Idempotent."""
+        self._probe_stop.set()
+        if self._probe_thread is not None and self._probe_thread is not threading.current_thread():
+            self._probe_thread.join()
         with self._lock:
             vcpus = list(self._vcpus)
         for v in vcpus:
@@ -493,6 +596,12 @@ class KvmVcpu:
         self._str_left = 0
         self._sregs = abi.kvm_sregs()
         self._regs = abi.kvm_regs()
+        # In-kernel irqchip state (see run(), power_on()).
+        self._entries = 0  # KVM_RUN calls so far, for the halt probe
+        self._kicked = False  # kick() was called and run() has not returned KickExit for it yet
+        self._wait_sipi = False  # an AP that has not been started by INIT/SIPI yet
+        self._init_seen = False
+        self._lapic_snapshot: bytearray | None = None
         self._fd = _ioctl(vm.fd, "KVM_CREATE_VCPU", abi.KVM_CREATE_VCPU, vcpu_id)
         try:
             self._run = mmap.mmap(self._fd, vm._mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -518,6 +627,77 @@ class KvmVcpu:
         _ioctl(self._fd, "KVM_SET_FPU", abi.KVM_SET_FPU, fpu)
         if self._vm.irqchip:
             self._set_lint()
+            self._lapic_snapshot = bytearray(ctypes.sizeof(abi.kvm_lapic_state))
+            _ioctl(self._fd, "KVM_GET_LAPIC", abi.KVM_GET_LAPIC, self._lapic_snapshot)
+
+    # -- SMP start-up (irqchip=True only; acrn.emu.accel.base.MultiprocessorVcpu) -----------------
+    @property
+    def multiprocessor(self) -> bool:
+        """Whether :meth:`power_on` works (it needs the in-kernel local APIC)."""
+        return self._vm.irqchip
+
+    def power_on(self, *, wait_for_sipi: bool) -> None:
+        """Local APIC and pending events as after creation; then runnable (BSP) or wait-for-SIPI (AP).
+
+        KVM's own wait-for-SIPI would reset every register on the guest's INIT; ACRN does not reset
+        a vCPU that never ran (spec acrn-hsm.md 4.4, 12.20).  So an AP is kept out of ``KVM_RUN``
+        until it has been started: :meth:`run` consumes INITs through the vCPU events before KVM
+        processes them, then lets KVM deliver the SIPI, which sets only CS and RIP.
+        """
+        self._check_open()
+        if self._lapic_snapshot is None:
+            raise RuntimeError("power_on needs the in-kernel irqchip (KvmAccelerator(irqchip=True))")
+        self._flush_completion()
+        _ioctl(self._fd, "KVM_SET_LAPIC", abi.KVM_SET_LAPIC, bytearray(self._lapic_snapshot))
+        # No pending exception, interrupt, NMI or latched INIT.
+        ki.set_vcpu_events(
+            self._fd,
+            ki.kvm_vcpu_events(flags=ki.KVM_VCPUEVENT_VALID_SMM | ki.KVM_VCPUEVENT_VALID_NMI_PENDING),
+        )
+        ki.set_mp_state(
+            self._fd, ki.KVM_MP_STATE_UNINITIALIZED if wait_for_sipi else ki.KVM_MP_STATE_RUNNABLE
+        )
+        self._wait_sipi = wait_for_sipi
+        self._init_seen = False
+
+    def _wait_for_sipi(self) -> VmExit:
+        """Block until INIT then SIPI start this AP (StartupExit) or kick() is called (KickExit)."""
+        delay = SIPI_POLL_MIN
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise ValueError(f"KVM vCPU {self.vcpu_id} is closed")
+                if self._kicked:
+                    self._kicked = False
+                    self._run[abi.RUN_IMMEDIATE_EXIT] = 0
+                    return _KICK
+            if ki.take_latched_init(self._fd):
+                # The AP never ran: the INIT only arms it for a SIPI (ACRN's nr_sipi = 1).
+                ki.set_mp_state(self._fd, ki.KVM_MP_STATE_INIT_RECEIVED)
+                self._init_seen = True
+                delay = SIPI_POLL_MIN
+            # KVM_GET_MP_STATE makes KVM accept a pending SIPI, which starts an INIT_RECEIVED vCPU.
+            if self._init_seen and ki.get_mp_state(self._fd) == ki.KVM_MP_STATE_RUNNABLE:
+                self._wait_sipi = False
+                self._init_seen = False
+                _ioctl(self._fd, "KVM_GET_SREGS", abi.KVM_GET_SREGS, self._sregs)
+                return StartupExit(self._sregs.cs.selector >> 8)
+            with self._cond:
+                if not self._kicked and not self._closed:
+                    self._cond.wait(delay)
+            delay = min(delay * 2, SIPI_POLL_MAX)
+
+    def _probe(self) -> None:
+        """Interrupt KVM_RUN (no immediate_exit, not a kick) so that run() checks for a halt."""
+        with self._lock:
+            if self._thread is not None and not self._closed and kick_handler_installed():
+                signal.pthread_kill(self._thread, KICK_SIGNAL)
+
+    def _halted_with_interrupts_disabled(self) -> bool:
+        if ki.get_mp_state(self._fd) != ki.KVM_MP_STATE_HALTED:
+            return False
+        _ioctl(self._fd, "KVM_GET_REGS", abi.KVM_GET_REGS, self._regs)
+        return not self._regs.rflags & _RFLAGS_IF
 
     def _set_msrs(self, msrs: dict[int, int]) -> None:
         """``KVM_SET_MSRS``; KVM returns how many entries it wrote and stops at the first refusal."""
@@ -609,6 +789,10 @@ class KvmVcpu:
             return
         _ioctl(self._fd, "KVM_SET_REGS", abi.KVM_SET_REGS, regs)
         self._entry_failure = None
+        if self._vm.irqchip and not self._wait_sipi:
+            # A loaded state is an active one (ACRN's init_vmcs: activity state 0), even if the
+            # vCPU had halted in the kernel before.
+            ki.set_mp_state(self._fd, ki.KVM_MP_STATE_RUNNABLE)
 
     def get_state(self) -> CpuState:
         """``KVM_GET_SREGS`` + ``KVM_GET_REGS`` as an architectural state (see class docstring)."""
@@ -644,6 +828,15 @@ class KvmVcpu:
             return self._next_string_element()
         if self._entry_failure is not None:
             return EntryFailureExit(ENTRY_FAILURE_INVALID_STATE, self._entry_failure)
+        if self._wait_sipi:
+            return self._wait_for_sipi()
+        while True:
+            ex = self._run_once()
+            if ex is not None:
+                return ex
+
+    def _run_once(self) -> VmExit | None:
+        """One KVM_RUN; None when a halt probe interrupted a vCPU that is not halted with IF=0."""
         self._read_offset = -1
         self._read_waiting = False
         run = self._run
@@ -652,6 +845,7 @@ class KvmVcpu:
             if self._closed:
                 raise ValueError(f"KVM vCPU {self.vcpu_id} is closed")
             self._thread = threading.get_ident()
+            self._entries += 1
         try:
             fcntl.ioctl(self._fd, abi.KVM_RUN, 0)
             reason = _U32.unpack_from(run, abi.RUN_EXIT_REASON)[0]
@@ -699,8 +893,17 @@ class KvmVcpu:
         if reason == _EINTR or reason == abi.KVM_EXIT_INTR:
             # Consume the kick; one that lands between KVM_RUN returning and here is merged into
             # this KickExit (kick() promises that the current or next run returns KickExit).
-            run[abi.RUN_IMMEDIATE_EXIT] = 0
-            return _KICK
+            with lock:
+                kicked = self._kicked
+                self._kicked = False
+                if kicked or not self._vm.irqchip:
+                    run[abi.RUN_IMMEDIATE_EXIT] = 0
+                    return _KICK
+            # A halt probe: HLT with IF=0 would sleep forever in the kernel; report it as the
+            # HLT exit it is without an irqchip.  Anything else re-enters the guest.
+            if self._halted_with_interrupts_disabled():
+                return HaltExit(False)
+            return None
         if reason == abi.KVM_EXIT_HLT:
             return HaltExit(bool(run[abi.RUN_IF_FLAG]))
         return self._rare_exit(reason)
@@ -771,9 +974,11 @@ class KvmVcpu:
         with self._lock:
             if self._closed:
                 return
+            self._kicked = True
             self._run[abi.RUN_IMMEDIATE_EXIT] = 1
             if self._thread is not None and kick_handler_installed():
                 signal.pthread_kill(self._thread, KICK_SIGNAL)
+            self._cond.notify_all()  # an AP waiting for its SIPI
 
     def close(self) -> None:
         """Stop a running ``KVM_RUN`` (kick and wait), then release the mmap and the fd."""
