@@ -964,6 +964,25 @@ class KvmVcpu:
         self._run[offset : offset + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
         self._read_waiting = False
 
+    def inject_exception(self, vector: int, error_code: int | None = None) -> None:
+        """Deliver exception ``vector`` through the guest's IDT at the next ``run``.
+
+        ``KVM_SET_VCPU_EVENTS`` with ``exception.injected``: the current RIP is what the handler
+        sees as the return address (a trap such as #BP needs RIP past the instruction).  Used by
+        :mod:`acrn.emu.fallback` for instructions this KVM cannot emulate (spec kvm-and-boot.md 1).
+        """
+        self._check_open()
+        self._flush_completion()
+        ev = ki.get_vcpu_events(self._fd)
+        ev.exception.injected = 1
+        ev.exception.pending = 0
+        ev.exception.nr = vector & 0xFF
+        ev.exception.has_error_code = int(error_code is not None)
+        ev.exception.error_code = (error_code or 0) & 0xFFFFFFFF
+        ev.exception_has_payload = 0
+        ev.flags = 0
+        ki.set_vcpu_events(self._fd, ev)
+
     def kick(self) -> None:
         """Thread-safe: make the current ``run`` (or the next one) return :class:`KickExit`.
 
