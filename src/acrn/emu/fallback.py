@@ -1,0 +1,496 @@
+"""KVM emulation-failure fallback, and a hybrid soft-then-KVM accelerator for booting kernels.
+
+The development machines' KVM emulates guest code in software and gives up on instructions its
+emulator lacks (``KVM_EXIT_INTERNAL_ERROR``, suberror 1): a stock kernel stops in turn on
+``cmpxchg16b``, ``xrstor``, ``int3``, ``clac``/``stac``, ``popcnt`` (spec kvm-and-boot.md 1).
+:class:`FallbackAccelerator` wraps the KVM accelerator; on such an exit its vCPU:
+
+1. handles the few instructions whose effect is a flag or an exception directly: ``int3`` (RIP past
+   it, #BP injected through the guest IDT with ``KVM_SET_VCPU_EVENTS``), ``clac``/``stac`` (RFLAGS.AC
+   and RIP), because the soft CPU does not know SMAP and #BP must be delivered by KVM anyway;
+2. executes any other instruction on the soft accelerator (unicorn), on the same guest memory and
+   registers: the state is loaded with RFLAGS.TF set, the soft CPU runs until the single-step trap
+   after that one instruction, and the resulting state goes back to KVM;
+3. injects the exception the instruction raised when it faults on the soft CPU (an invalid
+   opcode is #UD, as on hardware), instead of executing it;
+4. resumes under KVM.  Port I/O or MMIO done by the stepped instruction is reported to the caller
+   like any exit (the step finishes at the next ``run``).
+
+Every event is counted per instruction (:attr:`FallbackStats.events`) for ``acrn run -v``.
+Limits: only the architectural state of :class:`~acrn.arch.CpuState` crosses over (no x87/SSE
+registers, no MSRs other than EFER), so an SSE instruction that KVM cannot emulate would see stale
+XMM registers; the error code of an exception raised on the soft CPU is not known (0 is given) and
+#PF's CR2 is the soft CPU's.
+
+:class:`HybridAccelerator` runs a vCPU on the soft accelerator first and moves it to KVM (with the
+fallback) for good at the first event the soft CPU cannot handle: an exception (it has no IDT
+delivery), an instruction it does not know, a HLT with interrupts enabled, or any interrupt line or
+MSI driven for the VM (it has no interrupt controller).  For a bzImage the decompressor, which
+this KVM runs very slowly (about 85 s, spec kvm-and-boot.md 1), then runs at the soft CPU's speed.
+Application processors start on KVM (INIT/SIPI needs its local APICs).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from acrn.arch import RFLAGS_TF, CpuState
+from acrn.emu.accel.base import (
+    Accelerator,
+    AccelVcpu,
+    AccelVm,
+    EmulationFailureExit,
+    EntryFailureExit,
+    HaltExit,
+    KickExit,
+    MmioExit,
+    PioExit,
+    ShutdownExit,
+    VmExit,
+)
+
+log = logging.getLogger(__name__)
+
+RFLAGS_AC: Final = 1 << 18
+VECTOR_DB: Final = 1
+VECTOR_BP: Final = 3
+VECTOR_UD: Final = 6
+#: Exceptions that push an error code (0 is given: the soft CPU does not report it).
+ERROR_CODE_VECTORS: Final = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
+#: Soft-CPU exception names (soft.EXCEPTION_NAMES) back to vectors.
+_VECTORS: Final = {
+    "#DE": 0, "#DB": 1, "NMI": 2, "#BP": 3, "#OF": 4, "#BR": 5, "#UD": 6, "#NM": 7, "#DF": 8,
+    "#TS": 10, "#NP": 11, "#SS": 12, "#GP": 13, "#PF": 14, "#MF": 16, "#AC": 17, "#MC": 18,
+    "#XM": 19, "#VE": 20, "#CP": 21,
+}  # fmt: skip
+#: Instructions handled without the soft CPU: prefix-free encodings.
+INSN_INT3: Final = b"\xcc"
+INSN_CLAC: Final = b"\x0f\x01\xca"
+INSN_STAC: Final = b"\x0f\x01\xcb"
+
+
+def soft_exception_vector(ex: VmExit) -> tuple[int, int] | None:
+    """(vector, rip) of a soft-CPU exception report ``ShutdownExit("exception #GP at rip=0x...")``."""
+    if not isinstance(ex, ShutdownExit) or not ex.detail.startswith("exception "):
+        return None
+    parts = ex.detail.split()
+    if len(parts) < 4 or not parts[3].startswith("rip="):
+        return None
+    vector = _VECTORS.get(parts[1])
+    if vector is None:
+        return None
+    try:
+        return vector, int(parts[3][4:], 16)
+    except ValueError:
+        return None
+
+
+def mnemonic(insn: bytes) -> str:
+    """A short name for an instruction (capstone's mnemonic when installed, else its first bytes)."""
+    if insn.startswith(INSN_INT3):
+        return "int3"
+    if insn.startswith(INSN_CLAC):
+        return "clac"
+    if insn.startswith(INSN_STAC):
+        return "stac"
+    try:
+        import capstone
+
+        md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        for i in md.disasm(insn, 0, 1):
+            return str(i.mnemonic)
+    except Exception:  # capstone absent or the bytes do not decode
+        pass
+    return insn[:4].hex() or "?"
+
+
+@dataclass
+class FallbackStats:
+    """Emulation failures handled, per instruction, and how."""
+
+    events: Counter[str] = field(default_factory=Counter)
+    injected: Counter[str] = field(default_factory=Counter)
+    failed: int = 0
+    switches: int = 0  # hybrid: vCPUs moved from the soft CPU to KVM
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def total(self) -> int:
+        return sum(self.events.values())
+
+    def count(self, what: str, injected: str | None = None) -> None:
+        with self.lock:
+            self.events[what] += 1
+            if injected is not None:
+                self.injected[injected] += 1
+
+    def summary(self) -> str:
+        if not self.total and not self.switches:
+            return "no emulation fallbacks"
+        parts = ", ".join(f"{k} {v}" for k, v in self.events.most_common())
+        text = f"emulation fallbacks: {self.total} ({parts})"
+        if self.injected:
+            text += "; exceptions injected: " + ", ".join(f"{k} {v}" for k, v in self.injected.most_common())
+        if self.failed:
+            text += f"; unhandled {self.failed}"
+        if self.switches:
+            text += f"; soft->KVM switches {self.switches}"
+        return text
+
+
+class _SoftSide:
+    """The soft accelerator VM that mirrors the wrapper's memory slots, created on first use."""
+
+    def __init__(self) -> None:
+        self._vm: AccelVm | None = None
+        self._slots: dict[tuple[int, int], tuple[int, bool]] = {}
+        self._lock = threading.Lock()
+
+    def map(self, gpa: int, size: int, host: int, writable: bool) -> None:
+        with self._lock:
+            self._slots[(gpa, size)] = (host, writable)
+            if self._vm is not None:
+                self._vm.map_memory(gpa, size, host, writable=writable)
+
+    def unmap(self, gpa: int, size: int) -> None:
+        with self._lock:
+            self._slots.pop((gpa, size), None)
+            if self._vm is not None:
+                self._vm.unmap_memory(gpa, size)
+
+    def vcpu(self, vcpu_id: int) -> AccelVcpu:
+        with self._lock:
+            if self._vm is None:
+                from acrn.emu.accel import get_accelerator
+
+                self._vm = get_accelerator("soft").create_vm()
+                for (gpa, size), (host, writable) in sorted(self._slots.items()):
+                    self._vm.map_memory(gpa, size, host, writable=writable)
+            return self._vm.create_vcpu(vcpu_id)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._vm is not None:
+                self._vm.close()
+                self._vm = None
+
+
+class FallbackVcpu:
+    """A KVM vCPU whose emulation failures are completed by the soft CPU (see the module doc)."""
+
+    def __init__(self, vm: FallbackVm, kvm_vcpu: AccelVcpu) -> None:
+        self.vcpu_id = kvm_vcpu.vcpu_id
+        self._vm = vm
+        self.kvm = kvm_vcpu
+        self._soft: AccelVcpu | None = None
+        self._stepping = False  # a soft step waits for its I/O exit to be completed
+        self._step_tf = False  # the guest's own TF before the step
+        self._step_what = ""
+        self._step_failure: EmulationFailureExit | None = None
+        self._read_target: AccelVcpu = kvm_vcpu
+
+    def __getattr__(self, name: str) -> Any:
+        # Optional capabilities (multiprocessor, power_on, ...) are the KVM vCPU's.
+        return getattr(self.kvm, name)
+
+    # -- AccelVcpu ------------------------------------------------------------------------------
+    def set_state(self, state: CpuState) -> None:
+        self._stepping = False
+        self.kvm.set_state(state)
+
+    def get_state(self) -> CpuState:
+        if self._stepping and self._soft is not None:
+            return self._soft.get_state()
+        return self.kvm.get_state()
+
+    def complete_read(self, value: int) -> None:
+        self._read_target.complete_read(value)
+
+    def kick(self) -> None:
+        self.kvm.kick()
+        if self._soft is not None:
+            self._soft.kick()
+
+    def close(self) -> None:
+        if self._soft is not None:
+            self._soft.close()
+            self._soft = None
+        self.kvm.close()
+
+    def run(self) -> VmExit:
+        while True:
+            if self._stepping:
+                ex = self._continue_step()
+                if ex is not None:
+                    return ex
+                continue
+            self._read_target = self.kvm
+            ex = self.kvm.run()
+            if not isinstance(ex, EmulationFailureExit) or ex.suberror != 1:
+                return ex
+            handled = self._handle_failure(ex)
+            if handled is not None:
+                return handled
+
+    # -- the fallback --------------------------------------------------------------------------
+    def _soft_vcpu(self) -> AccelVcpu:
+        if self._soft is None:
+            self._soft = self._vm.soft.vcpu(self.vcpu_id)
+        return self._soft
+
+    def _handle_failure(self, ex: EmulationFailureExit) -> VmExit | None:
+        """Complete the instruction KVM could not; None to resume KVM, or an exit to return."""
+        insn = ex.insn_bytes
+        stats = self._vm.stats
+        if insn.startswith(INSN_INT3):
+            st = self.kvm.get_state()
+            st.rip += 1  # #BP is a trap: the handler returns past the int3
+            self.kvm.set_state(st)
+            self._inject(VECTOR_BP)
+            stats.count("int3", "#BP")
+            return None
+        if insn.startswith(INSN_CLAC) or insn.startswith(INSN_STAC):
+            st = self.kvm.get_state()
+            st.rflags = (st.rflags | RFLAGS_AC) if insn[2] == 0xCB else (st.rflags & ~RFLAGS_AC)
+            st.rip += 3
+            self.kvm.set_state(st)
+            stats.count(mnemonic(insn))
+            return None
+        # Everything else: one instruction on the soft CPU.
+        st = self.kvm.get_state()
+        self._step_tf = bool(st.rflags & RFLAGS_TF)
+        st.rflags |= RFLAGS_TF
+        soft = self._soft_vcpu()
+        soft.set_state(st)
+        self._stepping = True
+        self._step_what = mnemonic(insn) if insn else "?"
+        self._step_failure = ex
+        return self._continue_step()
+
+    def _continue_step(self) -> VmExit | None:
+        """Run the soft CPU to the end of the stepped instruction; see :meth:`_handle_failure`."""
+        soft = self._soft_vcpu()
+        self._read_target = soft
+        ex = soft.run()
+        if isinstance(ex, PioExit | MmioExit | KickExit):
+            return ex  # the instruction's own I/O (or a kick); the step goes on at the next run
+        self._stepping = False
+        self._read_target = self.kvm
+        stats = self._vm.stats
+        exc = soft_exception_vector(ex)
+        if (exc is not None and exc[0] == VECTOR_DB) or isinstance(ex, HaltExit):
+            st = soft.get_state()
+            if not self._step_tf:
+                st.rflags &= ~RFLAGS_TF
+            self.kvm.set_state(st)
+            stats.count(self._step_what)
+            return None
+        if exc is not None:
+            vector = exc[0]
+            st = soft.get_state()  # faults: RIP at the instruction; traps (INT n): past it
+            if not self._step_tf:
+                st.rflags &= ~RFLAGS_TF
+            self.kvm.set_state(st)
+            self._inject(vector)
+            stats.count(self._step_what, _name(vector))
+            return None
+        if isinstance(ex, EmulationFailureExit):
+            self._inject(VECTOR_UD)  # the soft CPU does not know it either: undefined opcode
+            stats.count(self._step_what, "#UD")
+            return None
+        stats.failed += 1
+        failure = self._step_failure
+        log.warning("fallback for %s ended with %r", self._step_what, ex)
+        if isinstance(ex, EntryFailureExit) and failure is not None:
+            return failure
+        return ex
+
+    def _inject(self, vector: int) -> None:
+        inject = getattr(self.kvm, "inject_exception", None)
+        if inject is None:
+            raise RuntimeError("the primary accelerator cannot inject exceptions")
+        inject(vector, 0 if vector in ERROR_CODE_VECTORS else None)
+
+
+def _name(vector: int) -> str:
+    for k, v in _VECTORS.items():
+        if v == vector:
+            return k
+    return f"vector {vector}"
+
+
+class FallbackVm:
+    """A KVM VM (``primary``) plus the soft VM its vCPUs fall back on; other attributes are KVM's."""
+
+    def __init__(self, primary: AccelVm, stats: FallbackStats) -> None:
+        self.primary = primary
+        self.stats = stats
+        self.soft = _SoftSide()
+        self.name = primary.name
+
+    def __getattr__(self, name: str) -> Any:
+        # Interrupt controllers and the VM fd are the KVM VM's (acrn.emu.irq reaches them here).
+        return getattr(self.primary, name)
+
+    def map_memory(self, gpa: int, size: int, host_addr: int, *, writable: bool = True) -> None:
+        self.primary.map_memory(gpa, size, host_addr, writable=writable)
+        self.soft.map(gpa, size, host_addr, writable)
+
+    def unmap_memory(self, gpa: int, size: int) -> None:
+        self.primary.unmap_memory(gpa, size)
+        self.soft.unmap(gpa, size)
+
+    def create_vcpu(self, vcpu_id: int) -> AccelVcpu:
+        return FallbackVcpu(self, self.primary.create_vcpu(vcpu_id))
+
+    def close(self) -> None:
+        self.soft.close()
+        self.primary.close()
+
+
+class FallbackAccelerator:
+    """KVM with the emulation-failure fallback; ``stats`` counts events across its VMs."""
+
+    name = "kvm"
+
+    def __init__(self, primary: Accelerator | None = None) -> None:
+        if primary is None:
+            from acrn.emu.accel.kvm import KvmAccelerator
+
+            primary = KvmAccelerator(irqchip=True)
+        self.primary = primary
+        self.stats = FallbackStats()
+
+    @staticmethod
+    def available() -> tuple[bool, str]:
+        from acrn.emu.accel import availability
+
+        ok, why = availability("kvm")
+        if not ok:
+            return ok, why
+        ok2, why2 = availability("soft")
+        return ok2, f"{why}; fallback on {why2}"
+
+    def create_vm(self) -> FallbackVm:
+        return FallbackVm(self.primary.create_vm(), self.stats)
+
+
+# --------------------------------------------------------------------------------------------
+# Hybrid: soft first, then KVM
+# --------------------------------------------------------------------------------------------
+class HybridVcpu(FallbackVcpu):
+    """Starts on the soft CPU; moves to KVM (with the fallback) at the first event it cannot handle."""
+
+    def __init__(self, vm: HybridVm, kvm_vcpu: AccelVcpu) -> None:
+        super().__init__(vm, kvm_vcpu)
+        self._hvm = vm
+        self.on_soft = True
+
+    def set_state(self, state: CpuState) -> None:
+        self._stepping = False
+        # A (re)load starts on the soft CPU again (a guest reset re-runs the loader).
+        self.on_soft = not self._hvm.switch_requested.is_set()
+        if self.on_soft:
+            self._soft_vcpu().set_state(state)
+        else:
+            self.kvm.set_state(state)
+
+    def power_on(self, *, wait_for_sipi: bool) -> None:
+        if wait_for_sipi and self.on_soft:
+            self._switch()  # INIT/SIPI needs KVM's local APIC
+        power_on = getattr(self.kvm, "power_on", None)
+        if power_on is not None:
+            power_on(wait_for_sipi=wait_for_sipi)
+
+    def get_state(self) -> CpuState:
+        if self.on_soft:
+            return self._soft_vcpu().get_state()
+        return super().get_state()
+
+    def _switch(self, rewind: int = 0) -> None:
+        st = self._soft_vcpu().get_state()
+        st.rip -= rewind
+        self.kvm.set_state(st)
+        self.on_soft = False
+        self._hvm.stats.switches += 1
+        log.info("vCPU %d: soft CPU -> KVM at rip=%#x", self.vcpu_id, st.rip)
+
+    def run(self) -> VmExit:
+        while self.on_soft:
+            if self._hvm.switch_requested.is_set():
+                self._switch()
+                break
+            soft = self._soft_vcpu()
+            self._read_target = soft
+            ex = soft.run()
+            if isinstance(ex, PioExit | MmioExit | KickExit):
+                return ex
+            if isinstance(ex, HaltExit) and not ex.interrupts_enabled:
+                return ex
+            exc = soft_exception_vector(ex)
+            rewind = 0
+            if exc is not None and exc[0] == VECTOR_BP:
+                rewind = 1  # int3 reported past itself: let KVM (and the fallback) redo it
+            self._switch(rewind)
+        return super().run()
+
+
+class HybridVm(FallbackVm):
+    """A :class:`FallbackVm` whose vCPUs start on the soft CPU; interrupts move them all to KVM."""
+
+    def __init__(self, primary: AccelVm, stats: FallbackStats) -> None:
+        super().__init__(primary, stats)
+        self.name = "hybrid"
+        self.switch_requested = threading.Event()
+        self._vcpus: list[HybridVcpu] = []
+
+    def create_vcpu(self, vcpu_id: int) -> AccelVcpu:
+        vcpu = HybridVcpu(self, self.primary.create_vcpu(vcpu_id))
+        self._vcpus.append(vcpu)
+        return vcpu
+
+    def _to_kvm(self) -> None:
+        if not self.switch_requested.is_set():
+            self.switch_requested.set()
+            for v in self._vcpus:
+                if v.on_soft and v._soft is not None:
+                    v._soft.kick()
+
+    # Interrupt delivery exists only on KVM: any use moves every vCPU there.
+    def set_ioapic_line(self, pin: int, level: bool) -> None:
+        self._to_kvm()
+        self.primary.set_ioapic_line(pin, level)  # type: ignore[attr-defined]
+
+    def set_pic_line(self, pin: int, level: bool) -> None:
+        self._to_kvm()
+        self.primary.set_pic_line(pin, level)  # type: ignore[attr-defined]
+
+    def signal_msi(self, address: int, data: int) -> bool:
+        self._to_kvm()
+        return bool(self.primary.signal_msi(address, data))  # type: ignore[attr-defined]
+
+
+class HybridAccelerator(FallbackAccelerator):
+    """Soft CPU first, KVM (with the fallback) from the first exception or interrupt on."""
+
+    name = "hybrid"
+
+    def create_vm(self) -> HybridVm:
+        return HybridVm(self.primary.create_vm(), self.stats)
+
+
+__all__ = [
+    "FallbackAccelerator",
+    "FallbackStats",
+    "FallbackVcpu",
+    "FallbackVm",
+    "HybridAccelerator",
+    "HybridVcpu",
+    "HybridVm",
+    "mnemonic",
+    "soft_exception_vector",
+]

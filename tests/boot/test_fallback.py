@@ -1,0 +1,135 @@
+"""The KVM emulation-failure fallback and the hybrid accelerator (acrn.emu.fallback).
+
+The guest executes, in 64-bit mode, the instructions this machine's KVM cannot emulate (spec
+kvm-and-boot.md 1): popcnt, clac, stac, lock cmpxchg16b, int3 (with an IDT whose #BP handler sets
+R8).  On a KVM that can run them natively the fallback is simply never used; the results must be
+the same either way.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+import pytest
+
+from acrn.dm.setup import preset_regs
+from acrn.emu.accel.base import AccelVcpu, HaltExit, PioExit, ShutdownExit, VmExit
+from acrn.emu.fallback import (
+    FallbackAccelerator,
+    HybridAccelerator,
+    mnemonic,
+    soft_exception_vector,
+)
+from acrn.emu.hv.landing import land_vcpu_regs
+from acrn.memory import HostMemory
+from acrn.regs.model import DescriptorPtr
+
+ENTRY = 0x8000
+IDT = 0x6000
+DATA = 0x10000
+HANDLER = ENTRY + 0x100
+# mov rdi,0xf0f0; popcnt rax,rdi; mov r9,rax; clac; stac; mov rax,1; mov rdx,2; mov rbx,0x33; mov rcx,0x44;
+# lock cmpxchg16b [rsi]; int3; out 0x80,al; hlt      (handler at +0x100: mov r8,0x1234; iretq)
+CODE = bytes.fromhex(
+    "48c7c7f0f00000" "f3480fb8c7" "4989c1" "0f01ca" "0f01cb" "48c7c001000000" "48c7c202000000"
+    "48c7c333000000" "48c7c144000000" "f0480fc70e" "cc" "e680" "f4"
+)  # fmt: skip
+HANDLER_CODE = bytes.fromhex("49c7c03412000048cf")
+
+
+def _idt_gate(offset: int, selector: int = 0x08) -> bytes:
+    return struct.pack(
+        "<HHBBHII", offset & 0xFFFF, selector, 0, 0x8E, (offset >> 16) & 0xFFFF, offset >> 32, 0
+    )
+
+
+class Guest:
+    def __init__(self, accel: FallbackAccelerator) -> None:
+        self.accel = accel
+        self.mem = HostMemory(2 << 20)
+        self.vm = accel.create_vm()
+        self.vm.map_memory(0, self.mem.size, self.mem.address)
+        regs = preset_regs("long", ENTRY, self.mem.size, self.mem.write)
+        regs.rsi = DATA
+        regs.idt = DescriptorPtr(IDT, 16 * 32 - 1)
+        self.mem.write(ENTRY, CODE)
+        self.mem.write(HANDLER, HANDLER_CODE)
+        self.mem.write(IDT + 3 * 16, _idt_gate(HANDLER))
+        self.mem.write(DATA, struct.pack("<QQ", 1, 2))  # matches rdx:rax, so cmpxchg16b stores
+        self.vcpu: AccelVcpu = self.vm.create_vcpu(0)
+        self.vcpu.set_state(land_vcpu_regs(regs.to_struct().vcpu_regs))
+
+    def run(self, limit: int = 50) -> list[VmExit]:
+        seen: list[VmExit] = []
+        for _ in range(limit):
+            ex = self.vcpu.run()
+            seen.append(ex)
+            if isinstance(ex, HaltExit | ShutdownExit) or type(ex).__name__ == "EmulationFailureExit":
+                break
+        return seen
+
+    def close(self) -> None:
+        self.vcpu.close()
+        self.vm.close()
+        self.mem.close()
+
+
+@pytest.fixture
+def kvm_guest() -> Iterator[Guest]:
+    from acrn.emu.accel.kvm import KvmAccelerator
+
+    g = Guest(FallbackAccelerator(KvmAccelerator(irqchip=False)))
+    yield g
+    g.close()
+
+
+def _check_results(g: Guest, exits: list[VmExit]) -> None:
+    assert isinstance(exits[-1], HaltExit), exits[-1]
+    assert any(isinstance(e, PioExit) and e.port == 0x80 for e in exits)
+    st = g.vcpu.get_state()
+    assert st.r9 == 8  # popcnt(0xF0F0)
+    assert st.r8 == 0x1234  # the #BP handler ran through the IDT and returned
+    assert st.rflags & (1 << 18)  # stac after clac: AC set
+    assert struct.unpack("<QQ", g.mem.read(DATA, 16)) == (0x33, 0x44)  # cmpxchg16b stored rcx:rbx
+    assert st.rip == ENTRY + len(CODE)
+
+
+@pytest.mark.kvm
+@pytest.mark.soft
+def test_fallback_completes_instructions_kvm_cannot_emulate(kvm_guest: Guest) -> None:
+    exits = kvm_guest.run()
+    _check_results(kvm_guest, exits)
+    ev = kvm_guest.accel.stats.events
+    # On a KVM that runs them natively there is nothing to count; here each one fell back once.
+    assert set(ev) <= {"popcnt", "clac", "stac", "lock cmpxchg16b", "int3", "f0480fc7", "f3480fb8"}
+    assert all(n == 1 for n in ev.values())
+    if ev.get("int3"):
+        assert kvm_guest.accel.stats.injected["#BP"] == 1
+
+
+@pytest.mark.kvm
+@pytest.mark.soft
+def test_hybrid_starts_on_soft_and_switches_to_kvm_at_the_first_exception() -> None:
+    from acrn.emu.accel.kvm import KvmAccelerator
+
+    g = Guest(HybridAccelerator(KvmAccelerator(irqchip=False)))
+    try:
+        exits = g.run()
+        _check_results(g, exits)
+        assert g.accel.stats.switches == 1  # the int3 (no IDT delivery on the soft CPU) moved it
+        assert "int3" in g.accel.stats.events  # then KVM re-ran int3 and the fallback injected #BP
+    finally:
+        g.close()
+
+
+def test_soft_exception_reports_parse() -> None:
+    assert soft_exception_vector(ShutdownExit("exception #GP at rip=0x8000")) == (13, 0x8000)
+    assert soft_exception_vector(ShutdownExit("exception #DB at rip=0x10")) == (1, 0x10)
+    assert soft_exception_vector(ShutdownExit("triple fault")) is None
+
+
+def test_mnemonics_of_the_quick_instructions() -> None:
+    assert mnemonic(b"\xcc\xf4") == "int3"
+    assert mnemonic(b"\x0f\x01\xca") == "clac"
+    assert mnemonic(b"\x0f\x01\xcb") == "stac"
