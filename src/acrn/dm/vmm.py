@@ -16,6 +16,9 @@ reason             status       when
 ``entry-failure``  3            VM entry refused the register state
 ``emulation-...``  3            the accelerator could not execute an instruction
 ``timeout``        124          ``timeout`` seconds passed (as timeout(1))
+``poweroff``       0            ACPI S5 through the PM1 control port (:mod:`acrn.dm.devices.acpi_pm`)
+``reset``          0            a guest reset with ``no_reboot`` (else acrn-dm's reset sequence runs)
+``marker``         0            a caller's :meth:`VmSession.request_stop` (e.g. a console marker)
 =================  ===========  ==================================================================
 
 Stops other than debug-exit and timeout are known only to the emulator (the real HSM has no such
@@ -117,15 +120,79 @@ class VmSession:
         self._loop_thread: threading.Thread | None = None
         self._started = False
         self._closed = False
+        #: Guest RAM regions as (gpa, memory): lowmem at 0, then any :meth:`map_ram` adds (acrn-dm's
+        #: highmem at 4 GiB, the firmware region below 4 GiB).
+        self.regions: list[tuple[int, HostMemory]] = [(0, self.ram)]
+        self._requested: RunResult | None = None  # a stop asked for by a device (power-off, reset)
+        self._reset_requested = False
+        #: With ``no_reboot`` a guest reset ends the run (QEMU's -no-reboot); otherwise ``reload``
+        #: (re-run the loader, return the BSP registers) drives acrn-dm's reset sequence.
+        self.no_reboot = False
+        self.reload: Callable[[], VcpuRegs] | None = None
+        self.resets = 0
 
     # ------------------------------------------------------------------ building
     def load(self, gpa: int, data: bytes) -> None:
-        """Copy an image into guest RAM at ``gpa``."""
-        if gpa < 0 or gpa + len(data) > self.mem_size:
-            raise ValueError(
-                f"image of {len(data)} bytes at GPA {gpa:#x} does not fit in {self.mem_size:#x} bytes of RAM"
-            )
-        self.ram.write(gpa, data)
+        """Copy an image into guest RAM at ``gpa`` (within one RAM region)."""
+        for base, mem in self.regions:
+            if base <= gpa and gpa + len(data) <= base + mem.size:
+                mem.write(gpa - base, data)
+                return
+        raise ValueError(
+            f"image of {len(data)} bytes at GPA {gpa:#x} does not fit in {self.mem_size:#x} bytes of RAM"
+        )
+
+    write = load  # the loaders' GuestMemory protocol
+
+    def read(self, gpa: int, size: int) -> bytes:
+        """Read guest RAM (within one region)."""
+        for base, mem in self.regions:
+            if base <= gpa and gpa + size <= base + mem.size:
+                return mem.read(gpa - base, size)
+        raise ValueError(f"[{gpa:#x}, {gpa + size:#x}) is not guest RAM")
+
+    def map_ram(self, gpa: int, size: int) -> HostMemory:
+        """SET_MEMSEG one more RAM region (acrn-dm: highmem at 4 GiB, the BIOS region below it)."""
+        mem = self.vm.map_ram(gpa, size)
+        self.regions.append((gpa, mem))
+        return mem
+
+    def request_stop(self, reason: str, status: int, detail: str = "") -> None:
+        """End the run (any thread; e.g. a device: ACPI power-off, a reset with ``no_reboot``)."""
+        if self._requested is None:
+            self._requested = RunResult(reason, status, detail)
+        self._stop_event.set()
+
+    def request_reset(self) -> None:
+        """A guest system reset (i8042 0xFE, 0xCF9): acrn-dm's reset sequence, or the end of the run."""
+        if self.no_reboot or self.reload is None:
+            why = "--no-reboot" if self.no_reboot else "no loader to re-run"
+            self.request_stop("reset", 0, f"guest reset ({why})")
+            return
+        self._reset_requested = True
+        self._stop_event.set()
+
+    def _wait_ioreq_idle(self, timeout: float = 2.0) -> None:
+        """Let the request that asked for the reset be completed (NOTIFY) before slots are cleared."""
+        deadline = time.monotonic() + timeout
+        buf = self.vm.ioreq_buffer()
+        busy = (uapi.ACRN_IOREQ_STATE_PROCESSING, uapi.ACRN_IOREQ_STATE_COMPLETE)
+        while any(buf.req_slot[i].processed in busy for i in range(self.vm.vcpu_num)):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.001)
+
+    def _guest_reset(self) -> None:
+        """acrn-dm's ``vm_system_reset``: PAUSE, CLEAR_VM_IOREQ, RESET_VM, reload, SET_VCPU_REGS, START."""
+        assert self.reload is not None
+        self.vm.pause()
+        self._wait_ioreq_idle()
+        self.vm.clear_vm_ioreq()
+        self.vm.reset()
+        regs = self.reload()
+        self.vm.set_vcpu_regs(regs)
+        self.resets += 1
+        self.vm.start()
 
     def set_regs(self, regs: VcpuRegs, *, strict: bool = False) -> None:
         self.vm.set_vcpu_regs(regs, strict=strict)
@@ -169,13 +236,24 @@ class VmSession:
                 self._loop_thread.start()
             self.vm.start()
         self._started = True
-        finished = self._stop_event.wait(timeout)
+        deadline = None if timeout is None else t0 + timeout
+        while True:
+            finished = self._stop_event.wait(None if deadline is None else max(deadline - time.monotonic(), 0))
+            if finished and self._reset_requested and self._requested is None:
+                self._reset_requested = False
+                self._stop_event.clear()
+                self._guest_reset()
+                continue
+            break
         seconds = time.monotonic() - t0
         report = None
         if self.runtime is not None:
             report = self.runtime.wait_stop(self.vm.vmid, timeout=0)
         if self._debugexit_status is not None:
             result = RunResult("debugexit", self._debugexit_status, f"guest wrote to port {0xF4:#x}")
+        elif self._requested is not None:
+            result = self._requested
+            self._requested = None
         elif not finished:
             result = RunResult("timeout", STATUS_TIMEOUT, f"no stop within {timeout} s")
         elif report is not None:
