@@ -76,6 +76,39 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--regs", metavar="FILE", help="register state: JSON (acrn_vcpu_regs fields) or 296-byte blob"
     )
     g.add_argument("--preset", choices=("real", "protected", "long"), help="a ready register state")
+    # acrn-dm's loaders (spec acrn-hsm.md 7), with acrn-dm's option letters.
+    g.add_argument("-k", "--kernel", metavar="BZIMAGE", help="direct-boot a bzImage as acrn-dm does")
+    g.add_argument("-E", "--elf", metavar="ELF32", help="boot a static ELF32 (multiboot) image")
+    g.add_argument("--ovmf", metavar="FIRMWARE", help="firmware image ending at 4 GiB, reset vector")
+    g.add_argument("--vmlinux", metavar="ELF64", help="uncompressed kernel via the 64-bit boot protocol")
+    b = p.add_argument_group("booting (with -k, -E, --ovmf or --vmlinux)")
+    b.add_argument("-r", "--ramdisk", metavar="FILE", help="initrd for -k / --vmlinux")
+    b.add_argument("-B", "--bootargs", metavar="CMDLINE", help="kernel command line")
+    b.add_argument(
+        "-m",
+        "--memsize",
+        type=parse_size,
+        default=256 << 20,
+        help="guest RAM (default 256M; above 2G at 4 GiB)",
+    )
+    b.add_argument("-s", "--cpus", type=int, default=1, help="vCPUs (cpu_affinity of the first N pCPUs)")
+    b.add_argument("--debugexit", action="store_true", help="the debug-exit port 0xF4 (always present)")
+    b.add_argument(
+        "--no-reboot", action="store_true", help="end the VM on a guest reset instead of rebooting"
+    )
+    b.add_argument(
+        "--hybrid",
+        action="store_true",
+        help="run on the soft CPU until the first exception or interrupt, then on KVM (fast decompressor)",
+    )
+    b.add_argument(
+        "--no-fallback", action="store_true", help="KVM emulation failures end the VM (no soft-CPU fallback)"
+    )
+    b.add_argument("--stop-at", metavar="TEXT", help="end the VM (status 0) once the console prints TEXT")
+    b.add_argument(
+        "--stdin", choices=("auto", "on", "off"), default="auto", help="keys to the UART (Ctrl-A x quits)"
+    )
+    b.add_argument("-v", "--verbose-boot", action="store_true", help="show loader decisions and exit details")
     p.add_argument("--entry", type=lambda s: int(s, 0), default=0x8000, help="entry address for --preset")
     p.add_argument("--mem", type=parse_size, default=2 << 20, help="guest RAM at GPA 0 (default 2M)")
     p.add_argument("--dump-state", metavar="FILE", help="write the final state of every vCPU as JSON")
@@ -87,6 +120,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.kernel or args.elf or args.ovmf or args.vmlinux:
+        return boot(args)
     from acrn.dm.setup import preset_regs
     from acrn.dm.vmm import VmSession
     from acrn.regs.io import load_regs
@@ -132,6 +167,108 @@ def run(args: argparse.Namespace) -> int:
         for finding in report.findings:
             print(
                 f"  [{finding['level']} {finding['severity']}] {finding['rule']}: {finding['message']}",
+                file=sys.stderr,
+            )
+    if args.dump_state:
+        with open(args.dump_state, "w") as out:
+            json.dump({str(k): v for k, v in result.states.items()}, out, indent=2)
+    return result.status
+
+
+def _read(path: str | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise CliError(f"{what} {path}: {e.strerror}") from None
+
+
+def boot(args: argparse.Namespace) -> int:
+    """``acrn run -k/-E/--ovmf/--vmlinux``: boot an image as acrn-dm does (spec acrn-hsm.md 7)."""
+    import time
+
+    from acrn.dm.loaders import LoaderError
+    from acrn.dm.loaders.boot import ConsoleWatch, ImageSpec, InteractiveConsole, prepare_boot
+    from acrn.dm.vmm import VmSession
+
+    spec = ImageSpec(
+        kernel=_read(args.kernel, "--kernel"),
+        elf=_read(args.elf, "--elf"),
+        ovmf=_read(args.ovmf, "--ovmf"),
+        vmlinux=_read(args.vmlinux, "--vmlinux"),
+        ramdisk=_read(args.ramdisk, "--ramdisk"),
+        bootargs=args.bootargs,
+        cpus=args.cpus,
+    )
+    if args.cpus < 1:
+        raise CliError(f"--cpus {args.cpus}: at least one vCPU")
+    try:
+        layout = spec.layout(args.memsize)
+    except LoaderError as e:
+        raise CliError(str(e)) from None
+    verbose = bool(args.verbose_boot)
+
+    def echo(data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+    watch = ConsoleWatch(None, args.stop_at.encode() if args.stop_at else None, echo)  # type: ignore[arg-type]
+    t0 = time.monotonic()
+    with VmSession(
+        mem_size=layout.lowmem,
+        device=args.device,
+        accel="soft" if args.accel == "soft" else args.accel,
+        console=watch,
+        fast_path=args.ioreq == "fast",
+    ) as session:
+        watch.session = session
+        session.no_reboot = args.no_reboot
+        stats = None
+        if session.runtime is not None and args.accel != "soft":
+            from acrn.emu.accel import availability
+
+            if availability("kvm")[0] and (args.hybrid or not args.no_fallback) and availability("soft")[0]:
+                from acrn.emu.fallback import FallbackAccelerator, HybridAccelerator
+
+                acc = HybridAccelerator() if args.hybrid else FallbackAccelerator()
+                session.runtime.set_accelerator(acc)
+                stats = acc.stats
+        try:
+            result_load = prepare_boot(session, spec, args.memsize)
+        except LoaderError as e:
+            raise CliError(f"{spec.loader} loader: {e}") from None
+        if verbose:
+            print(f"{result_load.loader} loader:", file=sys.stderr)
+            for note in result_load.notes:
+                print(f"  {note}", file=sys.stderr)
+            for gpa, size in layout.regions():
+                print(f"  RAM [{gpa:#x}, {gpa + size:#x})", file=sys.stderr)
+            print(
+                f"  accelerator: {session.runtime.accel_name if session.runtime else 'kernel HSM'}",
+                file=sys.stderr,
+            )
+        interactive = args.stdin == "on" or (args.stdin == "auto" and sys.stdin.isatty())
+        if interactive:
+            with InteractiveConsole(session):
+                result = session.run(timeout=args.timeout)
+        else:
+            result = session.run(timeout=args.timeout)
+    print(file=sys.stderr)
+    print(result.summary(), file=sys.stderr)
+    if verbose:
+        print(
+            f"  wall time from start {time.monotonic() - t0:.2f} s; guest resets {session.resets}",
+            file=sys.stderr,
+        )
+        if stats is not None:
+            print(f"  {stats.summary()}", file=sys.stderr)
+    if result.reason not in ("halt", "debugexit", "timeout", "poweroff", "marker", "reset", "quit"):
+        st = result.report.state if result.report else None
+        if st:
+            print(
+                f"  rip={st['rip']:#x} mode={st['mode']} cr0={st['cr0']:#x} rflags={st['rflags']:#x}",
                 file=sys.stderr,
             )
     if args.dump_state:

@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Fetch a stock Debian cloud kernel and build a tiny busybox initramfs for pyacrn's boot tests.
+
+Nothing from Debian's archive is committed: everything lands in the repository's ignored
+``work-guests/linux/`` (or ``--dest``), which the tests and benchmarks read (``ACRN_GUEST_DIR``
+overrides it).  Steps (spec kvm-and-boot.md, "Real third-party guests"):
+
+1. ``apt-cache depends linux-image-cloud-amd64`` names the current kernel package (after an
+   ``apt-get update`` when the package lists are empty and we are root);
+2. ``apt-get download`` of that package and ``busybox-static``;
+3. ``dpkg-deb --fsys-tarfile`` extracts ``/boot/vmlinuz-*`` -> ``vmlinuz``, ``dpkg-deb -x`` gives
+   ``/bin/busybox``;
+4. a "newc" cpio archive is written in pure Python (reproducible: mtime 0, uid/gid 0, no root or
+   mknod needed) with ``/init``, ``/bin/busybox``, ``/bin/sh``, ``/dev/console``, ``/dev/ttyS0``,
+   ``/dev/null``, ``/proc``, ``/sys``.  ``/init`` prints ``GUEST-INIT-OK`` and powers off (or
+   reboots / halts / exits / starts a shell with ``rgexit=`` on the kernel command line).
+
+Exit status: 0 ready (already cached or fetched), 2 when the archive cannot be reached (the reason
+is printed; boot tests then skip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DEST = ROOT / "work-guests" / "linux"
+META_PACKAGE = "linux-image-cloud-amd64"
+BUSYBOX_PACKAGE = "busybox-static"
+MARKER = "GUEST-INIT-OK"
+
+INIT_SCRIPT = f"""#!/bin/busybox sh
+echo {MARKER}
+/bin/busybox mount -t proc proc /proc 2>/dev/null && {{ read up idle < /proc/uptime; echo "GUEST-UPTIME $up"; }}
+case "$rgexit" in reboot) exec busybox reboot -f;; halt) exec busybox halt -f;;
+  exit) exit 0;; shell) exec busybox sh;; *) exec busybox poweroff -f;; esac
+"""
+
+
+class FetchError(Exception):
+    """The archive or a tool is unavailable."""
+
+
+def _run(cmd: list[str], cwd: Path | None = None) -> str:
+    try:
+        done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise FetchError(f"{cmd[0]} is not installed") from None
+    if done.returncode != 0:
+        raise FetchError(f"{' '.join(cmd)} failed: {(done.stderr or done.stdout).strip()[-400:]}")
+    return done.stdout
+
+
+def kernel_package() -> str:
+    """The concrete package the cloud meta-package depends on (e.g. linux-image-6.1.0-50-cloud-amd64)."""
+    for attempt in range(2):
+        try:
+            out = _run(["apt-cache", "depends", META_PACKAGE])
+        except FetchError:
+            out = ""
+        m = re.search(r"Depends:\s*(linux-image-[^\s]+-cloud-amd64)", out)
+        if m:
+            return m.group(1)
+        if attempt == 0 and os.geteuid() == 0:
+            _run(["apt-get", "update", "-qq"])
+    raise FetchError(f"apt-cache does not know {META_PACKAGE} (no Debian package lists?)")
+
+
+# ------------------------------------------------------------------------------------- cpio
+def _cpio_entry(
+    name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0), ino: int = 0
+) -> bytes:
+    fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name) + 1, 0]
+    head = b"070701" + b"".join(f"{v:08X}".encode() for v in fields)
+    out = head + name.encode() + b"\0"
+    out += b"\0" * (-len(out) % 4)
+    out += data + b"\0" * (-len(data) % 4)
+    return out
+
+
+def build_initramfs(busybox: bytes, init: str = INIT_SCRIPT) -> bytes:
+    """A newc cpio archive: init, busybox, sh symlink, device nodes, mount points."""
+    entries = [
+        ("bin", 0o040755, b"", (0, 0)),
+        ("dev", 0o040755, b"", (0, 0)),
+        ("proc", 0o040755, b"", (0, 0)),
+        ("sys", 0o040755, b"", (0, 0)),
+        ("init", 0o100755, init.encode(), (0, 0)),
+        ("bin/busybox", 0o100755, busybox, (0, 0)),
+        ("bin/sh", 0o120777, b"busybox", (0, 0)),
+        ("dev/console", 0o020600, b"", (5, 1)),
+        ("dev/ttyS0", 0o020660, b"", (4, 64)),
+        ("dev/null", 0o020666, b"", (1, 3)),
+    ]
+    out = bytearray()
+    for ino, (name, mode, data, rdev) in enumerate(entries, start=1):
+        out += _cpio_entry(name, mode, data, rdev, ino)
+    out += _cpio_entry("TRAILER!!!", 0)
+    out += b"\0" * (-len(out) % 512)
+    return bytes(out)
+
+
+# ------------------------------------------------------------------------------------- fetch
+def fetch(dest: Path, force: bool = False) -> dict[str, str]:
+    manifest_path = dest / "manifest.json"
+    if (
+        not force
+        and manifest_path.is_file()
+        and (dest / "vmlinuz").is_file()
+        and (dest / "initramfs.cpio").is_file()
+    ):
+        manifest: dict[str, str] = json.loads(manifest_path.read_text())
+        return manifest
+    for tool in ("apt-get", "apt-cache", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            raise FetchError(f"{tool} not found (a Debian host is needed)")
+    pkg = kernel_package()
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="acrn-guest-") as tmp:
+        work = Path(tmp)
+        os.chmod(work, 0o755)  # apt's _apt user must be able to write the downloads
+        _run(["apt-get", "download", "-qq", pkg, BUSYBOX_PACKAGE], cwd=work)
+        debs = {p.name.split("_")[0]: p for p in work.glob("*.deb")}
+        if pkg not in debs or BUSYBOX_PACKAGE not in debs:
+            raise FetchError(f"apt-get download did not produce {pkg} and {BUSYBOX_PACKAGE}")
+        kx = work / "kernel"
+        kx.mkdir()
+        tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(debs[pkg])], stdout=subprocess.PIPE)
+        _run_pipe = subprocess.run(["tar", "-x", "-C", str(kx), "./boot"], stdin=tar.stdout, check=False)
+        tar.wait()
+        if tar.returncode or _run_pipe.returncode:
+            raise FetchError(f"could not extract /boot from {debs[pkg].name}")
+        vmlinuz = next(iter(sorted((kx / "boot").glob("vmlinuz-*"))), None)
+        if vmlinuz is None:
+            raise FetchError(f"{debs[pkg].name} has no /boot/vmlinuz-*")
+        shutil.copyfile(vmlinuz, dest / "vmlinuz")
+        config = next(iter(sorted((kx / "boot").glob("config-*"))), None)
+        if config is not None:
+            shutil.copyfile(config, dest / "config")
+        bx = work / "busybox"
+        _run(["dpkg-deb", "-x", str(debs[BUSYBOX_PACKAGE]), str(bx)])
+        busybox = (bx / "bin" / "busybox").read_bytes()
+        (dest / "initramfs.cpio").write_bytes(build_initramfs(busybox))
+        manifest = {
+            "kernel_package": debs[pkg].name,
+            "kernel": vmlinuz.name,
+            "busybox_package": debs[BUSYBOX_PACKAGE].name,
+            "marker": MARKER,
+            "vmlinuz_sha256": hashlib.sha256((dest / "vmlinuz").read_bytes()).hexdigest(),
+            "initramfs_sha256": hashlib.sha256((dest / "initramfs.cpio").read_bytes()).hexdigest(),
+        }
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dest", type=Path, default=Path(os.environ.get("ACRN_GUEST_DIR", DEFAULT_DEST)))
+    p.add_argument("--force", action="store_true", help="download again even if cached")
+    args = p.parse_args(argv)
+    try:
+        manifest = fetch(args.dest, args.force)
+    except FetchError as e:
+        print(f"fetch-linux-guest: cannot fetch the guest: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"guest ready in {args.dest}: {manifest['kernel']} + initramfs.cpio ({manifest['busybox_package']})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
