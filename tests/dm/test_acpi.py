@@ -49,7 +49,8 @@ def test_madt_one_lapic_per_cpu_ioapic_and_pit_override() -> None:
 def test_fadt_publishes_pm_ports_and_dsdt() -> None:
     f = acpi.fadt()
     assert f[:4] == b"FACP" and len(f) == acpi.FADT_LENGTH
-    assert struct.unpack_from("<II", f, 36) == (acpi.FACS_GPA, acpi.DSDT_GPA)
+    assert struct.unpack_from("<II", f, 36) == (0, acpi.DSDT_GPA)
+    assert struct.unpack_from("<Q", f, 132)[0] == acpi.FACS_GPA
     assert struct.unpack_from("<H", f, 46)[0] == 9
     assert struct.unpack_from("<I", f, 64)[0] == 0x404 and f[89] == 2
     assert struct.unpack_from("<Q", f, 140)[0] == acpi.DSDT_GPA

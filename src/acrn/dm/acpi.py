@@ -94,7 +94,7 @@ def fadt() -> bytes:
     def put(fmt: str, off: int, *v: int | bytes) -> None:
         struct.pack_into("<" + fmt, b, off - 36, *v)
 
-    put("I", 36, FACS_GPA)
+    put("I", 36, 0)  # FIRMWARE_CTRL: 0 because X_FIRMWARE_CTRL is used (ACPI 6: not both)
     put("I", 40, DSDT_GPA)
     put("H", 46, pm.SCI_IRQ)
     put("I", 48, pm.SMI_CMD_PORT)
