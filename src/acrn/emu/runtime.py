@@ -46,9 +46,13 @@ from acrn.emu.accel.base import (
     MmioExit,
     PioExit,
     ShutdownExit,
+    StartupExit,
     UnknownExit,
     VmExit,
+    multiprocessor_vcpu,
 )
+from acrn.emu.hv.state import BSP_VCPU_ID
+from acrn.emu.irq import IrqRouter
 
 if TYPE_CHECKING:
     from acrn.emu.hv import Hypervisor, Vm
@@ -145,6 +149,10 @@ class _VcpuRunner:
                     self.in_guest = True
                 if self.reload:
                     self.avcpu.set_state(self.vmrt.landed_state(self.vcpu_id))
+                    mp = multiprocessor_vcpu(self.avcpu)
+                    if mp is not None:
+                        # ACRN launches only the BSP; APs wait for the guest's INIT/SIPI (spec 2 START).
+                        mp.power_on(wait_for_sipi=self.vcpu_id != BSP_VCPU_ID)
                     self.reload = False
                 ex = self.avcpu.run()
                 with self.cond:
@@ -176,6 +184,8 @@ class _VcpuRunner:
                 self.avcpu.complete_read(value)
         elif isinstance(ex, KickExit):
             self.counts.kick += 1
+        elif isinstance(ex, StartupExit):
+            self.vmrt.ap_started(self.vcpu_id)
         elif isinstance(ex, HaltExit):
             self.counts.halt += 1
             if not ex.interrupts_enabled:
@@ -222,6 +232,8 @@ class VmRuntime:
         self.hv = runtime.hv
         self.vmid: int = vm.vmid
         self.accel_vm: AccelVm = runtime.accelerator.create_vm()
+        self.irq = IrqRouter(self.accel_vm)
+        self.irq.replay(dict(vm.ioapic_lines), dict(vm.pic_lines))
         self.mapped: dict[tuple[int, int], int] = {}
         self.vcpus: dict[int, _VcpuRunner] = {}
 
@@ -273,8 +285,11 @@ class VmRuntime:
         from acrn.emu.hv import VcpuState
 
         self.sync_memory(vm)
+        # With interrupt controllers the APs exist from START on and wait, in the accelerator, for
+        # the guest's INIT/SIPI (ACRN: VCPU_INIT until then); without them only the BSP runs.
+        smp = self.irq.delivers
         for vcpu in vm.vcpus:
-            if vcpu.state != VcpuState.RUNNING:
+            if vcpu.state != VcpuState.RUNNING and not (smp and vcpu.state == VcpuState.INIT):
                 continue
             runner = self.vcpus.get(vcpu.vcpu_id)
             if runner is None:
@@ -282,6 +297,16 @@ class VmRuntime:
                 self.vcpus[vcpu.vcpu_id] = runner
                 runner.thread.start()
             runner.allow()
+
+    def ap_started(self, vcpu_id: int) -> None:
+        """The guest started an AP with INIT/SIPI: mirror ACRN's VCPU_INIT -> VCPU_RUNNING."""
+        from acrn.emu.hv import VcpuState
+
+        with self.hv.lock:
+            vm = self.hv.vm(self.vmid)
+            vcpu = vm.vcpu(vcpu_id) if vm is not None else None
+            if vcpu is not None and vcpu.state == VcpuState.INIT:
+                vcpu.state = VcpuState.RUNNING
 
     def pause(self) -> None:
         for r in self.vcpus.values():
@@ -293,6 +318,7 @@ class VmRuntime:
             with r.cond:
                 r.reload = True
                 r.stopped = False
+        self.irq.reset()  # ACRN resets the vIOAPIC/vPIC (and each vLAPIC, at the next power_on)
 
     def destroy(self) -> None:
         for r in self.vcpus.values():
@@ -395,7 +421,14 @@ class Runtime:
     def accelerator(self) -> Accelerator:
         if self._accelerator is None:
             assert isinstance(self._accel_spec, str)
-            self._accelerator = self._get_accelerator(self._accel_spec)
+            acc = self._get_accelerator(self._accel_spec)
+            from acrn.emu.accel.kvm import KvmAccelerator
+
+            if isinstance(acc, KvmAccelerator):
+                # Always the in-kernel irqchip: SET_IRQLINE/INJECT_MSI and INIT/SIPI need it, and
+                # the KVM accelerator reports "cli; hlt" through its halt probe instead of HLT exits.
+                acc.irqchip = True
+            self._accelerator = acc
         return self._accelerator
 
     @property
@@ -440,6 +473,18 @@ class Runtime:
         vmrt = self.vms.get(vm.vmid)
         if vmrt is not None:
             vmrt.request_completed(vcpu_id)
+
+    def irqline(self, vm: Vm, gsi: int, op: int) -> None:
+        """SET_IRQLINE accepted: drive the line (before the first START the level is replayed)."""
+        vmrt = self.vms.get(vm.vmid)
+        if vmrt is not None:
+            vmrt.irq.irqline(gsi, op)
+
+    def msi(self, vm: Vm, addr: int, data: int) -> None:
+        """INJECT_MSI accepted: deliver it to the local APICs (lost before the first START)."""
+        vmrt = self.vms.get(vm.vmid)
+        if vmrt is not None:
+            vmrt.irq.msi(addr, data)
 
     # ------------------------------------------------------------------ stop reports
     def publish(self, report: StopReport) -> None:
