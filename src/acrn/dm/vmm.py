@@ -38,9 +38,10 @@ from acrn import uapi
 from acrn.dm.bus import IoBus
 from acrn.dm.devices.debugexit import DebugExit
 from acrn.dm.devices.pci_host import PciHostBridge
-from acrn.dm.devices.uart16550 import Uart16550
+from acrn.dm.devices.uart16550 import COM1_IRQ, Uart16550
 from acrn.dm.ioreq import IoreqLoop
 from acrn.dm.pci import PciBus
+from acrn.errors import HsmError
 from acrn.hsm import Hsm, Vm
 from acrn.memory import HostMemory
 from acrn.regs.model import VcpuRegs
@@ -102,7 +103,7 @@ class VmSession:
         self.output = bytearray()
         self._console = console
         self.bus = IoBus()
-        self.uart = Uart16550(output=self._on_output)
+        self.uart = Uart16550(output=self._on_output, irq=self._on_uart_irq)
         self.uart.attach(self.bus)
         self._stop_event = threading.Event()
         self._debugexit_status: int | None = None
@@ -202,6 +203,16 @@ class VmSession:
         self.output += data
         if self._console is not None:
             self._console(data)
+
+    def _on_uart_irq(self, level: bool) -> None:
+        """The UART's interrupt output is wired to GSI 4 (COM1), as acrn-dm's ``vm_set_gsi_irq``."""
+        vm = getattr(self, "vm", None)
+        if vm is None:
+            return
+        try:
+            vm.set_irqline(COM1_IRQ, uapi.GSI_SET_HIGH if level else uapi.GSI_SET_LOW)
+        except HsmError as e:  # e.g. the VM is being destroyed: the level no longer matters
+            log.debug("UART interrupt line: %s", e)
 
     def _on_debugexit(self, status: int) -> None:
         self._debugexit_status = status
