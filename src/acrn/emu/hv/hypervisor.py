@@ -225,6 +225,22 @@ class Hypervisor:
             if vm is not None and vm.guest_flags & uapi.GUEST_FLAG_RT:
                 vm.state = vm_transition(VmEvent.RT_POWEROFF, vm.state)
 
+    def force_shutdown(self, rel_vmid: int) -> bool:
+        """Emulator only: pause and destroy a VM whatever its severity (ACRN would leak it when its
+        fd is closed while it runs, spec 12.10/12.11; the emulator frees it instead).  False if absent."""
+        with self.lock:
+            vm = self.vm(rel_vmid)
+            if vm is None:
+                return False
+            t = _Target(vm.abs_id, vm.config, vm)
+            if vm.state not in (VmState.PAUSED, VmState.POWERED_OFF):
+                for vcpu in vm.vcpus:
+                    vcpu.state = VCPU_TRANSITIONS[VmEvent.PAUSE]
+                vm.state = VmState.PAUSED
+                self._notify("vm_paused", vm)
+            self._hc_destroy_vm(t, 0, 0)
+            return True
+
     # ------------------------------------------------------------------ ioreq, hypervisor side
     def _ioreq_slot(self, vm: Vm, vcpu_id: int) -> uapi.acrn_io_request:
         assert vm.ioreq_buffer is not None
