@@ -275,6 +275,9 @@ class SoftVcpu:
         uc = self._uc
         st = state
         self._entry_error = validate_state(st)
+        # Translated blocks are cached by address and unicorn does not see host writes to guest
+        # RAM; a new state usually comes with new code (image reload after RESET), so drop them.
+        self._uc.ctl_flush_tb()
         # Control registers in an order that lets QEMU derive EFER.LMA from the CR0.PG
         # transition (cpu_x86_update_cr0): paging off, CR4, EFER (LME), then the final CR0.
         uc.reg_write(x.UC_X86_REG_CR0, st.cr0 & ~CR0_PG & 0xFFFF_FFFF)
