@@ -60,6 +60,13 @@ IO_LOOP_DEFAULT_COUNT: Final = 100
 IO_LOOP_DEFAULT_PORT: Final = 0x80
 DEBUGEXIT_DEFAULT_VALUE: Final = 0x10
 DEBUGEXIT_PORT: Final = 0xF4
+#: irq_count: the port its level-triggered vector's handler reads (a device's acknowledge), the
+#: vector that makes it print TOTAL and halt, and its IOAPIC pin -> vector wiring.
+IRQ_COUNT_ACK_PORT: Final = 0x510
+IRQ_COUNT_STOP_VECTOR: Final = 0x3F
+IRQ_COUNT_IOAPIC_VECTORS: Final = {4: 0x34, 5: 0x35, 6: 0x36}
+#: smp_hello: what it prints when the AP starts with RBX = ``rbx``.
+SMP_HELLO_OUTPUT: Final = "BSP\nAP RBX=0x{rbx:08X}\nBSP saw AP\n"
 #: Port the pci_probe and ioevent_probe guests write every value they read to (one dword each).
 REPORT_PORT: Final = 0xE0
 #: ioevent_probe's defaults: a queue-notify port and MMIO address (outside RAM), the queue index
@@ -240,6 +247,10 @@ GUESTS: Final[dict[str, Guest]] = {
               expected_output=compute_output(COMPUTE_DEFAULT_COUNT), params={"rcx": COMPUTE_DEFAULT_COUNT}),
         Guest("io_loop", "ECX one-byte OUTs to port DX (0x80), then halts: one exit each", "protected",
               expected_output="", params={"rcx": IO_LOOP_DEFAULT_COUNT, "rdx": IO_LOOP_DEFAULT_PORT}),
+        Guest("irq_count", "an IDT, PIC, IOAPIC and LAPIC set up; prints a line per interrupt it receives",
+              "protected"),
+        Guest("smp_hello", "the BSP starts AP 1 with INIT/SIPI through the LAPIC ICR; the AP prints (needs SMP)",
+              "protected", expected_output=SMP_HELLO_OUTPUT.format(rbx=0)),
         Guest("pci_probe", "probes PCI config space through 0xCF8/0xCFC, reports each value read to port "
               "0xE0", "protected", expected_output=""),
         Guest("ioevent_probe", "reads and writes a notify port (DX) and MMIO address (ESI) as a virtio "
