@@ -91,7 +91,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=256 << 20,
         help="guest RAM (default 256M; above 2G at 4 GiB)",
     )
-    b.add_argument("-s", "--cpus", type=int, default=1, help="vCPUs (cpu_affinity of the first N pCPUs)")
+    b.add_argument("-s", "--cpus", type=int, default=1, help="vCPUs: cpu_affinity pCPUs 1..N (default 1)")
     b.add_argument("--debugexit", action="store_true", help="the debug-exit port 0xF4 (always present)")
     b.add_argument(
         "--no-reboot", action="store_true", help="end the VM on a guest reset instead of rebooting"
@@ -222,6 +222,8 @@ def boot(args: argparse.Namespace) -> int:
         accel="soft" if args.accel == "soft" else args.accel,
         console=watch,
         fast_path=args.ioreq == "fast",
+        # pCPUs 1..N: the User VM pCPUs of the default platform (0 is the Service VM's).
+        cpu_affinity=((1 << args.cpus) - 1) << 1,
     ) as session:
         watch.session = session
         session.no_reboot = args.no_reboot

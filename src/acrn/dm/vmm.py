@@ -91,6 +91,7 @@ class VmSession:
         accel: str = "auto",
         console: Callable[[bytes], None] | None = None,
         fast_path: bool = False,
+        cpu_affinity: int = 0,
     ) -> None:
         self.hsm = Hsm.open(device) if isinstance(device, str) else Hsm(device)
         self.accel = accel
@@ -114,7 +115,7 @@ class VmSession:
         self.hostbridge = PciHostBridge()
         self.hostbridge.attach(self.pci)
         self.fast_path = fast_path and self.runtime is not None
-        self.vm: Vm = self.hsm.create_vm(name)
+        self.vm: Vm = self.hsm.create_vm(name, cpu_affinity=cpu_affinity)
         self.ram: HostMemory = self.vm.map_ram(0, mem_size)
         self.mem_size = self.ram.size
         self._loop: IoreqLoop | None = None
