@@ -51,7 +51,11 @@ def boot(guest: Path, bootargs: str, marker: bytes | None, timeout: float, ramdi
     t0 = time.monotonic()
     try:
         with VmSession(
-            mem_size=lowmem, device=EmulatedDevice(machine), accel=machine.runtime.accel_name, console=watch
+            mem_size=lowmem,
+            device=EmulatedDevice(machine),
+            accel=machine.runtime.accel_name,
+            console=watch,
+            cpu_affinity=0b10,  # one vCPU, as the MADT says
         ) as session:
             watch.session = session
             session.no_reboot = True
