@@ -1,0 +1,21 @@
+"""The guest's CPUID carries ACRN's hypervisor leaves, TSC frequency included (Linux's acrn.c reads it)."""
+
+from __future__ import annotations
+
+import struct
+
+from acrn.emu.accel.kvm import build_guest_cpuid
+
+
+def test_leaf_40000010_eax_is_tsc_khz_and_signature_leaf_names_acrn() -> None:
+    supported = [
+        (1, 0, 0, 0, 0, 0, 0),
+        (0x40000000, 0, 0, 0x40000001, *struct.unpack("<3I", b"KVMKVMKVM\0\0\0")),
+    ]
+    table = {
+        (fn, idx): regs for fn, idx, _f, *regs in build_guest_cpuid(supported, vcpu_id=0, tsc_khz=2596124)
+    }
+    eax, ebx, ecx, edx = table[(0x40000000, 0)]
+    assert eax == 0x40000010 and struct.pack("<3I", ebx, ecx, edx) == b"ACRNACRNACRN"
+    assert table[(0x40000010, 0)][0] == 2596124
+    assert table[(1, 0)][2] & (1 << 31)  # the hypervisor bit: Linux looks for the leaves only then
