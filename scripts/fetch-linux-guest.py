@@ -13,7 +13,9 @@ overrides it).  Steps (spec kvm-and-boot.md, "Real third-party guests"):
 4. a "newc" cpio archive is written in pure Python (reproducible: mtime 0, uid/gid 0, no root or
    mknod needed) with ``/init``, ``/bin/busybox``, ``/bin/sh``, ``/dev/console``, ``/dev/ttyS0``,
    ``/dev/null``, ``/proc``, ``/sys``.  ``/init`` prints ``GUEST-INIT-OK`` and powers off (or
-   reboots / halts / exits / starts a shell with ``rgexit=`` on the kernel command line).
+   reboots / halts / exits / starts a shell with ``rgexit=`` on the kernel command line);
+5. when the ``lz4`` tool is installed and the payload is an LZ4 legacy frame (the cloud kernel's),
+   the uncompressed ``vmlinux`` ELF is extracted from the bzImage payload (``acrn run --vmlinux``).
 
 Exit status: 0 ready (already cached or fetched), 2 when the archive cannot be reached (the reason
 is printed; boot tests then skip).
@@ -109,6 +111,27 @@ def build_initramfs(busybox: bytes, init: str = INIT_SCRIPT) -> bytes:
     return bytes(out)
 
 
+# ------------------------------------------------------------------------------------- vmlinux
+LZ4_LEGACY_MAGIC = bytes.fromhex("02214c18")
+
+
+def extract_vmlinux(bzimage: bytes) -> bytes | None:
+    """The ELF inside a bzImage whose payload is LZ4 legacy (None if not, or without ``lz4``)."""
+    if shutil.which("lz4") is None or len(bzimage) < 0x250:
+        return None
+    setup = ((bzimage[0x1F1] or 4) + 1) * 512
+    offset, length = (
+        int.from_bytes(bzimage[0x248:0x24C], "little"),
+        int.from_bytes(bzimage[0x24C:0x250], "little"),
+    )
+    payload = bzimage[setup + offset : setup + offset + length]
+    if not payload.startswith(LZ4_LEGACY_MAGIC):
+        return None
+    # lz4 exits non-zero on the size word the kernel build appends after the frame; the output is whole.
+    done = subprocess.run(["lz4", "-d", "-c"], input=payload, capture_output=True, check=False)
+    return done.stdout if done.stdout.startswith(b"\x7fELF") else None
+
+
 # ------------------------------------------------------------------------------------- fetch
 def fetch(dest: Path, force: bool = False) -> dict[str, str]:
     manifest_path = dest / "manifest.json"
@@ -150,6 +173,9 @@ def fetch(dest: Path, force: bool = False) -> dict[str, str]:
         _run(["dpkg-deb", "-x", str(debs[BUSYBOX_PACKAGE]), str(bx)])
         busybox = (bx / "bin" / "busybox").read_bytes()
         (dest / "initramfs.cpio").write_bytes(build_initramfs(busybox))
+        vmlinux = extract_vmlinux((dest / "vmlinuz").read_bytes())
+        if vmlinux is not None:
+            (dest / "vmlinux").write_bytes(vmlinux)
         manifest = {
             "kernel_package": debs[pkg].name,
             "kernel": vmlinuz.name,
