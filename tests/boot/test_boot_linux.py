@@ -38,11 +38,20 @@ class Booted:
         self.console = result.output.decode(errors="replace")
 
 
-def boot(guest: Path, bootargs: str, marker: bytes | None, timeout: float, ramdisk: bool = False) -> Booted:
+def boot(
+    guest: Path,
+    bootargs: str,
+    marker: bytes | None,
+    timeout: float,
+    ramdisk: bool = False,
+    vmlinux: bool = False,
+) -> Booted:
     accel = HybridAccelerator()
     machine = Machine(accel=accel)  # type: ignore[arg-type]
+    image = (guest / ("vmlinux" if vmlinux else "vmlinuz")).read_bytes()
     spec = ImageSpec(
-        kernel=(guest / "vmlinuz").read_bytes(),
+        kernel=None if vmlinux else image,
+        vmlinux=image if vmlinux else None,
         ramdisk=(guest / "initramfs.cpio").read_bytes() if ramdisk else None,
         bootargs=bootargs,
     )
@@ -77,6 +86,17 @@ def test_debian_kernel_prints_linux_version_through_the_uart(linux_guest: Path) 
     assert b.result.reason == "marker", f"{b.result.summary()}\n--- console ---\n{b.console[-2000:]}"
     assert "Linux version 6." in b.console or "Linux version" in b.console
     assert b.result.status == 0
+
+
+@pytest.mark.boot
+@pytest.mark.kvm
+@pytest.mark.soft
+def test_uncompressed_vmlinux_boots_through_the_64_bit_protocol(linux_guest: Path) -> None:
+    if not (linux_guest / "vmlinux").is_file():
+        pytest.skip("no vmlinux extracted (needs the lz4 tool when fetching)")
+    b = boot(linux_guest, CMDLINE, b"Linux version", BOOT_TIMEOUT, vmlinux=True)
+    print(f"vmlinux: 'Linux version' after {b.marker_at} s; {b.stats.summary()}")
+    assert b.result.reason == "marker", f"{b.result.summary()}\n--- console ---\n{b.console[-2000:]}"
 
 
 @pytest.mark.boot
