@@ -250,7 +250,8 @@ class VmSession:
         self._started = True
         deadline = None if timeout is None else t0 + timeout
         while True:
-            finished = self._stop_event.wait(None if deadline is None else max(deadline - time.monotonic(), 0))
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0)
+            finished = self._stop_event.wait(remaining)
             if finished and self._reset_requested and self._requested is None:
                 self._reset_requested = False
                 self._stop_event.clear()
