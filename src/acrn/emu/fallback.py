@@ -392,8 +392,9 @@ class HybridVcpu(FallbackVcpu):
 
     def set_state(self, state: CpuState) -> None:
         self._stepping = False
-        # A (re)load starts on the soft CPU again (a guest reset re-runs the loader).
-        self.on_soft = not self._hvm.switch_requested.is_set()
+        # A (re)load of the BSP starts on the soft CPU again (a guest reset re-runs the loader);
+        # APs always run on KVM (they start through INIT/SIPI, which needs its local APICs).
+        self.on_soft = self.vcpu_id == 0 and not self._hvm.switch_requested.is_set()
         if self.on_soft:
             self._soft_vcpu().set_state(state)
         else:
