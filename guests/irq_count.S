@@ -12,6 +12,9 @@
  * 0x20-0x2F get a PIC EOI, the others a local-APIC EOI.  Vector STOP_VECTOR prints
  * "TOTAL=0x<count>" and halts with interrupts disabled (the VM ends).  An exception prints
  * "EXC=0x<vector>" and halts.
+ *
+ * There is no iret: the PVM-backed /dev/kvm of the development machines cannot emulate it (the vCPU
+ * stops with KVM_EXIT_INTERNAL_ERROR), so each handler jumps back to the sti; hlt loop instead.
  */
 	.include "macros.inc"
 	.set	HEX_DIGITS, 8
@@ -24,6 +27,7 @@
 	.set	ACK_PORT, 0x510
 	.set	STOP_VECTOR, 0x3F
 	.set	CODE_SEL, 0x10
+	.set	STACK_TOP, 0x7000
 	.code32
 	.text
 	.globl	start
@@ -82,6 +86,7 @@ start:
 	out	%al, %dx
 
 	PUTS	s_ready
+wait:	mov	$STACK_TOP, %esp
 2:	sti
 	hlt
 	jmp	2b
@@ -109,9 +114,10 @@ stubs:
 	.set	vec, vec + 1
 	.endr
 
+/* Interrupts are enabled only in `wait`, so a handler never returns: it resets the stack and
+ * goes back there.  (This machine's /dev/kvm cannot emulate iret; see the module comment.) */
 common:
-	pusha
-	mov	32(%esp), %ebp			/* the vector */
+	pop	%ebp				/* the vector */
 	cmp	$0x20, %ebp
 	jb	exception
 	incl	count
@@ -125,7 +131,17 @@ common:
 	jne	4f
 	mov	$ACK_PORT, %dx			/* the level device's acknowledge */
 	inb	%dx, %al
-4:	PUTS	s_v
+	/* EOI before printing: the interrupt is handled once the device is acknowledged. */
+4:	cmp	$0x30, %ebp
+	jae	5f
+	mov	$0x20, %al			/* 8259 non-specific EOI (slave first for its vectors) */
+	cmp	$0x28, %ebp
+	jb	6f
+	out	%al, $0xA0
+6:	out	%al, $0x20
+	jmp	7f
+5:	movl	$0, LAPIC_EOI
+7:	PUTS	s_v
 	mov	%ebp, %ecx
 	call	puthex
 	PUTS	s_n
@@ -135,18 +151,7 @@ common:
 	call	putc
 	cmp	$STOP_VECTOR, %ebp
 	je	stop
-	cmp	$0x30, %ebp
-	jae	5f
-	mov	$0x20, %al			/* 8259 non-specific EOI (slave first for its vectors) */
-	cmp	$0x28, %ebp
-	jb	6f
-	out	%al, $0xA0
-6:	out	%al, $0x20
-	jmp	7f
-5:	movl	$0, LAPIC_EOI
-7:	popa
-	add	$4, %esp
-	iret
+	jmp	wait
 
 stop:
 	mov	count, %ecx
