@@ -64,6 +64,10 @@ class _events_smi(ctypes.LittleEndianStructure):
     ]
 
 
+class _events_triple_fault(ctypes.LittleEndianStructure):
+    _fields_ = [("pending", c_uint8)]
+
+
 class kvm_vcpu_events(ctypes.LittleEndianStructure):
     _fields_ = [
         ("exception", _events_exception),
@@ -72,7 +76,8 @@ class kvm_vcpu_events(ctypes.LittleEndianStructure):
         ("sipi_vector", c_uint32),
         ("flags", c_uint32),
         ("smi", _events_smi),
-        ("reserved", c_uint8 * 27),
+        ("triple_fault", _events_triple_fault),
+        ("reserved", c_uint8 * 26),
         ("exception_has_payload", c_uint8),
         ("exception_payload", c_uint64),
     ]
