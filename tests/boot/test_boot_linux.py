@@ -56,7 +56,7 @@ def boot(
         bootargs=bootargs,
     )
     lowmem = spec.layout(MEMSIZE).lowmem
-    watch = ConsoleWatch(None, marker)  # type: ignore[arg-type]
+    watch = ConsoleWatch(None, marker)
     t0 = time.monotonic()
     try:
         with VmSession(

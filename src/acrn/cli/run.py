@@ -214,12 +214,12 @@ def boot(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
 
-    watch = ConsoleWatch(None, args.stop_at.encode() if args.stop_at else None, echo)  # type: ignore[arg-type]
+    watch = ConsoleWatch(None, args.stop_at.encode() if args.stop_at else None, echo)
     t0 = time.monotonic()
     with VmSession(
         mem_size=layout.lowmem,
         device=args.device,
-        accel="soft" if args.accel == "soft" else args.accel,
+        accel=args.accel,
         console=watch,
         fast_path=args.ioreq == "fast",
         # pCPUs 1..N: the User VM pCPUs of the default platform (0 is the Service VM's).

@@ -137,7 +137,7 @@ class ConsoleWatch:
     """A console sink that also ends the run when ``marker`` has been printed."""
 
     def __init__(
-        self, session: VmSession, marker: bytes | None, echo: Callable[[bytes], None] | None = None
+        self, session: VmSession | None, marker: bytes | None, echo: Callable[[bytes], None] | None = None
     ) -> None:
         self.session = session
         self.marker = marker
@@ -151,7 +151,7 @@ class ConsoleWatch:
         if self.marker is None or self.seen_at is not None:
             return
         window = self._tail + data
-        if self.marker in window:
+        if self.marker in window and self.session is not None:
             import time
 
             self.seen_at = time.monotonic()
