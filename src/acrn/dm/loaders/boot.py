@@ -210,6 +210,8 @@ class InteractiveConsole:
                 if escape:
                     escape = False
                     if b in (ord("x"), ord("X")):
+                        if out:
+                            self.session.uart.feed(bytes(out))
                         self.session.request_stop("quit", 0, "Ctrl-A x")
                         return
                     if b == ESCAPE_KEY:
