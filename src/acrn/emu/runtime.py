@@ -146,14 +146,19 @@ class _VcpuRunner:
                     self.cond.wait_for(lambda: self.quit or (self.run_allowed and not self.stopped))
                     if self.quit:
                         return
-                    self.in_guest = True
                 if self.reload:
+                    # landed_state takes hv.lock: do it while in_guest is False, because PAUSE holds
+                    # that lock while it waits for in_guest to drop.
                     self.avcpu.set_state(self.vmrt.landed_state(self.vcpu_id))
                     mp = multiprocessor_vcpu(self.avcpu)
                     if mp is not None:
                         # ACRN launches only the BSP; APs wait for the guest's INIT/SIPI (spec 2 START).
                         mp.power_on(wait_for_sipi=self.vcpu_id != BSP_VCPU_ID)
                     self.reload = False
+                with self.cond:
+                    if self.quit or not self.run_allowed or self.stopped:
+                        continue
+                    self.in_guest = True  # a kick from here on is sticky: run() returns at once
                 ex = self.avcpu.run()
                 with self.cond:
                     self.in_guest = False
