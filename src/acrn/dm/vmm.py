@@ -233,10 +233,16 @@ class VmSession:
             self.runtime.on_stop(self._on_stop)
         if self.fast_path:
             assert self.runtime is not None
-            loop = IoreqLoop(self.vm, self.bus, self.pci)
+            if self._loop is None:
+                # The default client exists as on the faithful path (the HSM dispatches to it);
+                # only ATTACH is replaced: its work runs on the vCPU thread, ending with NOTIFY.
+                self.vm.create_ioreq_client()
+                self._loop = IoreqLoop(self.vm, self.bus, self.pci)
+            loop = self._loop
 
             def fast(vcpu_id: int, slot: uapi.acrn_io_request) -> None:
                 loop.handle_slot(slot)
+                self.vm.notify_request_finish(vcpu_id)
 
             self.runtime.set_fast_handler(self.vm.vmid, fast)
             self.vm.start()

@@ -59,6 +59,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: How often a vCPU of a polling-mode VM looks at its slot (ACRN spins with PAUSE instead).
+POLL_INTERVAL = 20e-6
+
 #: handler(vcpu_id, slot) -> None: handle the request in ``slot`` (fill the value for reads).
 FastHandler = Callable[[int, uapi.acrn_io_request], None]
 
@@ -242,6 +245,12 @@ class VmRuntime:
         self.mapped: dict[tuple[int, int], int] = {}
         self.vcpus: dict[int, _VcpuRunner] = {}
 
+    @property
+    def polling(self) -> bool:
+        """Whether the VM completes I/O requests by polling (GUEST_FLAG_IO_COMPLETION_POLLING)."""
+        vm = self.hv.vm(self.vmid)
+        return bool(vm is not None and vm.is_polling_ioreq)
+
     def landed_state(self, vcpu_id: int) -> CpuState:
         return self.hv.vcpu_state(self.vmid, vcpu_id)
 
@@ -369,23 +378,31 @@ class VmRuntime:
         with self.hv.lock:
             if not runner.run_allowed:
                 return None  # paused meanwhile: the instruction is not completed (it re-runs after reset)
-            rc = self.hv.insert_request(self.vmid, vid, req_type, bytes(reqs), fast=fast is not None)
+            rc = self.hv.insert_request(self.vmid, vid, req_type, bytes(reqs))
         if rc < 0:
             runner._stop("error", f"ioreq slot {vid} not free (acrn_insert_request returned {rc})", None)
             return None
+        # The upcall has run the HSM dispatcher on this thread: the request is completed in the
+        # kernel (CF8, ioeventfd, clearing), waiting for the default client (PROCESSING) or, with
+        # no client, still PENDING.  The fast path is the default client's work done right here;
+        # its handler ends with NOTIFY_REQUEST_FINISH like any client, so every slot state and
+        # every in-kernel rule is the same as on the faithful path (spec 5.2-5.4).
         if fast is not None:
             slot = self.hv.ioreq_slot(self.vmid, vid)
-            if slot is not None:
-                # What the HSM dispatcher would do for the default client (spec 5.2 step 4).
-                slot.kernel_handled = 0
-                slot.processed = uapi.ACRN_IOREQ_STATE_PROCESSING
+            if (
+                slot is not None
+                and slot.processed == uapi.ACRN_IOREQ_STATE_PROCESSING
+                and slot.kernel_handled == 0
+            ):
                 fast(vid, slot)
-            with self.hv.lock:
-                self.hv.fast_complete_request(self.vmid, vid)
+        if self.polling:
+            # IO_COMPLETION_POLLING: no notify hypercall; the hypervisor polls the slot (spec 5.2).
+            while runner.run_allowed and self.hv.request_state(self.vmid, vid) != uapi.ACRN_IOREQ_STATE_COMPLETE:
+                runner.completed.wait(POLL_INTERVAL)
         else:
             runner.completed.wait()
-            if not runner.run_allowed:
-                return None
+        if not runner.run_allowed:
+            return None
         with self.hv.lock:
             result: int | None = self.hv.complete_request(self.vmid, vid)
         return result
