@@ -50,6 +50,7 @@ from acrn.emu.accel.base import (
     UnknownExit,
     VmExit,
     multiprocessor_vcpu,
+    sync_io_vcpu,
 )
 from acrn.emu.hv.state import BSP_VCPU_ID
 from acrn.emu.irq import IrqRouter
@@ -116,6 +117,11 @@ class _VcpuRunner:
         self.thread = threading.Thread(
             target=self._main, name=f"acrn-vm{vmrt.vmid}-vcpu{vcpu_id}", daemon=True
         )
+        sync_io = sync_io_vcpu(avcpu)
+        if sync_io is not None:
+            # The soft CPU meets I/O inside an instruction: handling it there, on this thread,
+            # saves a thread handoff per exit; both ioreq paths run unchanged inside the handler.
+            sync_io.set_io_handler(self._io_exit)
 
     # ------------------------------------------------------------------ control (any thread)
     def allow(self) -> None:
@@ -174,6 +180,32 @@ class _VcpuRunner:
             with self.cond:
                 self.in_guest = False
                 self.cond.notify_all()
+
+    def _io_exit(self, ex: PioExit | MmioExit) -> int | None:
+        """One I/O access through the ioreq path: the read value (0 for writes), None if parked.
+
+        Runs inside the engine's run(); the vCPU counts as out of the guest meanwhile, since the
+        ioreq path takes hv.lock, which PAUSE holds while it waits for in_guest to drop.
+        """
+        with self.cond:
+            self.in_guest = False
+            self.cond.notify_all()
+        try:
+            return self._io_access(ex)
+        finally:
+            with self.cond:
+                self.in_guest = self.run_allowed and not self.quit
+
+    def _io_access(self, ex: PioExit | MmioExit) -> int | None:
+        if isinstance(ex, PioExit):
+            self.counts.pio += 1
+            return self.vmrt.io_request(
+                self, uapi.ACRN_IOREQ_TYPE_PORTIO, ex.port, ex.size, ex.is_write, ex.value
+            )
+        self.counts.mmio += 1
+        return self.vmrt.io_request(
+            self, uapi.ACRN_IOREQ_TYPE_MMIO, ex.address, ex.size, ex.is_write, ex.value
+        )
 
     def _handle(self, ex: VmExit) -> None:
         if isinstance(ex, PioExit):

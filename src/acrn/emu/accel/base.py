@@ -11,6 +11,7 @@ Threading contract: one thread calls :meth:`AccelVcpu.run` for a given vCPU; any
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -178,6 +179,41 @@ class MultiprocessorVcpu(Protocol):
         returns :class:`StartupExit` when a SIPI arrives after an INIT, with every register of the
         loaded state kept except CS selector/base and RIP (ACRN's rule for a vCPU that never ran,
         spec acrn-hsm.md 4.4), or :class:`KickExit` when kicked meanwhile."""
+
+
+#: A synchronous I/O handler (see :class:`SyncIoVcpu`): the read value (anything for a write), or
+#: None when the vCPU was parked meanwhile and the access must be abandoned.
+IoHandler = Callable[[PioExit | MmioExit], int | None]
+
+
+class SyncIoVcpu(Protocol):
+    """Optional AccelVcpu capability (``sync_io`` is True): I/O handled inside ``run``.
+
+    An engine that meets guest I/O in the middle of an instruction (the soft CPU's hooks) would
+    otherwise need a thread handoff per exit.  With a handler set, ``run`` never returns
+    :class:`PioExit`/:class:`MmioExit`: it calls ``handler(exit)`` on the thread that called
+    ``run``, and a read completes with the value returned.  The handler may block (the faithful
+    ioreq path waits for the device model there); ``kick`` meanwhile makes ``run`` return
+    :class:`KickExit` right after the access.  A handler returning None abandons the access: ``run``
+    returns :class:`KickExit` without completing the instruction faithfully, so the caller reloads
+    the state (``set_state``) before running again, as ACRN runs a paused vCPU only after RESET.
+    KVM exits to userspace at every access anyway and does not offer this.
+    """
+
+    sync_io: bool
+
+    def set_io_handler(self, handler: IoHandler | None) -> None:
+        """Handle I/O with ``handler`` from now on (None: return exits from ``run`` again).
+
+        Only between runs: not while another thread is inside ``run``.
+        """
+
+
+def sync_io_vcpu(vcpu: AccelVcpu) -> SyncIoVcpu | None:
+    """``vcpu`` as a :class:`SyncIoVcpu` if it can handle I/O inside ``run``, else None."""
+    if getattr(vcpu, "sync_io", False):
+        return vcpu  # type: ignore[return-value]
+    return None
 
 
 def interrupt_controller(vm: AccelVm) -> InterruptController | None:

@@ -3,12 +3,17 @@
 Design (the interface returns exits from ``run()`` and takes read values in ``complete_read``,
 but unicorn delivers port I/O and MMIO through callbacks in the middle of a translated block):
 
-* Each vCPU owns one ``UC_MODE_64`` engine and one private **engine thread** that sits in
-  ``emu_start``.  A port-I/O or MMIO callback hands its exit to ``run()`` through a queue and
+* Each vCPU owns one ``UC_MODE_64`` engine.  By default a private **engine thread** sits in
+  ``emu_start``; a port-I/O or MMIO callback hands its exit to ``run()`` through a queue and
   blocks until the next ``run()``; a read callback then returns the value given to
   ``complete_read``.  The guest instruction therefore completes exactly as on hardware.  Stopping
   the engine at the callback instead is not sound: unicorn's ``emu_stop`` lets the rest of the
-  translated block run (measured: the instructions after an OUT executed before the stop).
+  translated block run (measured: the instructions after an OUT executed before the stop), and
+  writing RIP in a hook does not leave the block either.
+* The thread handoff costs tens of microseconds per exit, so a caller that can handle I/O where
+  it happens sets an I/O handler (:class:`~acrn.emu.accel.base.SyncIoVcpu`): ``run()`` then calls
+  ``emu_start`` on the caller's own thread and every callback calls the handler synchronously;
+  no engine thread exists.
 * Unicorn's engine mode fixes how registers are accessed (spec 7.1), so the engine is always
   ``UC_MODE_64`` and the mode comes from CR0/EFER/CS as loaded by :meth:`SoftVcpu.set_state`.
   Hidden segment state is written into unicorn's CPU context (``soft_layout``), because the
@@ -36,8 +41,10 @@ Limitations (unicorn is "a pure CPU emulator", spec 7.1), each reported, never s
 * Writes to a read-only slot are reported as :class:`MmioExit` (like KVM's read-only memslots)
   but unicorn also stores them into the backing memory.
 * Abandoning an outstanding exit (``set_state`` or ``close`` while an I/O exit waits for its
-  ``run()``) lets the engine finish its current translated block (straight-line code up to the
-  next branch) with further I/O suppressed.
+  ``run()``, or an I/O handler returning None) lets the engine finish its current translated
+  block (straight-line code up to the next branch) with further I/O suppressed (reads all-ones).
+* A kick that arrives while an I/O handler runs takes effect at the end of the current
+  translated block, so a few more instructions (no further I/O) may run first.
 * A HLT that coincides with a kick is reported as the kick; the guest then continues after the
   HLT, as after a wake-up.
 """
@@ -68,6 +75,7 @@ from acrn.emu.accel.base import (
     EmulationFailureExit,
     EntryFailureExit,
     HaltExit,
+    IoHandler,
     KickExit,
     MmioExit,
     PioExit,
@@ -173,7 +181,10 @@ def validate_state(st: CpuState) -> str:
 
 
 class SoftVcpu:
-    """One vCPU: a unicorn engine plus the engine thread that runs it (see the module doc)."""
+    """One vCPU: a unicorn engine, run by an engine thread or by ``run()``'s caller (module doc)."""
+
+    #: I/O can be handled inside ``run()`` (base.SyncIoVcpu).
+    sync_io = True
 
     def __init__(self, vm: SoftVm, vcpu_id: int) -> None:
         unicorn = _unicorn()
@@ -220,6 +231,8 @@ class SoftVcpu:
         self._abandon = False
         self._fault: VmExit | None = None
         self._closed = False
+        self._io_handler: IoHandler | None = None
+        self._inline = False  # run() executes the engine on the caller's thread right now
         self._sync_memory()
 
     # --- memory -----------------------------------------------------------------------------
@@ -363,6 +376,8 @@ class SoftVcpu:
                 return KickExit()
         if self._entry_error and not self._waiting_exit:
             return EntryFailureExit(ENTRY_FAILURE_INVALID_STATE, self._entry_error)
+        if self._io_handler is not None:
+            return self._run_inline()
         if self._thread is None:
             self._thread = threading.Thread(target=self._engine, name=f"soft-vcpu{self.vcpu_id}", daemon=True)
             self._thread.start()
@@ -371,6 +386,29 @@ class SoftVcpu:
         exit_ = self._to_caller.get()
         self._waiting_exit = isinstance(exit_, PioExit | MmioExit)
         return exit_
+
+    def _run_inline(self) -> VmExit:
+        """``run`` with an I/O handler: the engine runs here, I/O goes to the handler (no handoff)."""
+        self._inline = True
+        self._abandon = False
+        try:
+            return self._emulate()
+        finally:
+            self._inline = False
+            self._abandon = False
+            self._undo_read_only()
+            with self._cv:  # also after an exception raised by the handler through emu_start
+                self._in_guest = False
+                self._cv.notify_all()
+
+    def set_io_handler(self, handler: IoHandler | None) -> None:
+        """Handle I/O with ``handler`` inside ``run`` (base.SyncIoVcpu); None: exits from ``run``.
+
+        Call it between runs only.  An I/O exit still waiting for its ``run()`` is abandoned.
+        """
+        self._check_open()
+        self._park_engine(quit_thread=True)
+        self._io_handler = handler
 
     def complete_read(self, value: int) -> None:
         """Supply the value of the last PIO/MMIO read; the next ``run`` completes the access."""
@@ -519,25 +557,51 @@ class SoftVcpu:
             self._cv.notify_all()
         return True
 
-    # unicorn callbacks (engine thread)
+    def _io(self, exit_: PioExit | MmioExit) -> int | None:
+        """Deliver one access (handler or handoff): the read value (anything for a write), or None
+        when it was abandoned."""
+        handler = self._io_handler
+        if not self._inline or handler is None:
+            return self._read_value if self._exchange(exit_) else None
+        if self._abandon:
+            return None  # the rest of an abandoned block: no more I/O
+        self._undo_read_only()
+        # Out of guest code while the handler runs (it may block): a kick then only marks itself
+        # pending, and is acted on below, inside emu_start, where a stop cannot be lost.
+        with self._cv:
+            self._in_guest = False
+            self._cv.notify_all()
+        value: int | None = None
+        try:
+            value = handler(exit_)
+        finally:
+            with self._cv:
+                self._in_guest = True
+                if self._kick_pending or value is None:
+                    self._stop_issued = True
+                    self._uc.emu_stop()
+        if value is None:
+            self._abandon = True
+        return value
+
+    # unicorn callbacks (engine thread, or run()'s caller with an I/O handler)
 
     def _on_out(self, uc: Any, port: int, size: int, value: int, _: Any) -> None:
-        self._exchange(PioExit(port, size, True, value & ((1 << (8 * size)) - 1)))
+        self._io(PioExit(port, size, True, value & ((1 << (8 * size)) - 1)))
 
     def _on_in(self, uc: Any, port: int, size: int, _: Any) -> int:
-        if not self._exchange(PioExit(port, size, False)):
-            return (1 << (8 * size)) - 1
-        return self._read_value & ((1 << (8 * size)) - 1)
+        value = self._io(PioExit(port, size, False))
+        mask = (1 << (8 * size)) - 1
+        return mask if value is None else value & mask
 
     def _on_mmio_access(self, uc: Any, access: int, address: int, size: int, value: int, _: Any) -> None:
         mask = (1 << (8 * size)) - 1
         self._mmio_addr = address
         if access == self._unicorn.UC_MEM_WRITE:
-            self._exchange(MmioExit(address, size, True, value & mask))
-        elif self._exchange(MmioExit(address, size, False)):
-            self._mmio_value = self._read_value & mask
+            self._io(MmioExit(address, size, True, value & mask))
         else:
-            self._mmio_value = mask
+            read = self._io(MmioExit(address, size, False))
+            self._mmio_value = mask if read is None else read & mask
 
     def _on_mmio_read(self, uc: Any, offset: int, size: int, base: int) -> int:
         # The value was obtained by _on_mmio_access just before; QEMU may split the access
@@ -552,7 +616,7 @@ class SoftVcpu:
         # KVM turns writes to a read-only slot into MMIO exits and drops them.  Unicorn stores
         # a write once a hook has accepted it (and stops imprecisely if none does), so keep the
         # old bytes and put them back before the next read of the slot or the next exit.
-        self._exchange(MmioExit(address, size, True, value & ((1 << (8 * size)) - 1)))
+        self._io(MmioExit(address, size, True, value & ((1 << (8 * size)) - 1)))
         host = self._vm.host_address(address, size)
         if host is not None:  # saved after the exchange: it restores pending undos itself
             self._ro_undo.append((host, ctypes.string_at(host, size)))
