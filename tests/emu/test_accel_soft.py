@@ -344,3 +344,199 @@ def test_all_segments_survive_round_trip_in_every_mode(soft: Soft) -> None:
         for name in SEGMENT_NAMES:
             assert got.segment(name) == state.segment(name), name
         assert bool(got.cr0 & CR0_PE) == bool(state.cr0 & CR0_PE)
+
+
+# ---- synchronous I/O handler (base.SyncIoVcpu) --------------------------------------------------
+
+# .code16: 1: out %al,$0x10 ; jmp 1b
+OUT_SPIN = bytes.fromhex("e610ebfc")
+# .code16: out %al,$0x10 ; out %al,$0x11 ; hlt     (both OUTs in one translated block)
+TWO_OUTS = bytes.fromhex("e610e611f4")
+
+
+class Recorder:
+    """An I/O handler that records each access and answers reads from a table (else 0)."""
+
+    def __init__(self, reads: dict[int, int] | None = None) -> None:
+        self.seen: list[PioExit | MmioExit] = []
+        self.threads: set[int] = set()
+        self.reads = reads or {}
+
+    def __call__(self, ex: PioExit | MmioExit) -> int | None:
+        self.seen.append(ex)
+        self.threads.add(threading.get_ident())
+        where = ex.port if isinstance(ex, PioExit) else ex.address
+        return 0 if ex.is_write else self.reads.get(where, 0)
+
+
+def test_sync_io_is_advertised() -> None:
+    from acrn.emu.accel.base import sync_io_vcpu
+    from acrn.emu.accel.soft import SoftVcpu
+
+    assert SoftVcpu.sync_io is True
+    assert sync_io_vcpu(object()) is None  # type: ignore[arg-type]
+
+
+def test_io_handler_gets_every_access_on_the_run_thread_and_run_returns_only_halt(soft: Soft) -> None:
+    soft.ram.write(g.CODE_GPA, g.OUT_IN)
+    vcpu = _vcpu(soft)
+    rec = Recorder({0x11: 0x1AB, 0x3F8: 0x5678})
+    vcpu.set_io_handler(rec)
+    vcpu.set_state(g.real_mode_state())
+    assert vcpu.run() == HaltExit(False)
+    assert rec.seen == [
+        PioExit(0x10, 1, True, 0x41),
+        PioExit(0x3F8, 2, True, 0x1234),
+        PioExit(0x3F8, 4, True, 0xDEADBEEF),
+        PioExit(0x11, 1, False),
+        PioExit(0x3F8, 2, False),
+    ]
+    assert rec.threads == {threading.get_ident()}
+    got = vcpu.get_state()
+    assert (got.rbx & 0xFF, got.rcx & 0xFFFF) == (0xAB, 0x5678)  # read values masked to the size
+    assert vcpu._thread is None  # type: ignore[attr-defined]  # no engine thread in this mode
+
+
+def test_io_handler_mmio_read_value_lands_in_the_register(soft: Soft) -> None:
+    soft.ram.write(g.CODE_GPA, g.MMIO)  # 0x20000 is beyond the guest's RAM: MMIO
+    vcpu = _vcpu(soft)
+    rec = Recorder({0x20020: 0xCAFEF00D})
+    vcpu.set_io_handler(rec)
+    vcpu.set_state(g.real_mode_state())
+    assert vcpu.run() == HaltExit(False)
+    assert rec.seen == [MmioExit(0x20010, 2, True, 0xBEEF), MmioExit(0x20020, 4, False)]
+    assert vcpu.get_state().rax & 0xFFFF_FFFF == 0xCAFEF00D
+
+
+def test_io_handler_returning_none_abandons_the_block_and_run_returns_kick(soft: Soft) -> None:
+    soft.ram.write(g.CODE_GPA, TWO_OUTS)
+    vcpu = _vcpu(soft)
+    seen: list[int] = []
+
+    def parked(ex: PioExit | MmioExit) -> int | None:
+        assert isinstance(ex, PioExit)
+        seen.append(ex.port)
+        return None
+
+    vcpu.set_io_handler(parked)
+    vcpu.set_state(g.real_mode_state())
+    assert vcpu.run() == KickExit()
+    assert seen == [0x10]  # the rest of the block ran with its I/O suppressed
+    rec = Recorder()
+    vcpu.set_io_handler(rec)
+    vcpu.set_state(g.real_mode_state())  # reloaded, as the runtime does at RESET
+    assert vcpu.run() == HaltExit(False)
+    assert [e.port for e in rec.seen if isinstance(e, PioExit)] == [0x10, 0x11]
+
+
+def test_kick_inside_io_handler_completes_the_access_then_returns_kick(soft: Soft) -> None:
+    soft.ram.write(g.CODE_GPA, OUT_SPIN)
+    vcpu = _vcpu(soft)
+    calls: list[PioExit | MmioExit] = []
+
+    def kicking(ex: PioExit | MmioExit) -> int | None:
+        calls.append(ex)
+        vcpu.kick()
+        return 0
+
+    vcpu.set_io_handler(kicking)
+    vcpu.set_state(g.real_mode_state())
+    assert vcpu.run() == KickExit()
+    assert calls == [PioExit(0x10, 1, True, 0)]
+    assert vcpu.get_state().rip == g.CODE_GPA  # stopped at the next block: the OUT again
+
+
+def test_kick_while_io_handler_blocks_returns_at_once_and_run_returns_kick(soft: Soft) -> None:
+    soft.ram.write(g.CODE_GPA, OUT_SPIN)
+    vcpu = _vcpu(soft)
+    entered, release = threading.Event(), threading.Event()
+
+    def blocking(ex: PioExit | MmioExit) -> int | None:
+        entered.set()
+        assert release.wait(JOIN_TIMEOUT)
+        return 0
+
+    vcpu.set_io_handler(blocking)
+    vcpu.set_state(g.real_mode_state())
+    result: list[object] = []
+    t = threading.Thread(target=lambda: result.append(vcpu.run()))
+    t.start()
+    assert entered.wait(JOIN_TIMEOUT)
+    kicker = threading.Thread(target=vcpu.kick)
+    kicker.start()
+    kicker.join(JOIN_TIMEOUT)
+    assert not kicker.is_alive()  # kick does not wait for a handler that blocks
+    release.set()
+    t.join(JOIN_TIMEOUT)
+    assert result == [KickExit()]
+
+
+def test_kick_stops_a_spinning_guest_with_io_handler(soft: Soft) -> None:
+    soft.ram.write(g.CODE_GPA, COUNT_SPIN)
+    vcpu = _vcpu(soft)
+    vcpu.set_io_handler(Recorder())
+    vcpu.set_state(g.real_mode_state())
+    result: list[object] = []
+    t = threading.Thread(target=lambda: result.append(vcpu.run()))
+    t.start()
+    _wait_in_guest(vcpu)
+    vcpu.kick()
+    t.join(JOIN_TIMEOUT)
+    assert result == [KickExit()]
+
+
+def test_io_handler_exception_propagates_from_run_and_the_vcpu_stays_usable(soft: Soft) -> None:
+    soft.ram.write(g.CODE_GPA, TWO_OUTS)
+    vcpu = _vcpu(soft)
+
+    def broken(ex: PioExit | MmioExit) -> int | None:
+        raise RuntimeError("device model bug")
+
+    vcpu.set_io_handler(broken)
+    vcpu.set_state(g.real_mode_state())
+    with pytest.raises(RuntimeError, match="device model bug"):
+        vcpu.run()
+    assert not vcpu._in_guest  # type: ignore[attr-defined]
+    vcpu.set_io_handler(Recorder())
+    vcpu.set_state(g.real_mode_state())
+    assert vcpu.run() == HaltExit(False)
+
+
+def test_set_io_handler_none_returns_exits_from_run_again(soft: Soft) -> None:
+    soft.ram.write(g.CODE_GPA, TWO_OUTS)
+    vcpu = _vcpu(soft)
+    vcpu.set_state(g.real_mode_state())
+    assert vcpu.run() == PioExit(0x10, 1, True, 0)  # engine thread waits in the callback
+    rec = Recorder()
+    vcpu.set_io_handler(rec)  # abandons the outstanding exit, ends the engine thread
+    assert vcpu._thread is None  # type: ignore[attr-defined]
+    vcpu.set_state(g.real_mode_state())
+    assert vcpu.run() == HaltExit(False) and len(rec.seen) == 2
+    vcpu.set_io_handler(None)
+    vcpu.set_state(g.real_mode_state())
+    assert vcpu.run() == PioExit(0x10, 1, True, 0)
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["faithful", "fast"])
+def test_runtime_handles_soft_io_on_the_vcpu_thread(fast: bool) -> None:
+    from acrn.device import EmulatedDevice
+    from acrn.dm.vmm import VmSession
+    from acrn.emu.machine import Machine
+    from acrn.guests import GUESTS
+
+    guest = GUESTS["io_loop"]
+    machine = Machine(accel="soft")
+    try:
+        with VmSession(
+            mem_size=guest.mem_size, device=EmulatedDevice(machine), accel="soft", fast_path=fast
+        ) as s:
+            s.load(guest.load_gpa, guest.image())
+            s.set_regs(guest.regs(rcx=50))
+            result = s.run(timeout=JOIN_TIMEOUT)
+            avcpu = machine.runtime.vms[s.vm.vmid].vcpus[0].avcpu
+            assert avcpu._io_handler is not None  # type: ignore[attr-defined]
+            assert avcpu._thread is None  # type: ignore[attr-defined]
+        assert result.reason == "halt", result.summary()
+        assert result.exits["pio"] == 50
+    finally:
+        machine.runtime.close()
