@@ -964,6 +964,18 @@ class KvmVcpu:
         self._run[offset : offset + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
         self._read_waiting = False
 
+    def get_fpu(self) -> abi.kvm_fpu:
+        """``KVM_GET_FPU``: the x87 and SSE registers (the fallback hands them to the soft CPU)."""
+        self._check_open()
+        fpu = abi.kvm_fpu()
+        _ioctl(self._fd, "KVM_GET_FPU", abi.KVM_GET_FPU, fpu)
+        return fpu
+
+    def set_fpu(self, fpu: abi.kvm_fpu) -> None:
+        """``KVM_SET_FPU``."""
+        self._check_open()
+        _ioctl(self._fd, "KVM_SET_FPU", abi.KVM_SET_FPU, fpu)
+
     def inject_exception(self, vector: int, error_code: int | None = None) -> None:
         """Deliver exception ``vector`` through the guest's IDT at the next ``run``.
 
