@@ -133,3 +133,37 @@ def test_mnemonics_of_the_quick_instructions() -> None:
     assert mnemonic(b"\xcc\xf4") == "int3"
     assert mnemonic(b"\x0f\x01\xca") == "clac"
     assert mnemonic(b"\x0f\x01\xcb") == "stac"
+
+
+# movdqu xmm0,[rsi]; movdqu xmm1,[rsi+16]; paddd xmm0,xmm1; pshufb xmm0,[rsi+48]; movdqu [rsi+32],xmm0; hlt
+SSE_CODE = bytes.fromhex("f30f6f06f30f6f4e10660ffec1660f38004630f30f7f4620f4")
+
+
+@pytest.mark.kvm
+@pytest.mark.soft
+def test_sse_instructions_see_and_return_the_guest_xmm_registers() -> None:
+    from acrn.emu.accel.kvm import KvmAccelerator
+
+    accel = FallbackAccelerator(KvmAccelerator(irqchip=False))
+    mem = HostMemory(2 << 20)
+    vm = accel.create_vm()
+    try:
+        vm.map_memory(0, mem.size, mem.address)
+        regs = preset_regs("long", ENTRY, mem.size, mem.write)
+        regs.rsi = DATA
+        regs.cr4 |= (1 << 9) | (1 << 10)  # OSFXSR | OSXMMEXCPT: SSE enabled
+        mem.write(ENTRY, SSE_CODE)
+        a = [1, 2, 3, 0xFFFFFFFF]
+        b = [10, 20, 30, 2]
+        shuffle = bytes(range(15, -1, -1))  # reverse the 16 bytes
+        mem.write(DATA, struct.pack("<4I", *a) + struct.pack("<4I", *b) + bytes(16) + shuffle)
+        vcpu = vm.create_vcpu(0)
+        vcpu.set_state(land_vcpu_regs(regs.to_struct().vcpu_regs))
+        ex = vcpu.run()
+        assert isinstance(ex, HaltExit), ex
+        summed = struct.pack("<4I", *((x + y) & 0xFFFFFFFF for x, y in zip(a, b, strict=True)))
+        assert mem.read(DATA + 32, 16) == summed[::-1]
+        vcpu.close()
+    finally:
+        vm.close()
+        mem.close()

@@ -17,10 +17,11 @@ emulator lacks (``KVM_EXIT_INTERNAL_ERROR``, suberror 1): a stock kernel stops i
    like any exit (the step finishes at the next ``run``).
 
 Every event is counted per instruction (:attr:`FallbackStats.events`) for ``acrn run -v``.
-Limits: only the architectural state of :class:`~acrn.arch.CpuState` crosses over (no x87/SSE
-registers, no MSRs other than EFER), so an SSE instruction that KVM cannot emulate would see stale
-XMM registers; the error code of an exception raised on the soft CPU is not known (0 is given) and
-#PF's CR2 is the soft CPU's.
+What crosses over: the :class:`~acrn.arch.CpuState` plus the SSE registers (XMM0-15, MXCSR) and
+the x87 control/status words (``KVM_GET/SET_FPU``; this KVM cannot emulate most SSE integer
+instructions - pshufb, paddd, pxor, palignr - so the soft CPU must compute them on the guest's
+values).  Not carried: the x87 data registers, MSRs other than EFER.  The error code of an
+exception raised on the soft CPU is not known (0 is given) and #PF's CR2 is the soft CPU's.
 
 :class:`HybridAccelerator` runs a vCPU on the soft accelerator first and moves it to KVM (with the
 fallback) for good at the first event the soft CPU cannot handle: an exception (it has no IDT
@@ -191,6 +192,7 @@ class FallbackVcpu:
         self._step_tf = False  # the guest's own TF before the step
         self._step_what = ""
         self._step_failure: EmulationFailureExit | None = None
+        self._sse = False  # the SSE registers went to the soft CPU for this step
         self._read_target: AccelVcpu = kvm_vcpu
 
     def __getattr__(self, name: str) -> Any:
@@ -266,6 +268,7 @@ class FallbackVcpu:
         st.rflags |= RFLAGS_TF
         soft = self._soft_vcpu()
         soft.set_state(st)
+        self._sse = copy_sse_to_soft(self.kvm, soft)
         self._stepping = True
         self._step_what = mnemonic(insn) if insn else "?"
         self._step_failure = ex
@@ -287,6 +290,8 @@ class FallbackVcpu:
             if not self._step_tf:
                 st.rflags &= ~RFLAGS_TF
             self.kvm.set_state(st)
+            if self._sse:
+                copy_sse_to_kvm(soft, self.kvm)
             stats.count(self._step_what)
             return None
         if exc is not None:
@@ -314,6 +319,45 @@ class FallbackVcpu:
         if inject is None:
             raise RuntimeError("the primary accelerator cannot inject exceptions")
         inject(vector, 0 if vector in ERROR_CODE_VECTORS else None)
+
+
+def _soft_engine(soft: AccelVcpu) -> Any:
+    """The unicorn engine of a soft vCPU (for the SSE registers, which CpuState does not hold)."""
+    return getattr(soft, "_uc", None)
+
+
+def copy_sse_to_soft(kvm: AccelVcpu, soft: AccelVcpu) -> bool:
+    """KVM's XMM0-15, MXCSR, FCW and FSW into the soft CPU; False when either side cannot."""
+    get_fpu = getattr(kvm, "get_fpu", None)
+    uc = _soft_engine(soft)
+    if get_fpu is None or uc is None:
+        return False
+    import unicorn.x86_const as x
+
+    fpu = get_fpu()
+    for i in range(16):
+        uc.reg_write(getattr(x, f"UC_X86_REG_XMM{i}"), int.from_bytes(bytes(fpu.xmm[i]), "little"))
+    uc.reg_write(x.UC_X86_REG_MXCSR, fpu.mxcsr)
+    uc.reg_write(x.UC_X86_REG_FPCW, fpu.fcw)
+    uc.reg_write(x.UC_X86_REG_FPSW, fpu.fsw)
+    return True
+
+
+def copy_sse_to_kvm(soft: AccelVcpu, kvm: AccelVcpu) -> None:
+    """The soft CPU's XMM0-15 and MXCSR back into KVM (the x87 words are left as KVM has them)."""
+    get_fpu = getattr(kvm, "get_fpu", None)
+    set_fpu = getattr(kvm, "set_fpu", None)
+    uc = _soft_engine(soft)
+    if get_fpu is None or set_fpu is None or uc is None:
+        return
+    import unicorn.x86_const as x
+
+    fpu = get_fpu()
+    for i in range(16):
+        value = uc.reg_read(getattr(x, f"UC_X86_REG_XMM{i}")) & ((1 << 128) - 1)
+        fpu.xmm[i][:] = list(value.to_bytes(16, "little"))
+    fpu.mxcsr = uc.reg_read(x.UC_X86_REG_MXCSR) & 0xFFFFFFFF
+    set_fpu(fpu)
 
 
 def _name(vector: int) -> str:
@@ -413,9 +457,11 @@ class HybridVcpu(FallbackVcpu):
         return super().get_state()
 
     def _switch(self, rewind: int = 0) -> None:
-        st = self._soft_vcpu().get_state()
+        soft = self._soft_vcpu()
+        st = soft.get_state()
         st.rip -= rewind
         self.kvm.set_state(st)
+        copy_sse_to_kvm(soft, self.kvm)
         self.on_soft = False
         self._hvm.stats.switches += 1
         log.info("vCPU %d: soft CPU -> KVM at rip=%#x", self.vcpu_id, st.rip)
