@@ -43,8 +43,10 @@ Limitations (unicorn is "a pure CPU emulator", spec 7.1), each reported, never s
 * Abandoning an outstanding exit (``set_state`` or ``close`` while an I/O exit waits for its
   ``run()``, or an I/O handler returning None) lets the engine finish its current translated
   block (straight-line code up to the next branch) with further I/O suppressed (reads all-ones).
+  With an I/O handler that tail runs after the handler returned None, i.e. after the runtime
+  already counts the vCPU as parked (its state is reloaded before it runs again).
 * A kick that arrives while an I/O handler runs takes effect at the end of the current
-  translated block, so a few more instructions (no further I/O) may run first.
+  translated block, so the instructions up to there (their I/O included) still run first.
 * A HLT that coincides with a kick is reported as the kick; the guest then continues after the
   HLT, as after a wake-up.
 """
