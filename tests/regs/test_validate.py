@@ -137,6 +137,7 @@ CASES = [
     Case("arch.cs.reserved_31_17", setting(cs_ar=0x2C09B)),
     Case("arch.cs.unusable", setting(cs_ar=0x1C09B), severity="warning"),
     Case("arch.cs.l_and_db", setting(cs_ar=0xE09B), base=long),
+    Case("arch.cs.l_outside_ia32e", setting(cs_ar=0xA09B), setting(cs_ar=0xC09B)),
     Case("arch.cs.limit_g", setting(cs_limit=0xFFFFF000), setting(cs_ar=0x409B, cs_limit=0xFFFFF)),
     Case("arch.cs.base", setting(cs_base=1 << 32), setting(cs_base=0xFFFFF000)),
     Case("arch.ss.rpl", setting(ss_sel=0x1B), setting(ss_sel=0x1B), facts=NO_UG, pass_facts=PF),

@@ -743,6 +743,16 @@ def _arch_cs_l_and_db(c: Context) -> Iterator[Hit]:
                       "warning")  # fmt: skip
 
 
+@rule("arch.cs.l_outside_ia32e", "arch", "KVM kvm_is_valid_sregs (stricter than Intel SDM 27.3.1.2)")
+def _arch_cs_l_outside_ia32e(c: Context) -> Iterator[Hit]:
+    """CS.L = 1 needs EFER.LME and CR0.PG: the processor ignores L outside IA-32e mode, KVM refuses it."""
+    r = c.regs
+    if r.cs_ar & arch.AR_L and not (r.ia32_efer & arch.EFER_LME and r.cr0 & arch.CR0_PG):
+        yield Hit(["vcpu_regs.cs_ar", "vcpu_regs.ia32_efer", "vcpu_regs.cr0"],
+                  f"cs_ar = {r.cs_ar:#x} sets L (bit 13) but the state is not in IA-32e mode "
+                  f"(ia32_efer = {r.ia32_efer:#x}, cr0 = {r.cr0:#x}): KVM refuses it; clear L or enter long mode")  # fmt: skip
+
+
 @rule("arch.cs.limit_g", "arch", SDM_SEG)
 def _arch_cs_limit_g(c: Context) -> Iterator[Hit]:
     """G=0 needs cs_limit bits 31:20 zero; G=1 needs bits 11:0 all ones."""
