@@ -429,7 +429,9 @@ class VmRuntime:
                 fast(vid, slot)
         if self.polling:
             # IO_COMPLETION_POLLING: no notify hypercall; the hypervisor polls the slot (spec 5.2).
-            while runner.run_allowed and self.hv.request_state(self.vmid, vid) != uapi.ACRN_IOREQ_STATE_COMPLETE:
+            while (
+                runner.run_allowed and self.hv.request_state(self.vmid, vid) != uapi.ACRN_IOREQ_STATE_COMPLETE
+            ):
                 runner.completed.wait(POLL_INTERVAL)
         else:
             runner.completed.wait()
