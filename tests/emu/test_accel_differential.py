@@ -3,8 +3,7 @@
 Register states are random but valid: built as ``acrn_vcpu_regs``, accepted by
 ``acrn.regs.validate(level="arch")`` and landed with ACRN's rules (``land_vcpu_regs``), in real,
 protected and long mode.  Fields an engine cannot represent are normalised, each for a stated
-reason (:func:`comparable`); states this machine's KVM refuses although the architecture allows
-them are left out (:func:`kvm_quirk`).
+reason (:func:`comparable`).
 """
 
 from __future__ import annotations
@@ -149,17 +148,6 @@ def valid_regs(draw: st.DrawFn, mode: str) -> VcpuRegs:
     return r
 
 
-def kvm_quirk(state: CpuState) -> str:
-    """Why this machine's KVM refuses an architecturally valid state at KVM_SET_SREGS, or "".
-
-    CS.L and CS.D both set is invalid only in IA-32e mode (SDM 27.3.1.2); the nested KVM here
-    (kvm_pvm) refuses it in every mode with EINVAL.  The soft CPU follows the architecture.
-    """
-    if not state.efer & arch.EFER_LMA and state.cs.ar & arch.AR_L and state.cs.ar & arch.AR_DB:
-        return "CS.L with CS.D outside IA-32e mode"
-    return ""
-
-
 def comparable(state: CpuState) -> dict[str, Any]:
     """The state as a dict, with what is architecturally undefined left out.
 
@@ -184,9 +172,7 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, A
 
 def _landed(regs: VcpuRegs) -> CpuState:
     assume(not [f for f in validate(regs, level="arch") if f.severity == "error"])
-    state = land_vcpu_regs(regs.to_struct().vcpu_regs)
-    assume(not kvm_quirk(state))
-    return state
+    return land_vcpu_regs(regs.to_struct().vcpu_regs)
 
 
 #: Segments a valid state may mark unusable (ACRN's landing never does; other loaders do).
