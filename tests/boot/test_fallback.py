@@ -167,3 +167,38 @@ def test_sse_instructions_see_and_return_the_guest_xmm_registers() -> None:
     finally:
         vm.close()
         mem.close()
+
+
+@pytest.mark.kvm
+@pytest.mark.soft
+def test_hybrid_switch_waits_for_the_outstanding_io_of_the_soft_cpu() -> None:
+    from acrn.emu.accel.kvm import KvmAccelerator
+    from acrn.emu.fallback import HybridVm
+
+    accel = HybridAccelerator(KvmAccelerator(irqchip=True))
+    mem = HostMemory(2 << 20)
+    vm = accel.create_vm()
+    assert isinstance(vm, HybridVm)
+    try:
+        vm.map_memory(0, mem.size, mem.address)
+        regs = preset_regs("long", ENTRY, mem.size, mem.write)
+        mem.write(ENTRY, bytes.fromhex("e680e681faf4"))  # out 0x80,al; out 0x81,al; cli; hlt
+        vcpu = vm.create_vcpu(0)
+        vcpu.set_state(land_vcpu_regs(regs.to_struct().vcpu_regs))
+        ports = []
+        ex = vcpu.run()
+        assert isinstance(ex, PioExit) and ex.port == 0x80
+        ports.append(ex.port)
+        vm.set_ioapic_line(5, True)  # an interrupt line: every vCPU must move to KVM
+        for _ in range(10):
+            ex = vcpu.run()
+            if isinstance(ex, PioExit):
+                ports.append(ex.port)
+            if isinstance(ex, HaltExit):
+                break
+        assert ports == [0x80, 0x81]  # the first OUT was not executed a second time by KVM
+        assert vm.switch_requested.is_set()
+        vcpu.close()
+    finally:
+        vm.close()
+        mem.close()

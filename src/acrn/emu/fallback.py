@@ -433,9 +433,11 @@ class HybridVcpu(FallbackVcpu):
         super().__init__(vm, kvm_vcpu)
         self._hvm = vm
         self.on_soft = True
+        self._soft_io_pending = False  # the soft CPU waits for an I/O completion: no switch now
 
     def set_state(self, state: CpuState) -> None:
         self._stepping = False
+        self._soft_io_pending = False
         # A (re)load of the BSP starts on the soft CPU again (a guest reset re-runs the loader);
         # APs always run on KVM (they start through INIT/SIPI, which needs its local APICs).
         self.on_soft = self.vcpu_id == 0 and not self._hvm.switch_requested.is_set()
@@ -468,12 +470,15 @@ class HybridVcpu(FallbackVcpu):
 
     def run(self) -> VmExit:
         while self.on_soft:
-            if self._hvm.switch_requested.is_set():
+            # Never while an I/O instruction is half done: KVM would execute it a second time.
+            if self._hvm.switch_requested.is_set() and not self._soft_io_pending:
                 self._switch()
                 break
             soft = self._soft_vcpu()
             self._read_target = soft
             ex = soft.run()
+            if not isinstance(ex, KickExit):  # a kick leaves an outstanding I/O outstanding
+                self._soft_io_pending = isinstance(ex, PioExit | MmioExit)
             if isinstance(ex, PioExit | MmioExit | KickExit):
                 return ex
             if isinstance(ex, HaltExit) and not ex.interrupts_enabled:
