@@ -99,6 +99,15 @@ class ExitCounts:
     other: int = 0
 
 
+@dataclass(frozen=True)
+class _Mapped:
+    """An accelerator memory slot, for reading guest memory in reports."""
+
+    gpa: int
+    hpa: int
+    size: int
+
+
 class _VcpuRunner:
     """One vCPU thread."""
 
@@ -112,6 +121,11 @@ class _VcpuRunner:
         self.stopped = False  # parked after a StopReport until RESET
         self.in_guest = False
         self.quit = False
+        #: The landed state (and its SET_VCPU_REGS blob) handed over at START, under hv.lock, so
+        #: the thread itself never needs that lock to load it (PAUSE/DESTROY hold it while they
+        #: wait for this thread).
+        self.start_state: CpuState | None = None
+        self.start_blob: bytes | None = None
         self.completed = threading.Event()
         self.counts = ExitCounts()
         self.thread = threading.Thread(
@@ -156,9 +170,11 @@ class _VcpuRunner:
                     if self.quit:
                         return
                 if self.reload:
-                    # landed_state takes hv.lock: do it while in_guest is False, because PAUSE holds
-                    # that lock while it waits for in_guest to drop.
-                    self.avcpu.set_state(self.vmrt.landed_state(self.vcpu_id))
+                    with self.cond:
+                        state = self.start_state
+                    if state is None:  # not handed over (cannot happen through START): ask
+                        state = self.vmrt.landed_state(self.vcpu_id)
+                    self.avcpu.set_state(state)
                     mp = multiprocessor_vcpu(self.avcpu)
                     if mp is not None:
                         # ACRN launches only the BSP; APs wait for the guest's INIT/SIPI (spec 2 START).
@@ -175,6 +191,9 @@ class _VcpuRunner:
                 self._handle(ex)
         except Exception as e:  # a bug must end the VM with a report, never kill silently
             log.exception("vCPU %d thread failed", self.vcpu_id)
+            with self.cond:
+                self.in_guest = False
+                self.cond.notify_all()
             self._stop("error", f"{type(e).__name__}: {e}", None)
         finally:
             with self.cond:
@@ -293,11 +312,10 @@ class VmRuntime:
         from acrn.regs.validate import validate
 
         try:
-            with self.hv.lock:
-                vm = self.hv.vm(self.vmid)
-                vcpu = vm.vcpu(report.vcpu_id) if vm is not None else None
-                blob = vcpu.set_regs if vcpu is not None else None
-                regions = list(vm.memory_regions) if vm is not None else []
+            # No hv.lock here: the vCPU thread may be stopping while PAUSE/DESTROY hold it.
+            runner = self.vcpus.get(report.vcpu_id)
+            blob = runner.start_blob if runner is not None else None
+            regions = [_Mapped(gpa, hpa, size) for (gpa, size), hpa in list(self.mapped.items())]
             if blob is not None:
                 findings = validate(VcpuRegs.from_bytes(blob), level="arch", platform=self.hv.platform)
                 report.findings = [f.to_dict() for f in findings]
@@ -342,6 +360,9 @@ class VmRuntime:
                 runner = _VcpuRunner(self, vcpu.vcpu_id, self.accel_vm.create_vcpu(vcpu.vcpu_id))
                 self.vcpus[vcpu.vcpu_id] = runner
                 runner.thread.start()
+            with runner.cond:
+                runner.start_state = vcpu.regs.copy()
+                runner.start_blob = vcpu.set_regs
             runner.allow()
 
     def ap_started(self, vcpu_id: int) -> None:
@@ -369,9 +390,15 @@ class VmRuntime:
     def destroy(self) -> None:
         for r in self.vcpus.values():
             r.stop_thread()
+        # DESTROY runs under hv.lock; a vCPU thread may be waiting for that lock (an ioreq in
+        # flight), so wait for the threads with the lock released, as a condition wait does.
+        others = [r.thread for r in self.vcpus.values() if r.thread is not threading.current_thread()]
+        waiter = threading.Condition(self.hv.lock)
+        deadline = time.monotonic() + 30.0
+        with waiter:
+            while any(t.is_alive() for t in others) and time.monotonic() < deadline:
+                waiter.wait(0.005)
         for r in self.vcpus.values():
-            if r.thread is not threading.current_thread():
-                r.thread.join(timeout=30.0)
             r.avcpu.close()
         self.vcpus.clear()
         self.accel_vm.close()
