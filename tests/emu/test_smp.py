@@ -232,3 +232,24 @@ def test_soft_accelerator_runs_only_the_bsp() -> None:
         assert result.output.decode() == "BSP\nAP TIMEOUT\n"
     finally:
         m.runtime.close()
+
+
+@pytest.mark.kvm
+def test_close_waits_for_an_ap_polling_for_its_sipi(smp_vm: SmpVm) -> None:
+    errors: list[BaseException] = []
+    entered = threading.Event()
+
+    def wait() -> None:
+        entered.set()
+        try:
+            smp_vm.ap.run()
+        except ValueError as e:  # closed while waiting: as run() on a closed vCPU
+            errors.append(e)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    entered.wait(JOIN_TIMEOUT)
+    smp_vm.ap.close()  # must not free the fd under the polling thread
+    t.join(JOIN_TIMEOUT)
+    assert not t.is_alive()
+    assert smp_vm.ap._fd == -1

@@ -662,6 +662,18 @@ class KvmVcpu:
 
     def _wait_for_sipi(self) -> VmExit:
         """Block until INIT then SIPI start this AP (StartupExit) or kick() is called (KickExit)."""
+        with self._lock:
+            if self._closed:
+                raise ValueError(f"KVM vCPU {self.vcpu_id} is closed")
+            self._thread = threading.get_ident()  # close() waits for this thread to leave
+        try:
+            return self._poll_for_sipi()
+        finally:
+            with self._lock:
+                self._thread = None
+                self._cond.notify_all()
+
+    def _poll_for_sipi(self) -> VmExit:
         delay = SIPI_POLL_MIN
         while True:
             with self._lock:
@@ -690,7 +702,12 @@ class KvmVcpu:
     def _probe(self) -> None:
         """Interrupt KVM_RUN (no immediate_exit, not a kick) so that run() checks for a halt."""
         with self._lock:
-            if self._thread is not None and not self._closed and kick_handler_installed():
+            if (
+                self._thread is not None
+                and not self._wait_sipi
+                and not self._closed
+                and kick_handler_installed()
+            ):
                 signal.pthread_kill(self._thread, KICK_SIGNAL)
 
     def _halted_with_interrupts_disabled(self) -> bool:
