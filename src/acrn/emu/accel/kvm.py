@@ -14,6 +14,26 @@ main thread install handlers: call :func:`install_kick_handler` once from the ma
 vCPUs run on other threads.  :meth:`KvmAccelerator.create_vm` does it for you when it is called
 on the main thread.  Without the handler a kick still works, but only at the next ``KVM_RUN``
 entry (through ``kvm_run.immediate_exit``), not for a guest that is already spinning.
+
+With ``irqchip=True`` (what the runtime uses) the VM also offers the optional interrupt and SMP
+capabilities of :mod:`acrn.emu.accel.base`:
+
+* one KVM GSI per irqchip input (IOAPIC pin n = GSI 32+n, 8259 pin p = GSI 64+p; GSI 0 stays the
+  in-kernel PIT's, wired to PIC pin 0 and IOAPIC pin 2), so that :mod:`acrn.emu.irq` decides the
+  wiring; ``KVM_SIGNAL_MSI`` for MSIs; ``KVM_SET_IRQCHIP`` back to the power-on state on reset;
+* a halt probe: a thread interrupts any vCPU that stayed inside ``KVM_RUN`` without an exit for
+  :data:`HALT_PROBE_PERIOD`, and ``run`` reports :class:`HaltExit` (False) if ``KVM_GET_MP_STATE``
+  says HALTED with RFLAGS.IF clear (HLT never exits with an irqchip, spec kvm-and-boot.md 1), so
+  "cli; hlt" still ends a VM; anything else re-enters the guest unseen;
+* ACRN's AP start-up (:meth:`KvmVcpu.power_on`): KVM would reset an AP on INIT; ACRN keeps the
+  registers of a vCPU that never ran (spec acrn-hsm.md 4.4, 12.20).  So an AP stays out of
+  ``KVM_RUN`` and polls: an INIT latched by its local APIC is taken back through
+  ``KVM_GET/SET_VCPU_EVENTS`` (``smi.latched_init``) before KVM processes it, the AP is put in
+  INIT_RECEIVED, and ``KVM_GET_MP_STATE`` lets KVM accept the SIPI, which sets CS selector/base and
+  RIP only.  After that first start KVM handles INIT/SIPI itself, with KVM's reset values (CR0
+  0x60000010, RDX = CPUID.1.EAX) rather than ACRN's template (CR0 0x30, RDX 0): a documented
+  difference.  An INIT that arrives between the poll's two ioctls is processed by KVM (a narrow
+  window, also documented).
 """
 
 from __future__ import annotations
