@@ -253,3 +253,18 @@ def test_close_waits_for_an_ap_polling_for_its_sipi(smp_vm: SmpVm) -> None:
     t.join(JOIN_TIMEOUT)
     assert not t.is_alive()
     assert smp_vm.ap._fd == -1
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize(("affinity", "vcpus"), [(0b0010, 1), (0b0110, 2)])
+def test_cpu_affinity_decides_how_many_vcpus_exist(machine: Machine, affinity: int, vcpus: int) -> None:
+    gst = GUESTS["smp_hello"] if vcpus > 1 else GUESTS["hello_protected"]
+    with VmSession(
+        mem_size=gst.mem_size, device=EmulatedDevice(machine), accel="kvm", cpu_affinity=affinity
+    ) as s:
+        s.load(gst.load_gpa, gst.image())
+        s.set_regs(gst.regs())
+        result = s.run(timeout=JOIN_TIMEOUT)
+        assert s.vm.vcpu_num == vcpus
+        assert sorted(machine.runtime.vms[s.vm.vmid].vcpus) == list(range(vcpus))
+    assert result.output.decode() == gst.expected_output, result.summary()
