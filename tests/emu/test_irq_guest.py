@@ -272,3 +272,12 @@ def test_sti_hlt_waits_for_interrupts_instead_of_ending_the_vm(guest: IrqGuest) 
     for _ in range(3):
         assert guest.irqline(5, uapi.GSI_RAISING_PULSE) == [0x35]
     assert guest.thread.is_alive()
+
+
+def test_inject_msi_delivery_mode_comes_from_data_bits_10_8(guest: IrqGuest) -> None:
+    # Delivery mode 4 (NMI): the vector field is ignored and the guest takes vector 2.
+    guest.session.vm.inject_msi(MSI_ADDR, (4 << 8) | 0x37)
+    guest.thread.join(TIMEOUT)
+    result = guest.result[0]
+    assert "EXC=0x00000002\n" in result.output.decode()  # irq_count halts on any exception
+    assert result.reason == "halt"
