@@ -167,8 +167,9 @@ def test_set_irqline_edge_pin_interrupts_on_each_rising_edge(
 
 # Level-triggered pin 6 -> vector 0x36.  This machine's KVM delivers a level-triggered IOAPIC vector
 # once more after the line went low and the guest sent its EOI (seen with the KVM accelerator alone,
-# without the ACRN layers; KVM's IOAPIC state shows IRR and remote IRR clear by then), so these tests
-# bound the count from both sides instead of asserting it exactly.
+# without the ACRN layers; KVM's IOAPIC state shows IRR and remote IRR clear by then, while the local
+# APIC, read inside the first handler, still has the vector in IRR and not in ISR: the PVM host's
+# interrupt acknowledge, not the routing), so these tests bound the count instead of asserting it.
 LEVEL_EXTRA = 1
 
 
