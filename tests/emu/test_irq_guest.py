@@ -11,6 +11,7 @@ The soft accelerator has no interrupt controllers (documented in acrn.emu.irq; s
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -282,3 +283,16 @@ def test_inject_msi_delivery_mode_comes_from_data_bits_10_8(guest: IrqGuest) -> 
     result = guest.result[0]
     assert "EXC=0x00000002\n" in result.output.decode()  # irq_count halts on any exception
     assert result.reason == "halt"
+
+
+def test_irqfd_signal_reaches_the_guest_as_its_msi(guest: IrqGuest) -> None:
+    # spec 6.2: a signalled irqfd makes the HSM issue HC_INJECT_MSI with the bound address/data.
+    efd = os.eventfd(0, os.EFD_CLOEXEC)
+    try:
+        guest.session.vm.irqfd(efd, MSI_ADDR, 0x38)
+        start = len(guest.console.text)
+        os.eventfd_write(efd, 1)
+        guest.console.wait_for("V=0x00000038", start)
+        guest.session.vm.irqfd(efd, MSI_ADDR, 0x38, deassign=True)
+    finally:
+        os.close(efd)
