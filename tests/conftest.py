@@ -1,7 +1,8 @@
 """Shared fixtures and backend detection.
 
 Tests that need /dev/kvm are marked ``kvm`` and skipped, with the reason, where it does not work;
-tests that need unicorn are marked ``soft``.  The session summary says which backends ran.
+tests that need unicorn are marked ``soft``; ``slow`` tests run only with ``-m slow``.  The session
+summary says which backends ran.
 """
 
 from __future__ import annotations
@@ -35,7 +36,13 @@ _ran: dict[str, int] = {"kvm": 0, "soft": 0}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # `slow` tests (full fuzz and load runs, a complete Linux boot) run only when asked for with
+    # `-m slow`, so that the README's test command (and CI) stays within minutes.
+    run_slow = "slow" in (config.option.markexpr or "")
+    skip_slow = pytest.mark.skip(reason="slow: run with -m slow")
     for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(skip_slow)
         if "kvm" in item.keywords and not KVM_OK:
             item.add_marker(pytest.mark.skip(reason=f"needs /dev/kvm: {KVM_WHY}"))
         if "soft" in item.keywords and not SOFT_OK:
