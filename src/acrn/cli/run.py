@@ -66,7 +66,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="run raw images with a given register state",
         description="Create a VM through the HSM, load raw images, set vCPU 0's registers with "
         "ACRN_IOCTL_SET_VCPU_REGS and run it with a 16550 UART at 0x3F8 (console) and a debug-exit "
-        "port at 0xF4. Exit status: 0 halted with interrupts off, (v<<1)|1 debug-exit, 3 fault, 124 timeout.",
+        "port at 0xF4; or boot an image with acrn-dm's loaders (-k, -E, --ovmf) or --vmlinux. Exit status: 0 "
+        "halted with interrupts off, ACPI power-off, guest reset with --no-reboot or --stop-at text seen; "
+        "(v<<1)|1 debug-exit, 3 fault, 124 timeout.",
     )
     p.add_argument(
         "--load", action="append", type=parse_load, default=[], metavar="FILE@GPA", help="repeatable"
