@@ -278,7 +278,13 @@ class Vm:
 
     def notify_request_finish(self, vcpu: int) -> None:
         """ACRN_IOCTL_NOTIFY_REQUEST_FINISH: the request in ``vcpu``'s slot is handled."""
-        self.hsm.ioctl(uapi.ACRN_IOCTL_NOTIFY_REQUEST_FINISH, uapi.acrn_ioreq_notify(self.vmid, 0, vcpu))
+        try:
+            self.hsm.device.notify_request_finish(self.vmid, vcpu)
+        except OSError as e:
+            if isinstance(e, HsmError):
+                raise
+            name = uapi.IOCTL_NAMES[uapi.ACRN_IOCTL_NOTIFY_REQUEST_FINISH]
+            raise HsmError(e.errno or errno.EIO, name) from None
 
     def ioreq_buffer(self) -> uapi.acrn_io_request_buffer:
         """The shared request page (slot i belongs to vCPU i)."""

@@ -99,6 +99,37 @@ class ExitCounts:
     other: int = 0
 
 
+class _Completion:
+    """The vCPU's IOREQ event (ACRN's ``VCPU_EVENT_IOREQ``): ``set`` from any thread, ``wait`` consumes it.
+
+    A bare lock used as a binary semaphore: one futex per wake-up, where ``threading.Event`` (a
+    Condition, a waiter lock and two Python-level lock round trips) costs several microseconds on
+    every I/O exit.  ``clear`` drops a stale signal before a new request is posted.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        try:  # noqa: SIM105 (contextlib.suppress costs more, on every I/O exit)
+            self._lock.release()
+        except RuntimeError:  # already signalled
+            pass
+
+    def clear(self) -> None:
+        self._lock.acquire(False)
+
+    def is_set(self) -> bool:
+        return not self._lock.locked()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until signalled (consuming the signal); False if ``timeout`` passed first."""
+        return self._lock.acquire(True, -1 if timeout is None else timeout)
+
+
 @dataclass(frozen=True)
 class _Mapped:
     """An accelerator memory slot, for reading guest memory in reports."""
@@ -126,7 +157,9 @@ class _VcpuRunner:
         #: wait for this thread).
         self.start_state: CpuState | None = None
         self.start_blob: bytes | None = None
-        self.completed = threading.Event()
+        self.completed = _Completion()
+        #: This vCPU's slot of the ioreq page, looked up at the first request after each START.
+        self.slot: uapi.acrn_io_request | None = None
         self.counts = ExitCounts()
         self.thread = threading.Thread(
             target=self._main, name=f"acrn-vm{vmrt.vmid}-vcpu{vcpu_id}", daemon=True
@@ -291,6 +324,9 @@ class VmRuntime:
         self.hv = runtime.hv
         self.vmid: int = vm.vmid
         self.accel_vm: AccelVm = runtime.accelerator.create_vm()
+        #: The hypervisor's VM object: the same one from CREATE_VM to DESTROY (read without hv.lock
+        #: on the I/O path, for its fixed guest flags only).
+        self.hv_vm = vm
         self.irq = IrqRouter(self.accel_vm)
         self.irq.replay(dict(vm.ioapic_lines), dict(vm.pic_lines))
         self.mapped: dict[tuple[int, int], int] = {}
@@ -363,6 +399,7 @@ class VmRuntime:
             with runner.cond:
                 runner.start_state = vcpu.regs.copy()
                 runner.start_blob = vcpu.set_regs
+                runner.slot = None  # the buffer may have been set again while the VM was CREATED
             runner.allow()
 
     def ap_started(self, vcpu_id: int) -> None:
@@ -420,24 +457,17 @@ class VmRuntime:
         self, runner: _VcpuRunner, req_type: int, address: int, size: int, is_write: bool, value: int
     ) -> int | None:
         """Post one request in the vCPU's slot and wait for its completion; the read value or None."""
-        reqs = uapi._acrn_io_request_reqs()
-        if req_type == uapi.ACRN_IOREQ_TYPE_PORTIO:
-            reqs.pio_request.direction = int(is_write)
-            reqs.pio_request.address = address
-            reqs.pio_request.size = size
-            reqs.pio_request.value = value & 0xFFFFFFFF if is_write else 0
-        else:
-            reqs.mmio_request.direction = int(is_write)
-            reqs.mmio_request.address = address
-            reqs.mmio_request.size = size
-            reqs.mmio_request.value = value if is_write else 0
+        hv = self.hv
         vid = runner.vcpu_id
-        fast = self.runtime.fast_handlers.get(self.vmid)
-        runner.completed.clear()
-        with self.hv.lock:
+        completed = runner.completed
+        completed.clear()
+        with hv.lock:
             if not runner.run_allowed:
                 return None  # paused meanwhile: the instruction is not completed (it re-runs after reset)
-            rc = self.hv.insert_request(self.vmid, vid, req_type, bytes(reqs))
+            rc = hv.insert_request(
+                self.vmid, vid, req_type, direction=int(is_write), address=address, size=size,
+                value=value if is_write else 0,
+            )  # fmt: skip
         if rc < 0:
             runner._stop("error", f"ioreq slot {vid} not free (acrn_insert_request returned {rc})", None)
             return None
@@ -446,27 +476,26 @@ class VmRuntime:
         # no client, still PENDING.  The fast path is the default client's work done right here;
         # its handler ends with NOTIFY_REQUEST_FINISH like any client, so every slot state and
         # every in-kernel rule is the same as on the faithful path (spec 5.2-5.4).
+        fast = self.runtime.fast_handlers.get(self.vmid)
         if fast is not None:
-            slot = self.hv.ioreq_slot(self.vmid, vid)
+            slot = runner.slot
+            if slot is None:
+                slot = runner.slot = hv.ioreq_slot(self.vmid, vid)
             if (
                 slot is not None
                 and slot.processed == uapi.ACRN_IOREQ_STATE_PROCESSING
                 and slot.kernel_handled == 0
             ):
                 fast(vid, slot)
-        if self.polling:
+        if self.hv_vm.is_polling_ioreq:
             # IO_COMPLETION_POLLING: no notify hypercall; the hypervisor polls the slot (spec 5.2).
-            while (
-                runner.run_allowed and self.hv.request_state(self.vmid, vid) != uapi.ACRN_IOREQ_STATE_COMPLETE
-            ):
-                runner.completed.wait(POLL_INTERVAL)
+            while runner.run_allowed and hv.request_state(self.vmid, vid) != uapi.ACRN_IOREQ_STATE_COMPLETE:
+                completed.wait(POLL_INTERVAL)
         else:
-            runner.completed.wait()
+            completed.wait()
         if not runner.run_allowed:
             return None
-        with self.hv.lock:
-            result: int | None = self.hv.complete_request(self.vmid, vid)
-        return result
+        return hv.complete_request(self.vmid, vid)
 
 
 def _install_kick_handler() -> None:

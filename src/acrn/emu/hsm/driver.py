@@ -139,6 +139,27 @@ class HsmFile:
             log.debug("ioctl %#x: fault: %s", cmd, e)
             return -errno.EFAULT
 
+    def notify_request_finish(self, vcpu: int) -> int:
+        """NOTIFY_REQUEST_FINISH for an in-process device model: the ioctl without its argument.
+
+        Same checks and effects as ``ioctl(ACRN_IOCTL_NOTIFY_REQUEST_FINISH, {vmid, 0, vcpu})``
+        (closed fd, the spec 1.2 preamble, no default client -> 0, ``vcpu`` truncated to u16 and
+        bounded by vcpu_num, then the completion of spec 5.2); only the copy and the decode of the
+        8-byte struct (whose ``reserved`` is 0 by construction) are skipped.  Errors raise OSError.
+        """
+        if self.closed:
+            raise OSError(errno.EBADF, "file is closed")
+        vm = self.vm
+        if not vm.valid:
+            ret = -errno.EINVAL
+        else:
+            client = vm.default_client
+            ret = 0 if client is None else ioreq.client_complete(client, vcpu & 0xFFFF)
+        if ret < 0:
+            name = uapi.IOCTL_NAMES[uapi.ACRN_IOCTL_NOTIFY_REQUEST_FINISH]
+            raise OSError(-ret, f"{name}: {_strerror(-ret)}")
+        return ret
+
     def interrupt_attach(self) -> None:
         """Emulate a signal to threads blocked in ATTACH_IOREQ_CLIENT: they return 0 (spec 12.14)."""
         client = self.vm.default_client

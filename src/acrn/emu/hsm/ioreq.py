@@ -61,6 +61,9 @@ class IoreqClient:
         #: Bumped by interrupt_attach(): waiters that saw an older value return 0 (a signal).
         self.interrupts = 0
         self.cond = threading.Condition(vm.clients_lock)
+        #: Threads blocked in :meth:`wait`: the dispatcher skips the notify when there are none
+        #: (the fast path has no ATTACH thread, and a notify costs more than the rest of a dispatch).
+        self.waiters = 0
 
     def range_add(self, type_: int, start: int, end: int) -> int:
         """``acrn_ioreq_range_add``: end < start -> -EINVAL."""
@@ -87,10 +90,19 @@ class IoreqClient:
         """
         with self.cond:
             seen = self.interrupts
-            self.cond.wait_for(lambda: bool(self.pending) or self.destroying or self.interrupts != seen)
+            self.waiters += 1
+            try:
+                self.cond.wait_for(lambda: bool(self.pending) or self.destroying or self.interrupts != seen)
+            finally:
+                self.waiters -= 1
             if self.destroying:
                 return -19  # -ENODEV
         return 0
+
+    def wake(self) -> None:
+        """Wake ATTACH waiters (caller holds ``clients_lock``); nothing to do when none waits."""
+        if self.waiters:
+            self.cond.notify_all()
 
     def interrupt(self) -> None:
         with self.cond:
@@ -99,9 +111,15 @@ class IoreqClient:
 
 
 def slot(vm: HsmVm, vcpu: int) -> uapi.acrn_io_request:
-    """The vCPU's slot of the pinned ioreq page, in place."""
-    assert vm.ioreq_buf is not None
-    return uapi.acrn_io_request.from_address(vm.ioreq_buf + vcpu * 256)
+    """The vCPU's slot of the pinned ioreq page, in place (views are made once per page)."""
+    buf = vm.ioreq_buf
+    assert buf is not None
+    if vm.slot_views_base != buf:
+        vm.slot_views = [
+            uapi.acrn_io_request.from_address(buf + i * 256) for i in range(uapi.ACRN_IO_REQUEST_MAX)
+        ]
+        vm.slot_views_base = buf
+    return vm.slot_views[vcpu]
 
 
 def complete_request(vm: HsmVm, vcpu: int, req: uapi.acrn_io_request) -> int:
@@ -133,6 +151,9 @@ def handle_cf8cfc(vm: HsmVm, req: uapi.acrn_io_request, vcpu: int) -> bool:
     if req.type != uapi.ACRN_IOREQ_TYPE_PORTIO:
         return False
     pio = req.reqs.pio_request
+    address = pio.address
+    if address != _CF8 and not _CFC <= address < _CFC + 4:
+        return False  # the common case: not a PCI configuration port
     handled = False
     if pio.address == _CF8:
         if pio.size != 4:
@@ -179,7 +200,7 @@ def _in_range(r: IoreqRange, req: uapi.acrn_io_request) -> bool:
 def find_client(vm: HsmVm, req: uapi.acrn_io_request) -> IoreqClient | None:
     """First in-kernel client with a matching range, else the default client (spec 5.3)."""
     for client in vm.ioreq_clients:
-        if any(_in_range(r, req) for r in client.ranges):
+        if client.ranges and any(_in_range(r, req) for r in client.ranges):
             return client
     return vm.default_client
 
@@ -188,8 +209,10 @@ def dispatch_vm(vm: HsmVm) -> int:
     """``acrn_ioreq_dispatch``: hand every PENDING slot of one VM to its client (spec 5.2)."""
     if vm.ioreq_buf is None:
         return 0
+    slot(vm, 0)  # make sure the views belong to this page
+    views = vm.slot_views
     for i in range(min(vm.vcpu_num, uapi.ACRN_IO_REQUEST_MAX)):
-        req = slot(vm, i)
+        req = views[i]
         if req.processed != uapi.ACRN_IOREQ_STATE_PENDING:
             continue
         if vm.clearing:
@@ -207,7 +230,7 @@ def dispatch_vm(vm: HsmVm) -> int:
             req.kernel_handled = 0 if client.is_default else 1
             req.processed = uapi.ACRN_IOREQ_STATE_PROCESSING
             client.pending.add(i)
-            client.cond.notify_all()
+            client.wake()
         if not client.is_default:
             _run_kernel_client(client)
     return 0

@@ -29,6 +29,9 @@ class HsmVm:
         self.clearing = False
         #: Address of the pinned ioreq page (the kernel's ``page_address``), or None.
         self.ioreq_buf: int | None = None
+        #: Views of the 16 slots of the page at ``slot_views_base`` (``acrn.emu.hsm.ioreq.slot``).
+        self.slot_views: list[uapi.acrn_io_request] = []
+        self.slot_views_base: int | None = None
         self.clients_lock = threading.Lock()
         self.default_client: IoreqClient | None = None
         #: Non-default clients, newest first (list_add).

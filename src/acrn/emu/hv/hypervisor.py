@@ -18,6 +18,7 @@ import ctypes
 import dataclasses
 import errno
 import logging
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +57,14 @@ VECTOR_DYNAMIC_START: Final = 0x20
 NR_MAX_VECTOR: Final = 0xFF
 PAGE_SIZE: Final = 4096
 _U16: Final = 0xFFFF
+_U32: Final = 0xFFFFFFFF
+_U64: Final = (1 << 64) - 1
+#: The 64-byte ``reqs`` union holding a PIO / MMIO request, zero-filled after it (as the copy of a
+#: zero-initialised union is), and the head both share: direction at 0, size at 16.
+_PIO_REQS: Final = struct.Struct("<IIQQI36x")
+_MMIO_REQS: Final = struct.Struct("<IIQQQ32x")
+_REQS_HEAD: Final = struct.Struct("<I12xQ")
+_REQS_OFFSET: Final = uapi.acrn_io_request.reqs.offset
 
 # Hypervisor-emulated vdev ids (hcall_add_vdev's table): vendor | device << 16.
 IVSHMEM_DEV_ID: Final = 0x1AF4 | (0x1110 << 16)
@@ -122,6 +131,8 @@ class Hypervisor:
         #: The upcall vector the HSM is notified on (HC_SET_CALLBACK_VECTOR changes it).
         self.upcall_vector = self.platform.default_upcall_vector
         self._vms: dict[int, Vm] = {}
+        #: Views of the 16 slots of each ioreq page in use, made once per page (the hot path).
+        self._slot_views: dict[int, list[tuple[uapi.acrn_io_request, memoryview]]] = {}
         self._listeners: list[Any] = []
         self._upcall: Callable[[], None] | None = None
         svc = self.vm_configs[self.service_vm_id]
@@ -242,12 +253,20 @@ class Hypervisor:
             return True
 
     # ------------------------------------------------------------------ ioreq, hypervisor side
+    def _slot(self, buf: int, vcpu_id: int) -> tuple[uapi.acrn_io_request, memoryview]:
+        """The slot of ``vcpu_id`` in the page at ``buf``: a struct view and a byte view."""
+        views = self._slot_views.get(buf)
+        if views is None:
+            views = []
+            for i in range(uapi.ACRN_IO_REQUEST_MAX):
+                req = uapi.acrn_io_request.from_address(buf + i * ctypes.sizeof(uapi.acrn_io_request))
+                views.append((req, memoryview(req).cast("B")))
+            self._slot_views[buf] = views
+        return views[vcpu_id]
+
     def _ioreq_slot(self, vm: Vm, vcpu_id: int) -> uapi.acrn_io_request:
         assert vm.ioreq_buffer is not None
-        slot: uapi.acrn_io_request = uapi.acrn_io_request_buffer.from_address(vm.ioreq_buffer).req_slot[
-            vcpu_id
-        ]
-        return slot
+        return self._slot(vm.ioreq_buffer, vcpu_id)[0]
 
     def ioreq_slot(self, rel_vmid: int, vcpu_id: int) -> uapi.acrn_io_request | None:
         """A live view of a vCPU's slot in the VM's shared ioreq page, or None without a buffer."""
@@ -279,27 +298,28 @@ class Hypervisor:
         completes it with :meth:`fast_complete_request` (the runtime's fast path, DESIGN.md).
         """
         with self.lock:
-            vm = self.vm(rel_vmid)
+            vm = self._vms.get((self.service_vm_id + rel_vmid) & _U16)
             vcpu = vm.vcpu(vcpu_id) if vm is not None else None
             if vm is None or vcpu is None or vm.ioreq_buffer is None:
                 return EINVAL
-            slot = self._ioreq_slot(vm, vcpu_id)
+            slot, raw = self._slot(vm.ioreq_buffer, vcpu_id)
             if slot.processed != uapi.ACRN_IOREQ_STATE_FREE:
                 return EINVAL
-            if reqs is None:
-                if type == uapi.ACRN_IOREQ_TYPE_MMIO:
-                    m = uapi.acrn_mmio_request(direction, 0, address, size, value)
-                    reqs = bytes(m)
-                else:
-                    p = uapi.acrn_pio_request(direction, 0, address, size, value & 0xFFFFFFFF)
-                    reqs = bytes(p)
-            data = bytes(reqs)[:64].ljust(64, b"\0")
             slot.type = type
-            ctypes.memmove(ctypes.addressof(slot.reqs), data, 64)
+            # The union is written whole (the request, then zeros), as ACRN copies all 64 bytes.
+            if reqs is not None:
+                data = bytes(reqs)[:64].ljust(64, b"\0")
+                raw[_REQS_OFFSET : _REQS_OFFSET + 64] = data
+                direction, size = _REQS_HEAD.unpack_from(data)
+            elif type == uapi.ACRN_IOREQ_TYPE_MMIO:
+                direction, size = direction & _U32, size & _U64
+                _MMIO_REQS.pack_into(raw, _REQS_OFFSET, direction, 0, address & _U64, size, value & _U64)
+            else:
+                direction, size = direction & _U32, size & _U64
+                _PIO_REQS.pack_into(raw, _REQS_OFFSET, direction, 0, address & _U64, size, value & _U32)
             if vm.is_polling_ioreq:
                 slot.completion_polling = 1
-            head = uapi.acrn_pio_request.from_buffer_copy(data[:32])
-            vcpu.io_type, vcpu.io_direction, vcpu.io_size = type, head.direction, int(head.size)
+            vcpu.io_type, vcpu.io_direction, vcpu.io_size = type, direction, size
             # The state store comes last: once PENDING, the HSM may pick the request up.
             slot.processed = uapi.ACRN_IOREQ_STATE_PENDING
             upcall = None if fast else self._upcall
@@ -330,11 +350,11 @@ class Hypervisor:
         0 for writes and for ZOMBIE vCPUs (whose slot is just freed).
         """
         with self.lock:
-            vm = self.vm(rel_vmid)
+            vm = self._vms.get((self.service_vm_id + rel_vmid) & _U16)
             vcpu = vm.vcpu(vcpu_id) if vm is not None else None
             if vm is None or vcpu is None or vm.ioreq_buffer is None:
                 return None
-            slot = self._ioreq_slot(vm, vcpu_id)
+            slot = self._slot(vm.ioreq_buffer, vcpu_id)[0]
             if slot.processed != uapi.ACRN_IOREQ_STATE_COMPLETE:
                 return None
             value = 0
@@ -523,6 +543,8 @@ class Hypervisor:
         if not cfg.guest_flags & uapi.GUEST_FLAG_STATIC_VM:
             cfg.name = ""
         del self._vms[t.abs_id]
+        if vm.ioreq_buffer is not None:
+            self._slot_views.pop(vm.ioreq_buffer, None)
         self._notify("vm_destroyed", vm)
         return 0
 
