@@ -179,6 +179,8 @@ class Hypervisor:
         lock and return the signed RAX value."""
         param1 &= (1 << 64) - 1
         param2 &= (1 << 64) - 1
+        if hcid == uapi.HC_NOTIFY_REQUEST_FINISH:
+            return self._notify_request_finish_call(param1, param2)
         with self.lock:
             # Only the low byte indexes the table; the 0x80 << 24 prefix is never checked.
             idx = hcid & 0xFF
@@ -194,6 +196,31 @@ class Hypervisor:
                     return err
             ret = handler(target, param1, param2)
             log.debug("hypercall %#x(%#x, %#x) -> %d", hcid, param1, param2, ret)
+            return ret
+
+    def _notify_request_finish_call(self, param1: int, param2: int) -> int:
+        """HC_NOTIFY_REQUEST_FINISH, once per I/O exit: the steps of :meth:`hypercall` for it
+        (target ``(u16)param1``, -ENOTTY for a pre-launched one, the spec 3 state rule, the
+        handler) without building the generic target."""
+        with self.lock:
+            abs_id = (self.service_vm_id + (param1 & _U16)) & _U16
+            if abs_id >= self.platform.max_vm_num:
+                return ENOTTY
+            config = self.vm_configs[abs_id]
+            if config.load_order == "pre":
+                return ENOTTY
+            vm = self._vms.get(abs_id)
+            err = check_state(
+                uapi.HC_NOTIFY_REQUEST_FINISH & 0xFF,
+                vm.state if vm is not None else VmState.POWERED_OFF,
+                config.severity <= SEVERITY_SERVICE_VM,
+                vm is not None and vm.ioreq_buffer is not None,
+            )
+            if err is not None:
+                return err
+            assert vm is not None
+            ret = self._notify_request_finish(vm, param2)
+            log.debug("hypercall %#x(%#x, %#x) -> %d", uapi.HC_NOTIFY_REQUEST_FINISH, param1, param2, ret)
             return ret
 
     def vm(self, rel_vmid: int) -> Vm | None:
@@ -698,8 +725,10 @@ class Hypervisor:
         return 0
 
     def _hc_notify_request_finish(self, t: _Target, p1: int, p2: int) -> int:
-        vm = t.vm
-        assert vm is not None
+        assert t.vm is not None
+        return self._notify_request_finish(t.vm, p2)
+
+    def _notify_request_finish(self, vm: Vm, p2: int) -> int:
         vcpu_id = p2 & _U16
         if vcpu_id >= vm.vcpu_num:
             return -1
