@@ -3,7 +3,7 @@
 The guest (Debian's cloud bzImage and a busybox initramfs) is fetched once per session by
 ``scripts/fetch-linux-guest.py`` into the repository's ignored ``work-guests/linux/`` (or
 ``ACRN_GUEST_DIR``); when that is impossible the tests skip and say why.  ``slow`` tests run only
-with ``-m slow``.
+with ``-m slow`` (the rule is in the root conftest).
 """
 
 from __future__ import annotations
@@ -17,22 +17,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 GUEST_DIR = Path(os.environ.get("ACRN_GUEST_DIR", ROOT / "work-guests" / "linux"))
-_HERE = Path(__file__).resolve().parent
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "boot: boots a real Linux kernel (bounded; needs the Debian archive once)"
     )
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if "slow" in (config.option.markexpr or ""):
-        return
-    skip = pytest.mark.skip(reason="slow: run with -m slow")
-    for item in items:
-        if "slow" in item.keywords and _HERE in Path(item.path).parents:
-            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
