@@ -112,3 +112,16 @@ def test_run_user_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_help_starts_without_heavy_imports() -> None:
     r = subprocess.run([sys.executable, "-m", "acrn", "--help"], capture_output=True, text=True, check=True)
     assert "demo" in r.stdout and "run" in r.stdout and "regs" in r.stdout
+
+
+def test_output_into_a_closed_pipe_ends_quietly() -> None:
+    """`acrn info | head -1`: no traceback and no error line when the reader goes away."""
+    r = subprocess.run(
+        f"{sys.executable} -m acrn info --abi | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert r.stdout.startswith("pyacrn")
+    assert r.stderr == ""

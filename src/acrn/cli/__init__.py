@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -75,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rc = args.func(args)
         return int(rc or 0)
+    except BrokenPipeError:
+        # The reader went away (`acrn info | head`): stop quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except CliError as e:
         if args.debug:
             raise
