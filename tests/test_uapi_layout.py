@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import ctypes
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from acrn import uapi
+from cprobe import CProbe
 
 HEADER = Path("/usr/include/linux/acrn.h")
 pytestmark = pytest.mark.skipif(
@@ -23,54 +23,17 @@ pytestmark = pytest.mark.skipif(
 )
 
 # Fields that exist only on the Python side (documented in acrn.uapi's docstring).
-PY_ONLY = {("acrn_io_request", "_align_pad")}
+PY_ONLY = frozenset({"_align_pad"})
+#: aligned(256) cannot be expressed by ctypes (see acrn.uapi); their sizes and offsets still match.
+ALIGNED_256 = ("acrn_io_request", "acrn_io_request_buffer")
 
 
-def _walk(ctype: type[ctypes.Structure], c_expr: str, py_prefix: str) -> list[tuple[str, str, int, int]]:
-    """(c member path, python path, offset, size) for every field, descending into nested types."""
-    out: list[tuple[str, str, int, int]] = []
-    anon = set(getattr(ctype, "_anonymous_", ()))
-    for name, ftype, *_ in ctype._fields_:
-        if (ctype.__name__, name) in PY_ONLY:
-            continue
-        desc = getattr(ctype, name)
-        c_member = c_expr if name in anon else f"{c_expr}.{name}" if c_expr else name
-        py_path = f"{py_prefix}.{name}" if py_prefix else name
-        out.append((c_member, py_path, desc.offset, desc.size))
-        if isinstance(ftype, type) and issubclass(ftype, ctypes.Structure | ctypes.Union):
-            for cm, pp, off, size in _walk(ftype, c_member, py_path):
-                out.append((cm, pp, desc.offset + off, size))
-    return out
-
-
-def _probe_source() -> tuple[str, list[tuple[str, int]]]:
-    lines = [
-        "#include <stddef.h>",
-        "#include <stdio.h>",
-        # acrn.h uses _IOW & co. without including their definition itself.
-        "#include <linux/ioctl.h>",
-        "#include <linux/acrn.h>",
-        "int main(void) {",
-    ]
-    expected: list[tuple[str, int]] = []
-
-    def emit(key: str, c_value: str, py_value: int) -> None:
-        lines.append(f'  printf("%s %llu\\n", "{key}", (unsigned long long)({c_value}));')
-        expected.append((key, py_value))
-
+def _probe() -> CProbe:
+    probe = CProbe("linux/ioctl.h", "linux/acrn.h")  # acrn.h uses _IOW & co. without including them
     for st in uapi.STRUCTS:
-        name = st.__name__
-        emit(f"sizeof.{name}", f"sizeof(struct {name})", ctypes.sizeof(st))
-        for c_member, py_path, off, size in _walk(st, "", ""):
-            if not c_member:
-                continue
-            emit(f"offsetof.{name}.{py_path}", f"offsetof(struct {name}, {c_member})", off)
-            emit(f"sizeof.{name}.{py_path}", f"sizeof(((struct {name} *)0)->{c_member})", size)
-        if name not in ("acrn_io_request", "acrn_io_request_buffer"):
-            # aligned(256) cannot be expressed by ctypes (see acrn.uapi); size and offsets still match.
-            emit(f"alignof.{name}", f"_Alignof(struct {name})", ctypes.alignment(st))
+        probe.struct(st, alignment=st.__name__ not in ALIGNED_256, skip=PY_ONLY)
     for name, value in uapi.IOCTLS.items():
-        emit(f"ioctl.{name}", name, value)
+        probe.emit(f"ioctl.{name}", name, value)
     consts = [
         n
         for n in dir(uapi)
@@ -81,27 +44,21 @@ def _probe_source() -> tuple[str, list[tuple[str, int]]]:
         or n.startswith("ACRN_PMCMD_")
     ]
     for n in consts:
-        emit(f"const.{n}", n, getattr(uapi, n))
-    lines += ["  return 0;", "}"]
-    return "\n".join(lines) + "\n", expected
+        probe.emit(f"const.{n}", n, getattr(uapi, n))
+    return probe
 
 
 def test_uapi_matches_c_header(tmp_path: Path) -> None:
-    src, expected = _probe_source()
-    (tmp_path / "probe.c").write_text(src)
-    cc = subprocess.run(
-        ["gcc", "-std=gnu11", "-Wall", "-Werror", "-o", str(tmp_path / "probe"), str(tmp_path / "probe.c")],
-        capture_output=True,
-        text=True,
+    probe = _probe()
+    got = probe.run(tmp_path)
+    mismatches = probe.mismatches(got)
+    assert not mismatches, "python != C: " + ", ".join(
+        f"{k}: py {a} c {b}" for k, (a, b) in mismatches.items()
     )
-    assert cc.returncode == 0, cc.stderr
-    out = subprocess.run([str(tmp_path / "probe")], check=True, capture_output=True, text=True).stdout
-    got = dict(line.rsplit(" ", 1) for line in out.splitlines())
-    mismatches = [(k, v, int(got[k])) for k, v in expected if int(got[k]) != v]
-    assert not mismatches, "python != C: " + ", ".join(f"{k}: py {a} c {b}" for k, a, b in mismatches)
     # The probe must have covered the whole header: every struct, every ioctl.
-    assert sum(k.startswith("ioctl.") for k, _ in expected) == 27
+    assert sum(k.startswith("ioctl.") for k in probe.expected) == 27
     assert len(uapi.STRUCTS) == 22
+    assert "offsetof.acrn_vm_memmap.u.vma_base" in got  # anonymous unions are reached by their C name
 
 
 def test_every_header_struct_and_ioctl_is_defined() -> None:

@@ -8,15 +8,14 @@ wrong KVM numbers in public snippets; this test is why none can hide here.
 
 from __future__ import annotations
 
-import ctypes
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from acrn.emu.accel import kvm_abi as abi
+from cprobe import CProbe
 
 HEADER = Path("/usr/include/linux/kvm.h")
 pytestmark = pytest.mark.skipif(
@@ -25,91 +24,43 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _fields(ctype: type[ctypes.Structure], prefix: str = "") -> list[tuple[str, int, int]]:
-    """(C member path, offset, size) for every field, descending into nested structures."""
-    out: list[tuple[str, int, int]] = []
-    for name, ftype, *_ in ctype._fields_:
-        desc = getattr(ctype, name)
-        path = f"{prefix}{name}"
-        out.append((path, desc.offset, desc.size))
-        if isinstance(ftype, type) and issubclass(ftype, ctypes.Structure):
-            out.extend((p, desc.offset + o, s) for p, o, s in _fields(ftype, path + "."))
-    return out
-
-
-def _probe() -> tuple[str, dict[str, int]]:
-    lines = ["#include <stddef.h>", "#include <stdio.h>", "#include <linux/kvm.h>", "int main(void) {"]
-    expected: dict[str, int] = {}
-
-    def emit(key: str, c_expr: str, value: int) -> None:
-        lines.append(f'  printf("%s %llu\\n", "{key}", (unsigned long long)({c_expr}));')
-        expected[key] = value
-
+def _probe() -> CProbe:
+    probe = CProbe("linux/kvm.h")
     for st in abi.STRUCTS:
-        name = st.__name__
-        emit(f"sizeof.{name}", f"sizeof(struct {name})", ctypes.sizeof(st))
-        emit(f"alignof.{name}", f"_Alignof(struct {name})", ctypes.alignment(st))
-        for path, off, size in _fields(st):
-            emit(f"offsetof.{name}.{path}", f"offsetof(struct {name}, {path})", off)
-            if size == 0:
-                continue  # a C flexible array member has no sizeof
-            emit(f"sizeof.{name}.{path}", f"sizeof(((struct {name} *)0)->{path})", size)
-    emit("sizeof.kvm_run", "sizeof(struct kvm_run)", abi.KVM_RUN_SIZE)
+        probe.struct(st)
+    probe.emit("sizeof.kvm_run", "sizeof(struct kvm_run)", abi.KVM_RUN_SIZE)
     for const, member, size in abi.RUN_FIELDS:
-        emit(f"offsetof.kvm_run.{member}", f"offsetof(struct kvm_run, {member})", getattr(abi, const))
-        emit(f"sizeof.kvm_run.{member}", f"sizeof(((struct kvm_run *)0)->{member})", size)
+        probe.emit(f"offsetof.kvm_run.{member}", f"offsetof(struct kvm_run, {member})", getattr(abi, const))
+        probe.emit(f"sizeof.kvm_run.{member}", f"sizeof(((struct kvm_run *)0)->{member})", size)
     for name, value in abi.IOCTLS.items():
-        emit(f"ioctl.{name}", name, value)
+        probe.emit(f"ioctl.{name}", name, value)
     for name, value in abi.CONSTANTS.items():
-        emit(f"const.{name}", name, value)
-    lines += ["  return 0;", "}"]
-    return "\n".join(lines) + "\n", expected
-
-
-def _run_probe(tmp_path: Path) -> dict[str, int]:
-    src, _ = _probe()
-    c = tmp_path / "probe.c"
-    exe = tmp_path / "probe"
-    c.write_text(src)
-    subprocess.run(["gcc", "-Wall", "-Werror", "-o", str(exe), str(c)], check=True, capture_output=True)
-    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
-    return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
+        probe.emit(f"const.{name}", name, value)
+    return probe
 
 
 @pytest.fixture(scope="module")
 def c_values(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
-    return _run_probe(tmp_path_factory.mktemp("kvm_probe"))
+    return _probe().run(tmp_path_factory.mktemp("kvm_probe"))
 
 
 def test_kvm_struct_layouts_match_header(c_values: dict[str, int]) -> None:
-    _, expected = _probe()
-    wrong = {
-        k: (v, c_values[k])
-        for k, v in expected.items()
-        if k.startswith(("sizeof.", "offsetof.", "alignof.")) and c_values[k] != v
-    }
+    wrong = _probe().mismatches(c_values, ("sizeof.", "offsetof.", "alignof."))
     assert not wrong, f"python != C: {wrong}"
 
 
 def test_kvm_ioctl_numbers_match_header(c_values: dict[str, int]) -> None:
-    _, expected = _probe()
-    wrong = {
-        k: (hex(v), hex(c_values[k]))
-        for k, v in expected.items()
-        if k.startswith("ioctl.") and c_values[k] != v
-    }
+    wrong = _probe().mismatches(c_values, ("ioctl.",))
     assert not wrong, f"python != C: {wrong}"
 
 
 def test_kvm_constants_match_header(c_values: dict[str, int]) -> None:
-    _, expected = _probe()
-    wrong = {k: (v, c_values[k]) for k, v in expected.items() if k.startswith("const.") and c_values[k] != v}
+    wrong = _probe().mismatches(c_values, ("const.",))
     assert not wrong, f"python != C: {wrong}"
 
 
 def test_kvm_run_offsets_match_header(c_values: dict[str, int]) -> None:
-    _, expected = _probe()
-    wrong = {k: (v, c_values[k]) for k, v in expected.items() if "kvm_run" in k and c_values[k] != v}
+    wrong = _probe().mismatches(c_values, ("offsetof.kvm_run.", "sizeof.kvm_run"))
     assert not wrong, f"python != C: {wrong}"
 
 
