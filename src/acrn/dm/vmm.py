@@ -121,6 +121,7 @@ class VmSession:
         self._loop: IoreqLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._started = False
+        self._epoch = 0.0  # monotonic time of the latest START_VM
         self._closed = False
         #: Guest RAM regions as (gpa, memory): lowmem at 0, then any :meth:`map_ram` adds (acrn-dm's
         #: highmem at 4 GiB, the firmware region below 4 GiB).
@@ -194,7 +195,7 @@ class VmSession:
         regs = self.reload()
         self.vm.set_vcpu_regs(regs)
         self.resets += 1
-        self.vm.start()
+        self._start()
 
     def set_regs(self, regs: VcpuRegs, *, strict: bool = False) -> None:
         self.vm.set_vcpu_regs(regs, strict=strict)
@@ -220,8 +221,24 @@ class VmSession:
         self._stop_event.set()
 
     def _on_stop(self, report: StopReport) -> None:
-        if report.vmid == self.vm.vmid:
+        # A report from before the latest START (a vCPU halting while a guest reset was already
+        # under way) belongs to the previous boot and must not end this one.
+        if report.vmid == self.vm.vmid and report.time >= self._epoch:
             self._stop_event.set()
+
+    def _start(self) -> None:
+        """START_VM, remembering when, so that stop reports of an earlier boot are told apart."""
+        self._epoch = time.monotonic()
+        self.vm.start()
+
+    def _current_report(self) -> StopReport | None:
+        """The first stop report of the current boot (older ones are dropped)."""
+        if self.runtime is None:
+            return None
+        while True:
+            report = self.runtime.wait_stop(self.vm.vmid, timeout=0)
+            if report is None or report.time >= self._epoch:
+                return report
 
     def run(self, timeout: float | None = None) -> RunResult:
         """START_VM and serve I/O until the guest stops, exits through the debug port or times out."""
@@ -245,14 +262,14 @@ class VmSession:
                 self.vm.notify_request_finish(vcpu_id)
 
             self.runtime.set_fast_handler(self.vm.vmid, fast)
-            self.vm.start()
+            self._start()
         else:
             if self._loop_thread is None:  # the client outlives guest resets, as in acrn-dm
                 self.vm.create_ioreq_client()
                 self._loop = IoreqLoop(self.vm, self.bus, self.pci)
                 self._loop_thread = threading.Thread(target=self._loop.run, name="acrn-dm-ioreq", daemon=True)
                 self._loop_thread.start()
-            self.vm.start()
+            self._start()
         self._started = True
         deadline = None if timeout is None else t0 + timeout
         while True:
@@ -265,9 +282,7 @@ class VmSession:
                 continue
             break
         seconds = time.monotonic() - t0
-        report = None
-        if self.runtime is not None:
-            report = self.runtime.wait_stop(self.vm.vmid, timeout=0)
+        report = self._current_report()
         if self._debugexit_status is not None:
             result = RunResult("debugexit", self._debugexit_status, f"guest wrote to port {0xF4:#x}")
         elif self._requested is not None:
