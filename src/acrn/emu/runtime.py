@@ -152,6 +152,8 @@ class _VcpuRunner:
         self.stopped = False  # parked after a StopReport until RESET
         self.in_guest = False
         self.quit = False
+        self.generation = 0  # bumped by every START: tells exits of an abandoned run apart
+        self.exit_generation = 0  # the generation of the run whose exit is being handled
         #: The landed state (and its SET_VCPU_REGS blob) handed over at START, under hv.lock, so
         #: the thread itself never needs that lock to load it (PAUSE/DESTROY hold it while they
         #: wait for this thread).
@@ -174,6 +176,7 @@ class _VcpuRunner:
     def allow(self) -> None:
         with self.cond:
             self.run_allowed = True
+            self.generation += 1
             self.cond.notify_all()
 
     def park(self) -> None:
@@ -217,15 +220,23 @@ class _VcpuRunner:
                     if self.quit or not self.run_allowed or self.stopped:
                         continue
                     self.in_guest = True  # a kick from here on is sticky: run() returns at once
+                    generation = self.generation
                 ex = self.avcpu.run()
                 with self.cond:
                     self.in_guest = False
                     self.cond.notify_all()
+                    # An exit that completes a run PAUSE/RESET already abandoned (e.g. the soft CPU
+                    # finishing its block after an abandoned I/O) belongs to no boot: drop it.
+                    stale = generation != self.generation or not self.run_allowed
+                if stale and not isinstance(ex, PioExit | MmioExit):
+                    continue
+                self.exit_generation = generation
                 self._handle(ex)
         except Exception as e:  # a bug must end the VM with a report, never kill silently
             log.exception("vCPU %d thread failed", self.vcpu_id)
             with self.cond:
                 self.in_guest = False
+                self.exit_generation = self.generation  # a failure always belongs to this boot
                 self.cond.notify_all()
             self._stop("error", f"{type(e).__name__}: {e}", None)
         finally:
@@ -309,6 +320,10 @@ class _VcpuRunner:
         except Exception:
             state = None
         with self.cond:
+            if self.exit_generation != self.generation:
+                # RESET and a new START overtook this exit (from the previous boot): drop it,
+                # or the new boot would be reported stopped and never run.
+                return
             self.stopped = True
         report = StopReport(self.vmrt.vmid, self.vcpu_id, reason, detail, state, ex)
         if reason != "halt":
