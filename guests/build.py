@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PACKAGE_DIR = HERE.parent / "src" / "acrn" / "guests"
 #: Symbols exported to symbols.json when a guest defines them.
-EXPORTED = ("start", "gdt", "gdt_end", "pml4", "image_end")
+EXPORTED = ("start", "gdt", "gdt_end", "pml4", "image_end", "lstar")
 
 
 def guest_sources() -> list[Path]:

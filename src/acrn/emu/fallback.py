@@ -17,6 +17,10 @@ emulator lacks (``KVM_EXIT_INTERNAL_ERROR``, suberror 1): a stock kernel stops i
    like any exit (the step finishes at the next ``run``).
 
 Every event is counted per instruction (:attr:`FallbackStats.events`) for ``acrn run -v``.
+
+Where this KVM delivers a user-mode SYSCALL with the user CS/SS still loaded, the VM also gets the
+:mod:`acrn.emu.syscall_repair` trap (decided by its probe, once per process; ``syscall_repair``
+forces it on or off): its int3 on the guest's #PF handler is handled here before any other.
 What crosses over: the :class:`~acrn.arch.CpuState` plus the SSE registers (XMM0-15, MXCSR) and
 the x87 control/status words (``KVM_GET/SET_FPU``; this KVM cannot emulate most SSE integer
 instructions - pshufb, paddd, pxor, palignr - so the soft CPU must compute them on the guest's
@@ -53,6 +57,7 @@ from acrn.emu.accel.base import (
     ShutdownExit,
     VmExit,
 )
+from acrn.emu.syscall_repair import Outcome, SlotMemory, SyscallRepair, probe
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +198,7 @@ class FallbackVcpu:
         self._step_what = ""
         self._step_failure: EmulationFailureExit | None = None
         self._sse = False  # the SSE registers went to the soft CPU for this step
+        self._rearm = False  # the step ran the #PF handler's original first instruction
         self._read_target: AccelVcpu = kvm_vcpu
 
     def __getattr__(self, name: str) -> Any:
@@ -202,6 +208,8 @@ class FallbackVcpu:
     # -- AccelVcpu ------------------------------------------------------------------------------
     def set_state(self, state: CpuState) -> None:
         self._stepping = False
+        if self._vm.repair is not None and self.vcpu_id == 0:
+            self._vm.repair.forget()  # a new boot: its handler is looked for again
         self.kvm.set_state(state)
 
     def get_state(self) -> CpuState:
@@ -231,6 +239,8 @@ class FallbackVcpu:
                     return ex
                 continue
             self._read_target = self.kvm
+            if self._vm.repair is not None:
+                self._vm.repair.poll(self.kvm)  # type: ignore[arg-type]
             ex = self.kvm.run()
             if not isinstance(ex, EmulationFailureExit) or ex.suberror != 1:
                 return ex
@@ -248,6 +258,22 @@ class FallbackVcpu:
         """Complete the instruction KVM could not; None to resume KVM, or an exit to return."""
         insn = ex.insn_bytes
         stats = self._vm.stats
+        repair = self._vm.repair
+        if repair is not None and not repair.installed:
+            repair.look(self.kvm)  # type: ignore[arg-type]
+        if repair is not None and insn.startswith(INSN_INT3):
+            st = self.kvm.get_state()
+            if repair.owns(st.rip):
+                outcome = repair.handle(self.kvm, st)  # type: ignore[arg-type]
+                if outcome is Outcome.REPAIRED:
+                    stats.count("syscall (repaired)")
+                    return None
+                if outcome is not Outcome.STEP:
+                    stats.count("#PF trap")
+                    return None
+                repair.restore()  # the original first instruction, on the soft CPU
+                self._rearm = True
+                insn = repair.original
         if insn.startswith(INSN_INT3):
             st = self.kvm.get_state()
             st.rip += 1  # #BP is a trap: the handler returns past the int3
@@ -283,6 +309,10 @@ class FallbackVcpu:
             return ex  # the instruction's own I/O (or a kick); the step goes on at the next run
         self._stepping = False
         self._read_target = self.kvm
+        if self._rearm:
+            self._rearm = False
+            if self._vm.repair is not None:
+                self._vm.repair.rearm()
         stats = self._vm.stats
         exc = soft_exception_vector(ex)
         if (exc is not None and exc[0] == VECTOR_DB) or isinstance(ex, HaltExit):
@@ -370,11 +400,13 @@ def _name(vector: int) -> str:
 class FallbackVm:
     """A KVM VM (``primary``) plus the soft VM its vCPUs fall back on; other attributes are KVM's."""
 
-    def __init__(self, primary: AccelVm, stats: FallbackStats) -> None:
+    def __init__(self, primary: AccelVm, stats: FallbackStats, *, repair: bool = False) -> None:
         self.primary = primary
         self.stats = stats
         self.soft = _SoftSide()
         self.name = primary.name
+        self._memory = SlotMemory()
+        self.repair = SyscallRepair(self._memory) if repair else None
 
     def __getattr__(self, name: str) -> Any:
         # Interrupt controllers and the VM fd are the KVM VM's (acrn.emu.irq reaches them here).
@@ -383,10 +415,12 @@ class FallbackVm:
     def map_memory(self, gpa: int, size: int, host_addr: int, *, writable: bool = True) -> None:
         self.primary.map_memory(gpa, size, host_addr, writable=writable)
         self.soft.map(gpa, size, host_addr, writable)
+        self._memory.map(gpa, size, host_addr, writable)
 
     def unmap_memory(self, gpa: int, size: int) -> None:
         self.primary.unmap_memory(gpa, size)
         self.soft.unmap(gpa, size)
+        self._memory.unmap(gpa, size)
 
     def create_vcpu(self, vcpu_id: int) -> AccelVcpu:
         return FallbackVcpu(self, self.primary.create_vcpu(vcpu_id))
@@ -401,13 +435,20 @@ class FallbackAccelerator:
 
     name = "kvm"
 
-    def __init__(self, primary: Accelerator | None = None) -> None:
+    def __init__(self, primary: Accelerator | None = None, *, syscall_repair: bool | None = None) -> None:
         if primary is None:
             from acrn.emu.accel.kvm import KvmAccelerator
 
             primary = KvmAccelerator(irqchip=True)
         self.primary = primary
         self.stats = FallbackStats()
+        #: None: decided by :func:`acrn.emu.syscall_repair.probe` at the first VM.
+        self.syscall_repair = syscall_repair
+
+    def _repair(self) -> bool:
+        if self.syscall_repair is None:
+            self.syscall_repair = probe().needed
+        return self.syscall_repair
 
     @staticmethod
     def available() -> tuple[bool, str]:
@@ -420,7 +461,7 @@ class FallbackAccelerator:
         return ok2, f"{why}; fallback on {why2}"
 
     def create_vm(self) -> FallbackVm:
-        return FallbackVm(self.primary.create_vm(), self.stats)
+        return FallbackVm(self.primary.create_vm(), self.stats, repair=self._repair())
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,6 +479,8 @@ class HybridVcpu(FallbackVcpu):
     def set_state(self, state: CpuState) -> None:
         self._stepping = False
         self._soft_io_pending = False
+        if self._vm.repair is not None and self.vcpu_id == 0:
+            self._vm.repair.forget()
         # A (re)load of the BSP starts on the soft CPU again (a guest reset re-runs the loader);
         # APs always run on KVM (they start through INIT/SIPI, which needs its local APICs).
         self.on_soft = self.vcpu_id == 0 and not self._hvm.switch_requested.is_set()
@@ -494,8 +537,8 @@ class HybridVcpu(FallbackVcpu):
 class HybridVm(FallbackVm):
     """A :class:`FallbackVm` whose vCPUs start on the soft CPU; interrupts move them all to KVM."""
 
-    def __init__(self, primary: AccelVm, stats: FallbackStats) -> None:
-        super().__init__(primary, stats)
+    def __init__(self, primary: AccelVm, stats: FallbackStats, *, repair: bool = False) -> None:
+        super().__init__(primary, stats, repair=repair)
         self.name = "hybrid"
         self.switch_requested = threading.Event()
         self._vcpus: list[HybridVcpu] = []
@@ -532,7 +575,7 @@ class HybridAccelerator(FallbackAccelerator):
     name = "hybrid"
 
     def create_vm(self) -> HybridVm:
-        return HybridVm(self.primary.create_vm(), self.stats)
+        return HybridVm(self.primary.create_vm(), self.stats, repair=self._repair())
 
 
 __all__ = [

@@ -256,6 +256,8 @@ GUESTS: Final[dict[str, Guest]] = {
         Guest("ioevent_probe", "reads and writes a notify port (DX) and MMIO address (ESI) as a virtio "
               "driver kicks a queue; reports reads to port 0xE0", "protected", expected_output="",
               params={"rdx": IOEVENT_PORT, "rsi": IOEVENT_MMIO, "rcx": IOEVENT_MATCH, "rbx": IOEVENT_OTHER}),
+        Guest("syscall_user", "kernel/user split: int3 at CPL 0, two SYSCALL/SYSRET round trips from user "
+              "mode, then a user #PF; prints the state each arrives with", "long"),
     )
 }  # fmt: skip
 

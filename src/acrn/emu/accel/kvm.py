@@ -750,6 +750,18 @@ class KvmVcpu:
             index, value = items[written]
             raise OSError(errno.EINVAL, f"KVM_SET_MSRS refused MSR {index:#x} = {value:#x}")
 
+    def get_msrs(self, indices: list[int]) -> dict[int, int]:
+        """``KVM_GET_MSRS``: the current value of each MSR KVM reports (those it refuses are left out)."""
+        self._check_open()
+        head = ctypes.sizeof(abi.kvm_msrs)
+        esz = ctypes.sizeof(abi.kvm_msr_entry)
+        buf = bytearray(head + len(indices) * esz)
+        _U32.pack_into(buf, 0, len(indices))
+        for i, index in enumerate(indices):
+            struct.pack_into("<IIQ", buf, head + i * esz, index, 0, 0)
+        got = _ioctl(self._fd, "KVM_GET_MSRS", abi.KVM_GET_MSRS, buf)
+        return {indices[i]: struct.unpack_from("<Q", buf, head + i * esz + 8)[0] for i in range(got)}
+
     def _set_lint(self) -> None:
         """LAPIC LVT LINT0 = ExtINT, LINT1 = NMI, so the in-kernel 8259 reaches the CPU (spec 3.1)."""
         raw = bytearray(ctypes.sizeof(abi.kvm_lapic_state))
