@@ -137,6 +137,38 @@ def _dt() -> DescriptorTable:
     return DescriptorTable()
 
 
+def _st() -> list[bytes]:
+    return [bytes(10)] * 8
+
+
+def _xmm() -> list[bytes]:
+    return [bytes(16)] * 16
+
+
+@dataclass
+class FpuState:
+    """The x87 and SSE state in FXSAVE's terms, as it crosses between accelerators.
+
+    ``st[i]`` is ST(i), stack order, as the 80-bit value's 10 little-endian bytes; ``ftw`` is the
+    abridged tag word (bit ``p`` set: physical register ``p`` is in use), ``fsw`` holds TOP in bits
+    13:11, so physical register ``p`` is ST((p - TOP) mod 8).  Defaults are the FNINIT/reset state.
+    """
+
+    fcw: int = 0x037F
+    fsw: int = 0
+    ftw: int = 0
+    fop: int = 0
+    fip: int = 0
+    fdp: int = 0
+    st: list[bytes] = field(default_factory=_st)
+    xmm: list[bytes] = field(default_factory=_xmm)
+    mxcsr: int = 0x1F80
+
+    @property
+    def top(self) -> int:
+        return (self.fsw >> 11) & 7
+
+
 @dataclass
 class CpuState:
     """The architectural state of one vCPU that VM entry needs (and that dumps report)."""

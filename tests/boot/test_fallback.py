@@ -202,3 +202,61 @@ def test_hybrid_switch_waits_for_the_outstanding_io_of_the_soft_cpu() -> None:
     finally:
         vm.close()
         mem.close()
+
+
+# fninit; fldpi; fld1; faddp; fstpl [rsi]; fld1; fld1; hlt     (x87 arithmetic: this KVM cannot
+# emulate it, so each instruction is stepped on the soft CPU; the stack must survive every crossing)
+X87_CODE = bytes.fromhex("dbe3" "d9eb" "d9e8" "dec1" "dd1e" "d9e8" "d9e8" "f4")  # fmt: skip
+ONE_80 = (0x8000000000000000).to_bytes(8, "little") + (0x3FFF).to_bytes(2, "little")
+
+
+@pytest.mark.kvm
+@pytest.mark.soft
+def test_x87_stack_crosses_between_kvm_and_the_soft_cpu() -> None:
+    import math
+
+    from acrn.emu.accel.kvm import KvmAccelerator
+
+    accel = FallbackAccelerator(KvmAccelerator(irqchip=False))
+    mem = HostMemory(2 << 20)
+    vm = accel.create_vm()
+    try:
+        vm.map_memory(0, mem.size, mem.address)
+        regs = preset_regs("long", ENTRY, mem.size, mem.write)
+        regs.rsi = DATA
+        mem.write(ENTRY, X87_CODE)
+        vcpu = vm.create_vcpu(0)
+        vcpu.set_state(land_vcpu_regs(regs.to_struct().vcpu_regs))
+        ex = vcpu.run()
+        assert isinstance(ex, HaltExit), ex
+        assert struct.unpack("<d", mem.read(DATA, 8))[0] == 1 + math.pi
+        fpu = vcpu.get_fpu()  # type: ignore[attr-defined]
+        assert (fpu.fsw >> 11) & 7 == 6  # two values pushed after the store popped the stack empty
+        assert fpu.ftwx == 0b1100_0000  # physical registers 6 and 7 in use
+        assert bytes(fpu.fpr[0])[:10] == ONE_80 and bytes(fpu.fpr[1])[:10] == ONE_80
+        vcpu.close()
+    finally:
+        vm.close()
+        mem.close()
+
+
+def test_fpu_state_converts_to_and_from_kvm_fpu() -> None:
+    from acrn.arch import FpuState
+    from acrn.emu.accel import kvm_abi as abi
+    from acrn.emu.fallback import fpu_from_kvm, fpu_to_kvm
+
+    st = FpuState(
+        fcw=0x27F, fsw=5 << 11 | 0x41, ftw=0b1110_0000, fop=0x1EB, fip=0x8004, fdp=0x10000,
+        st=[bytes([i] * 10) for i in range(8)], xmm=[bytes([0x80 + i] * 16) for i in range(16)], mxcsr=0x9FC0,
+    )  # fmt: skip
+    raw = abi.kvm_fpu()
+    fpu_to_kvm(st, raw)
+    assert bytes(raw.fpr[3]) == bytes([3] * 10) + bytes(6)
+    assert (raw.fcw, raw.fsw, raw.ftwx, raw.last_opcode, raw.mxcsr) == (
+        0x27F,
+        5 << 11 | 0x41,
+        0xE0,
+        0x1EB,
+        0x9FC0,
+    )
+    assert fpu_from_kvm(raw) == st

@@ -540,3 +540,33 @@ def test_runtime_handles_soft_io_on_the_vcpu_thread(fast: bool) -> None:
         assert result.exits["pio"] == 50
     finally:
         machine.runtime.close()
+
+
+def test_fpu_state_round_trips_and_computes_on_the_soft_cpu() -> None:
+    """ST(i) is stack-relative in FpuState and physical in unicorn: TOP must be honoured both ways."""
+    import struct as _struct
+
+    from acrn.arch import FpuState
+    from acrn.emu.accel.soft import SoftAccelerator
+
+    def f80(x: float) -> bytes:
+        # 80-bit extended from a positive normal double: explicit integer bit, 15-bit exponent.
+        bits = _struct.unpack("<Q", _struct.pack("<d", x))[0]
+        exp = ((bits >> 52) & 0x7FF) - 1023 + 16383
+        mant = (1 << 63) | ((bits & ((1 << 52) - 1)) << 11)
+        return mant.to_bytes(8, "little") + exp.to_bytes(2, "little")
+
+    vm = SoftAccelerator().create_vm()
+    try:
+        vcpu = vm.create_vcpu(0)
+        state = FpuState(
+            fcw=0x37F, fsw=5 << 11, ftw=(1 << 5) | (1 << 6),  # ST0 = physical 5, ST1 = physical 6
+            st=[f80(2.0), f80(0.5)] + [bytes(10)] * 6,
+            xmm=[bytes([i] * 16) for i in range(16)], mxcsr=0x1F80,
+        )  # fmt: skip
+        vcpu.set_fpu_state(state)  # type: ignore[attr-defined]
+        back = vcpu.get_fpu_state()  # type: ignore[attr-defined]
+        assert back.top == 5 and back.ftw == state.ftw
+        assert back.st[:2] == state.st[:2] and back.xmm == state.xmm and back.mxcsr == 0x1F80
+    finally:
+        vm.close()

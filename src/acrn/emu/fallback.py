@@ -21,10 +21,12 @@ Every event is counted per instruction (:attr:`FallbackStats.events`) for ``acrn
 Where this KVM delivers a user-mode SYSCALL with the user CS/SS still loaded, the VM also gets the
 :mod:`acrn.emu.syscall_repair` trap (decided by its probe, once per process; ``syscall_repair``
 forces it on or off): its int3 on the guest's #PF handler is handled here before any other.
-What crosses over: the :class:`~acrn.arch.CpuState` plus the SSE registers (XMM0-15, MXCSR) and
-the x87 control/status words (``KVM_GET/SET_FPU``; this KVM cannot emulate most SSE integer
+What crosses over: the :class:`~acrn.arch.CpuState` plus the x87 and SSE registers as an
+:class:`~acrn.arch.FpuState` (``KVM_GET/SET_FPU``: ST0-7, control/status/tag words, last
+opcode/IP/DP, XMM0-15, MXCSR; this KVM cannot emulate x87 arithmetic or most SSE integer
 instructions - pshufb, paddd, pxor, palignr - so the soft CPU must compute them on the guest's
-values).  Not carried: the x87 data registers, MSRs other than EFER.  The error code of an
+values).  Not carried: MSRs other than EFER (an instruction stepped on the soft CPU that reads one, such as
+rdtscp or swapgs, sees the soft CPU's value; this KVM emulates those itself).  The error code of an
 exception raised on the soft CPU is not known (0 is given) and #PF's CR2 is the soft CPU's.
 
 :class:`HybridAccelerator` runs a vCPU on the soft accelerator first and moves it to KVM (with the
@@ -43,7 +45,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from acrn.arch import RFLAGS_TF, CpuState
+from acrn.arch import RFLAGS_TF, CpuState, FpuState
 from acrn.emu.accel.base import (
     Accelerator,
     AccelVcpu,
@@ -197,7 +199,7 @@ class FallbackVcpu:
         self._step_tf = False  # the guest's own TF before the step
         self._step_what = ""
         self._step_failure: EmulationFailureExit | None = None
-        self._sse = False  # the SSE registers went to the soft CPU for this step
+        self._fpu = False  # the x87/SSE registers went to the soft CPU for this step
         self._rearm = False  # the step ran the #PF handler's original first instruction
         self._read_target: AccelVcpu = kvm_vcpu
 
@@ -294,7 +296,7 @@ class FallbackVcpu:
         st.rflags |= RFLAGS_TF
         soft = self._soft_vcpu()
         soft.set_state(st)
-        self._sse = copy_sse_to_soft(self.kvm, soft)
+        self._fpu = copy_fpu_to_soft(self.kvm, soft)
         self._stepping = True
         self._step_what = mnemonic(insn) if insn else "?"
         self._step_failure = ex
@@ -320,8 +322,8 @@ class FallbackVcpu:
             if not self._step_tf:
                 st.rflags &= ~RFLAGS_TF
             self.kvm.set_state(st)
-            if self._sse:
-                copy_sse_to_kvm(soft, self.kvm)
+            if self._fpu:
+                copy_fpu_to_kvm(soft, self.kvm)
             stats.count(self._step_what)
             return None
         if exc is not None:
@@ -351,42 +353,51 @@ class FallbackVcpu:
         inject(vector, 0 if vector in ERROR_CODE_VECTORS else None)
 
 
-def _soft_engine(soft: AccelVcpu) -> Any:
-    """The unicorn engine of a soft vCPU (for the SSE registers, which CpuState does not hold)."""
-    return getattr(soft, "_uc", None)
+def fpu_from_kvm(fpu: Any) -> FpuState:
+    """``struct kvm_fpu`` (FXSAVE layout: ``fpr[i]`` is ST(i), ``ftwx`` abridged) as an FpuState."""
+    return FpuState(
+        fcw=fpu.fcw,
+        fsw=fpu.fsw,
+        ftw=fpu.ftwx,
+        fop=fpu.last_opcode,
+        fip=fpu.last_ip,
+        fdp=fpu.last_dp,
+        st=[bytes(fpu.fpr[i])[:10] for i in range(8)],
+        xmm=[bytes(fpu.xmm[i]) for i in range(16)],
+        mxcsr=fpu.mxcsr,
+    )
 
 
-def copy_sse_to_soft(kvm: AccelVcpu, soft: AccelVcpu) -> bool:
-    """KVM's XMM0-15, MXCSR, FCW and FSW into the soft CPU; False when either side cannot."""
-    get_fpu = getattr(kvm, "get_fpu", None)
-    uc = _soft_engine(soft)
-    if get_fpu is None or uc is None:
-        return False
-    import unicorn.x86_const as x
-
-    fpu = get_fpu()
+def fpu_to_kvm(state: FpuState, fpu: Any) -> None:
+    """Write ``state`` into a ``struct kvm_fpu`` (the 6 bytes above each 80-bit value are zero)."""
+    fpu.fcw, fpu.fsw, fpu.ftwx = state.fcw, state.fsw, state.ftw
+    fpu.last_opcode, fpu.last_ip, fpu.last_dp = state.fop, state.fip, state.fdp
+    for i in range(8):
+        fpu.fpr[i][:] = list(state.st[i][:10].ljust(16, b"\0"))
     for i in range(16):
-        uc.reg_write(getattr(x, f"UC_X86_REG_XMM{i}"), int.from_bytes(bytes(fpu.xmm[i]), "little"))
-    uc.reg_write(x.UC_X86_REG_MXCSR, fpu.mxcsr)
-    uc.reg_write(x.UC_X86_REG_FPCW, fpu.fcw)
-    uc.reg_write(x.UC_X86_REG_FPSW, fpu.fsw)
+        fpu.xmm[i][:] = list(state.xmm[i])
+    fpu.mxcsr = state.mxcsr
+
+
+def copy_fpu_to_soft(kvm: AccelVcpu, soft: AccelVcpu) -> bool:
+    """KVM's x87 and SSE registers into the soft CPU; False when either side cannot."""
+    get_fpu = getattr(kvm, "get_fpu", None)
+    set_state = getattr(soft, "set_fpu_state", None)
+    if get_fpu is None or set_state is None:
+        return False
+    set_state(fpu_from_kvm(get_fpu()))
     return True
 
 
-def copy_sse_to_kvm(soft: AccelVcpu, kvm: AccelVcpu) -> None:
-    """The soft CPU's XMM0-15 and MXCSR back into KVM (the x87 words are left as KVM has them)."""
+def copy_fpu_to_kvm(soft: AccelVcpu, kvm: AccelVcpu) -> None:
+    """The soft CPU's x87 and SSE registers back into KVM."""
     get_fpu = getattr(kvm, "get_fpu", None)
     set_fpu = getattr(kvm, "set_fpu", None)
-    uc = _soft_engine(soft)
-    if get_fpu is None or set_fpu is None or uc is None:
+    get_state = getattr(soft, "get_fpu_state", None)
+    if get_fpu is None or set_fpu is None or get_state is None:
         return
-    import unicorn.x86_const as x
-
     fpu = get_fpu()
-    for i in range(16):
-        value = uc.reg_read(getattr(x, f"UC_X86_REG_XMM{i}")) & ((1 << 128) - 1)
-        fpu.xmm[i][:] = list(value.to_bytes(16, "little"))
-    fpu.mxcsr = uc.reg_read(x.UC_X86_REG_MXCSR) & 0xFFFFFFFF
+    fpu_to_kvm(get_state(), fpu)
     set_fpu(fpu)
 
 
@@ -485,7 +496,11 @@ class HybridVcpu(FallbackVcpu):
         # APs always run on KVM (they start through INIT/SIPI, which needs its local APICs).
         self.on_soft = self.vcpu_id == 0 and not self._hvm.switch_requested.is_set()
         if self.on_soft:
-            self._soft_vcpu().set_state(state)
+            soft = self._soft_vcpu()
+            soft.set_state(state)
+            set_fpu_state = getattr(soft, "set_fpu_state", None)
+            if set_fpu_state is not None:
+                set_fpu_state(FpuState())  # the reset state KVM gives a new vCPU (FNINIT, MXCSR 0x1F80)
         else:
             self.kvm.set_state(state)
 
@@ -506,7 +521,7 @@ class HybridVcpu(FallbackVcpu):
         st = soft.get_state()
         st.rip -= rewind
         self.kvm.set_state(st)
-        copy_sse_to_kvm(soft, self.kvm)
+        copy_fpu_to_kvm(soft, self.kvm)
         self.on_soft = False
         self._hvm.stats.switches += 1
         log.info("vCPU %d: soft CPU -> KVM at rip=%#x", self.vcpu_id, st.rip)

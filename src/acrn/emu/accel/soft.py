@@ -70,6 +70,7 @@ from acrn.arch import (
     RFLAGS_IF,
     CpuState,
     DescriptorTable,
+    FpuState,
     Segment,
 )
 from acrn.emu.accel import soft_layout as lay
@@ -360,6 +361,55 @@ class SoftVcpu:
         for (name, _), reg in zip(_GPR_REGS, self._gpr_ids, strict=True):
             setattr(st, name, uc.reg_read(reg))
         return st
+
+    def get_fpu_state(self) -> FpuState:
+        """The x87 and SSE registers (unicorn keeps x87 registers by physical index, with tags)."""
+        self._check_open()
+        x = self._x
+        uc = self._uc
+        fsw = uc.reg_read(x.UC_X86_REG_FPSW) & 0xFFFF
+        top = (fsw >> 11) & 7
+        tags = uc.reg_read(x.UC_X86_REG_FPTAG)
+        ftw = sum(1 << p for p in range(8) if (tags >> (2 * p)) & 3 != 3)
+        st = []
+        for i in range(8):
+            mantissa, exponent = uc.reg_read(x.UC_X86_REG_FP0 + (top + i) % 8)
+            st.append(mantissa.to_bytes(8, "little") + (exponent & 0xFFFF).to_bytes(2, "little"))
+        xmm = [
+            (uc.reg_read(getattr(x, f"UC_X86_REG_XMM{i}")) & ((1 << 128) - 1)).to_bytes(16, "little")
+            for i in range(16)
+        ]
+        return FpuState(
+            fcw=uc.reg_read(x.UC_X86_REG_FPCW) & 0xFFFF,
+            fsw=fsw,
+            ftw=ftw,
+            fop=uc.reg_read(x.UC_X86_REG_FOP) & 0x7FF,
+            fip=uc.reg_read(x.UC_X86_REG_FIP),
+            fdp=uc.reg_read(x.UC_X86_REG_FDP),
+            st=st,
+            xmm=xmm,
+            mxcsr=uc.reg_read(x.UC_X86_REG_MXCSR) & 0xFFFFFFFF,
+        )
+
+    def set_fpu_state(self, fpu: FpuState) -> None:
+        """Load the x87 and SSE registers (after :meth:`set_state`, which leaves them alone)."""
+        self._check_open()
+        x = self._x
+        uc = self._uc
+        top = fpu.top
+        uc.reg_write(x.UC_X86_REG_FPCW, fpu.fcw)
+        uc.reg_write(x.UC_X86_REG_FPSW, fpu.fsw)
+        for i, raw in enumerate(fpu.st):
+            value = (int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:10], "little"))
+            uc.reg_write(x.UC_X86_REG_FP0 + (top + i) % 8, value)
+        # Full tag word from the abridged one: 00 (valid) for a register in use, 11 (empty) else.
+        uc.reg_write(x.UC_X86_REG_FPTAG, sum(3 << (2 * p) for p in range(8) if not fpu.ftw >> p & 1))
+        uc.reg_write(x.UC_X86_REG_FOP, fpu.fop)
+        uc.reg_write(x.UC_X86_REG_FIP, fpu.fip)
+        uc.reg_write(x.UC_X86_REG_FDP, fpu.fdp)
+        for i, raw in enumerate(fpu.xmm):
+            uc.reg_write(getattr(x, f"UC_X86_REG_XMM{i}"), int.from_bytes(raw, "little"))
+        uc.reg_write(x.UC_X86_REG_MXCSR, fpu.mxcsr)
 
     def _segment_from_cache(self, name: str, cache: tuple[int, int, int, int]) -> Segment:
         sel, base, limit, flags = cache
