@@ -570,3 +570,20 @@ def test_fpu_state_round_trips_and_computes_on_the_soft_cpu() -> None:
         assert back.st[:2] == state.st[:2] and back.xmm == state.xmm and back.mxcsr == 0x1F80
     finally:
         vm.close()
+
+
+def test_msrs_round_trip_on_the_soft_cpu() -> None:
+    from acrn.emu.accel.soft import SoftAccelerator
+    from acrn.emu.fallback import CARRIED_MSRS
+
+    vm = SoftAccelerator().create_vm()
+    try:
+        vcpu = vm.create_vcpu(0)
+        values = {index: 0xFFFF_8000_0000_1000 + n * 8 for n, index in enumerate(CARRIED_MSRS)}
+        values[0x174] = 0x10  # SYSENTER_CS: a selector
+        values[0x277] = 0x0007_0406_0007_0406  # PAT: its reset value
+        values[0xC0000103] = 7  # TSC_AUX: 32 bits
+        vcpu.set_msrs(values)  # type: ignore[attr-defined]
+        assert vcpu.get_msrs(list(CARRIED_MSRS)) == values  # type: ignore[attr-defined]
+    finally:
+        vm.close()

@@ -14,7 +14,7 @@ import pytest
 from acrn.device import EmulatedDevice
 from acrn.dm.vmm import VmSession
 from acrn.emu.accel import availability
-from acrn.emu.fallback import FallbackAccelerator
+from acrn.emu.fallback import FallbackAccelerator, HybridAccelerator
 from acrn.emu.machine import Machine
 from acrn.emu.syscall_repair import parse_syscall_user, probe
 from acrn.guests import GUESTS
@@ -25,12 +25,14 @@ pytestmark = [pytest.mark.kvm, pytest.mark.skipif(not _ok, reason=f"needs /dev/k
 SYSCALL, FAULT, BP = 0, 1, 2
 
 
-def run_guest(repair: bool | None) -> tuple[str, FallbackAccelerator]:
+def run_guest(repair: bool | None, hybrid: bool = False) -> tuple[str, FallbackAccelerator]:
     g = GUESTS["syscall_user"]
-    accel = FallbackAccelerator(syscall_repair=repair)
+    accel = (HybridAccelerator if hybrid else FallbackAccelerator)(syscall_repair=repair)
     machine = Machine(accel=accel)  # type: ignore[arg-type]
     try:
-        with VmSession(mem_size=g.mem_size, device=EmulatedDevice(machine), accel="kvm") as s:
+        with VmSession(
+            mem_size=g.mem_size, device=EmulatedDevice(machine), accel=machine.runtime.accel_name
+        ) as s:
             s.load(g.load_gpa, g.image())
             s.set_regs(g.regs())
             result = s.run(timeout=60)
@@ -40,8 +42,12 @@ def run_guest(repair: bool | None) -> tuple[str, FallbackAccelerator]:
     return result.output.decode(errors="replace"), accel
 
 
-def test_syscall_and_sysret_are_architectural_with_the_fallback() -> None:
-    out, accel = run_guest(None)
+@pytest.mark.soft
+@pytest.mark.parametrize("hybrid", [False, True], ids=["fallback", "hybrid"])
+def test_syscall_and_sysret_are_architectural_with_the_fallback(hybrid: bool) -> None:
+    # hybrid: the set-up (GDT, IDT, TSS, the SYSCALL MSRs) runs on the soft CPU and the int3 moves
+    # the vCPU to KVM, so this also checks that the MSRs cross over.
+    out, accel = run_guest(None, hybrid)
     records = parse_syscall_user(out)
     assert [r["kind"] for r in records] == [BP, SYSCALL, SYSCALL, FAULT], out
     first, second, fault = records[1], records[2], records[3]

@@ -25,8 +25,7 @@ What crosses over: the :class:`~acrn.arch.CpuState` plus the x87 and SSE registe
 :class:`~acrn.arch.FpuState` (``KVM_GET/SET_FPU``: ST0-7, control/status/tag words, last
 opcode/IP/DP, XMM0-15, MXCSR; this KVM cannot emulate x87 arithmetic or most SSE integer
 instructions - pshufb, paddd, pxor, palignr - so the soft CPU must compute them on the guest's
-values).  Not carried: MSRs other than EFER (an instruction stepped on the soft CPU that reads one, such as
-rdtscp or swapgs, sees the soft CPU's value; this KVM emulates those itself).  The error code of an
+values), and the SYSCALL/SYSENTER MSRs, PAT, KERNEL_GS_BASE and TSC_AUX (:data:`CARRIED_MSRS`).  The error code of an
 exception raised on the soft CPU is not known (0 is given) and #PF's CR2 is the soft CPU's.
 
 :class:`HybridAccelerator` runs a vCPU on the soft accelerator first and moves it to KVM (with the
@@ -297,6 +296,7 @@ class FallbackVcpu:
         soft = self._soft_vcpu()
         soft.set_state(st)
         self._fpu = copy_fpu_to_soft(self.kvm, soft)
+        copy_msrs(self.kvm, soft)
         self._stepping = True
         self._step_what = mnemonic(insn) if insn else "?"
         self._step_failure = ex
@@ -324,6 +324,7 @@ class FallbackVcpu:
             self.kvm.set_state(st)
             if self._fpu:
                 copy_fpu_to_kvm(soft, self.kvm)
+            copy_msrs(soft, self.kvm)
             stats.count(self._step_what)
             return None
         if exc is not None:
@@ -377,6 +378,24 @@ def fpu_to_kvm(state: FpuState, fpu: Any) -> None:
     for i in range(16):
         fpu.xmm[i][:] = list(state.xmm[i])
     fpu.mxcsr = state.mxcsr
+
+
+#: MSRs that cross with the state (EFER is in CpuState; FS/GS bases are segment bases): the
+#: SYSENTER and SYSCALL MSRs, PAT, KERNEL_GS_BASE and TSC_AUX.  A guest that programs them on the
+#: soft CPU (the hybrid's first phase) keeps them on KVM, and a stepped instruction sees them.
+CARRIED_MSRS: Final = (0x174, 0x175, 0x176, 0x277, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084,
+                       0xC0000102, 0xC0000103)  # fmt: skip
+
+
+def copy_msrs(src: AccelVcpu, dst: AccelVcpu) -> None:
+    """:data:`CARRIED_MSRS` from one accelerator's vCPU to the other's (where both can)."""
+    get_msrs = getattr(src, "get_msrs", None)
+    set_msrs = getattr(dst, "set_msrs", None)
+    if get_msrs is None or set_msrs is None:
+        return
+    values = get_msrs(list(CARRIED_MSRS))
+    if values:
+        set_msrs(values)
 
 
 def copy_fpu_to_soft(kvm: AccelVcpu, soft: AccelVcpu) -> bool:
@@ -522,6 +541,7 @@ class HybridVcpu(FallbackVcpu):
         st.rip -= rewind
         self.kvm.set_state(st)
         copy_fpu_to_kvm(soft, self.kvm)
+        copy_msrs(soft, self.kvm)
         self.on_soft = False
         self._hvm.stats.switches += 1
         log.info("vCPU %d: soft CPU -> KVM at rip=%#x", self.vcpu_id, st.rip)

@@ -750,6 +750,11 @@ class KvmVcpu:
             index, value = items[written]
             raise OSError(errno.EINVAL, f"KVM_SET_MSRS refused MSR {index:#x} = {value:#x}")
 
+    def set_msrs(self, msrs: dict[int, int]) -> None:
+        """``KVM_SET_MSRS``; OSError(EINVAL) names the first MSR KVM refuses."""
+        self._check_open()
+        self._set_msrs(msrs)
+
     def get_msrs(self, indices: list[int]) -> dict[int, int]:
         """``KVM_GET_MSRS``: the current value of each MSR KVM reports (those it refuses are left out)."""
         self._check_open()

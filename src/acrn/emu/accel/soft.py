@@ -362,6 +362,17 @@ class SoftVcpu:
             setattr(st, name, uc.reg_read(reg))
         return st
 
+    def get_msrs(self, indices: list[int]) -> dict[int, int]:
+        """The MSRs the engine knows (unicorn's rdmsr: SYSENTER_*, PAT, STAR/LSTAR/CSTAR/FMASK, ...)."""
+        self._check_open()
+        return {i: self._uc.msr_read(i) for i in indices}
+
+    def set_msrs(self, msrs: dict[int, int]) -> None:
+        """Write MSRs into the engine (EFER goes with :meth:`set_state`)."""
+        self._check_open()
+        for index, value in msrs.items():
+            self._uc.msr_write(index, value)
+
     def get_fpu_state(self) -> FpuState:
         """The x87 and SSE registers (unicorn keeps x87 registers by physical index, with tags)."""
         self._check_open()
