@@ -49,6 +49,7 @@ from acrn.emu.accel.base import (
     StartupExit,
     UnknownExit,
     VmExit,
+    io_loop_vcpu,
     multiprocessor_vcpu,
     sync_io_vcpu,
 )
@@ -140,17 +141,24 @@ class _Mapped:
 
 
 class _VcpuRunner:
-    """One vCPU thread."""
+    """One vCPU thread.
+
+    Being "in the guest" is holding :attr:`guest` (a bare lock): the thread takes it, checks that
+    it may run, runs the accelerator and drops it to handle the exit, so :meth:`park` waits for
+    the guest to be left by taking it once, and the hot loop pays two lock operations per exit
+    rather than two Condition round trips.  The Condition only parks and wakes the thread.
+    """
 
     def __init__(self, vmrt: VmRuntime, vcpu_id: int, avcpu: AccelVcpu) -> None:
         self.vmrt = vmrt
         self.vcpu_id = vcpu_id
         self.avcpu = avcpu
         self.cond = threading.Condition()
+        #: Held by the vCPU thread while it may execute guest code (see the class docstring).
+        self.guest = threading.Lock()
         self.run_allowed = False  # set by START, cleared by PAUSE/DESTROY
         self.reload = True  # load the hypervisor's landed state before the next run
         self.stopped = False  # parked after a StopReport until RESET
-        self.in_guest = False
         self.quit = False
         self.generation = 0  # bumped by every START: tells exits of an abandoned run apart
         self.exit_generation = 0  # the generation of the run whose exit is being handled
@@ -171,12 +179,19 @@ class _VcpuRunner:
             # The soft CPU meets I/O inside an instruction: handling it there, on this thread,
             # saves a thread handoff per exit; both ioreq paths run unchanged inside the handler.
             sync_io.set_io_handler(self._io_exit)
+        self._io_loop = io_loop_vcpu(avcpu)
+
+    @property
+    def in_guest(self) -> bool:
+        """Whether the thread is (or may be about to be) executing guest code."""
+        return self.guest.locked()
 
     # ------------------------------------------------------------------ control (any thread)
     def allow(self) -> None:
         with self.cond:
-            self.run_allowed = True
+            # The generation first: the hot loop reads run_allowed, then the generation, unlocked.
             self.generation += 1
+            self.run_allowed = True
             self.cond.notify_all()
 
     def park(self) -> None:
@@ -186,8 +201,9 @@ class _VcpuRunner:
             self.cond.notify_all()
         self.completed.set()  # abandon a request the device model may never complete
         self.avcpu.kick()
-        with self.cond:
-            self.cond.wait_for(lambda: not self.in_guest, timeout=10.0)
+        # The kick is sticky: a thread that is about to enter the guest returns at once.
+        if self.guest.acquire(True, 10.0):
+            self.guest.release()
 
     def stop_thread(self) -> None:
         with self.cond:
@@ -216,48 +232,77 @@ class _VcpuRunner:
                         # ACRN launches only the BSP; APs wait for the guest's INIT/SIPI (spec 2 START).
                         mp.power_on(wait_for_sipi=self.vcpu_id != BSP_VCPU_ID)
                     self.reload = False
-                with self.cond:
-                    if self.quit or not self.run_allowed or self.stopped:
-                        continue
-                    self.in_guest = True  # a kick from here on is sticky: run() returns at once
-                    generation = self.generation
-                ex = self.avcpu.run()
-                with self.cond:
-                    self.in_guest = False
-                    self.cond.notify_all()
-                    # An exit that completes a run PAUSE/RESET already abandoned (e.g. the soft CPU
-                    # finishing its block after an abandoned I/O) belongs to no boot: drop it.
-                    stale = generation != self.generation or not self.run_allowed
-                if stale and not isinstance(ex, PioExit | MmioExit):
-                    continue
-                self.exit_generation = generation
-                self._handle(ex)
+                self._run_guest()
         except Exception as e:  # a bug must end the VM with a report, never kill silently
             log.exception("vCPU %d thread failed", self.vcpu_id)
-            with self.cond:
-                self.in_guest = False
-                self.exit_generation = self.generation  # a failure always belongs to this boot
-                self.cond.notify_all()
+            self.exit_generation = self.generation  # a failure always belongs to this boot
             self._stop("error", f"{type(e).__name__}: {e}", None)
+
+    def _run_guest(self) -> None:
+        """Run the guest and handle its exits until PAUSE, DESTROY, a stop or RESET's reload."""
+        guest = self.guest
+        io_loop = self._io_loop
+        on_io = self._on_io
+        run = self.avcpu.run
+        while True:
+            guest.acquire()
+            try:
+                if self.quit or not self.run_allowed or self.stopped or self.reload:
+                    return
+                generation = self.generation
+                self.exit_generation = generation
+                ex = run() if io_loop is None else io_loop.run_io(on_io)
+            finally:
+                guest.release()
+            if ex is None:  # an I/O exit handled in place ended the loop: look at the flags again
+                continue
+            stale = generation != self.generation or not self.run_allowed
+            if stale and not isinstance(ex, PioExit | MmioExit):
+                continue
+            self._handle(ex)
+
+    def _on_io(self, is_mmio: bool, address: int, size: int, is_write: bool, value: int) -> int | None:
+        """An I/O exit handled inside :meth:`IoLoopVcpu.run_io`: what :meth:`_handle` does for it.
+
+        Called in the guest (``guest`` held); handles the request out of it, then takes ``guest``
+        again.  Returns the read value (0 for a write) to run on, or None when the thread must
+        look at its flags first (paused, stopped, restarted or reset meanwhile): a read's value is
+        then delivered here, as :meth:`_handle` does, and nothing else runs.
+        """
+        self.guest.release()
+        try:
+            if is_mmio:
+                self.counts.mmio += 1
+                v = self.vmrt.io_request(self, uapi.ACRN_IOREQ_TYPE_MMIO, address, size, is_write, value)
+            else:
+                self.counts.pio += 1
+                v = self.vmrt.io_request(self, uapi.ACRN_IOREQ_TYPE_PORTIO, address, size, is_write, value)
         finally:
-            with self.cond:
-                self.in_guest = False
-                self.cond.notify_all()
+            self.guest.acquire()
+        if (
+            v is None
+            or not self.run_allowed
+            or self.quit
+            or self.stopped
+            or self.reload
+            or self.generation != self.exit_generation
+        ):
+            if v is not None and not is_write:
+                self.avcpu.complete_read(v)
+            return None
+        return 0 if is_write else v
 
     def _io_exit(self, ex: PioExit | MmioExit) -> int | None:
         """One I/O access through the ioreq path: the read value (0 for writes), None if parked.
 
         Runs inside the engine's run(); the vCPU counts as out of the guest meanwhile, since the
-        ioreq path takes hv.lock, which PAUSE holds while it waits for in_guest to drop.
+        ioreq path takes hv.lock, which PAUSE holds while it waits for the guest to be left.
         """
-        with self.cond:
-            self.in_guest = False
-            self.cond.notify_all()
+        self.guest.release()
         try:
             return self._io_access(ex)
         finally:
-            with self.cond:
-                self.in_guest = self.run_allowed and not self.quit
+            self.guest.acquire()
 
     def _io_access(self, ex: PioExit | MmioExit) -> int | None:
         if isinstance(ex, PioExit):

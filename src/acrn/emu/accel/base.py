@@ -209,6 +209,39 @@ class SyncIoVcpu(Protocol):
         """
 
 
+#: An in-place I/O exit handler (see :class:`IoLoopVcpu`): ``(is_mmio, address, size, is_write,
+#: value) -> read value`` (anything for a write), or None to hand the access back to the caller.
+IoExitHandler = Callable[[bool, int, int, bool, int], int | None]
+
+
+class IoLoopVcpu(Protocol):
+    """Optional AccelVcpu capability (``io_loop`` is True): a run loop that handles I/O in place.
+
+    ``run_io(handler)`` behaves like repeated ``run()`` calls whose one-element PIO/MMIO exits are
+    passed to ``handler`` and completed with its value, without building exit objects or taking
+    per-exit locks: the engine's own hot loop.  It returns the first exit of any other kind (as
+    ``run`` would return it), or None when ``handler`` returned None, leaving that access to the
+    caller exactly as if ``run`` had returned it.  KVM offers it; the soft CPU has
+    :class:`SyncIoVcpu` instead.
+    """
+
+    io_loop: bool
+
+    def run_io(self, handler: IoExitHandler) -> VmExit | None:
+        """Run, handling one-element I/O exits with ``handler``, until another exit or a None."""
+
+
+def io_loop_vcpu(vcpu: AccelVcpu) -> IoLoopVcpu | None:
+    """``vcpu`` as an :class:`IoLoopVcpu` if its class offers ``run_io``, else None.
+
+    The class, not the instance: a wrapper that forwards unknown attributes to a KVM vCPU (the
+    fallback's) must not have its own ``run`` bypassed by the wrapped vCPU's loop.
+    """
+    if getattr(type(vcpu), "io_loop", False):
+        return vcpu  # type: ignore[return-value]
+    return None
+
+
 def sync_io_vcpu(vcpu: AccelVcpu) -> SyncIoVcpu | None:
     """``vcpu`` as a :class:`SyncIoVcpu` if it can handle I/O inside ``run``, else None."""
     if getattr(vcpu, "sync_io", False):

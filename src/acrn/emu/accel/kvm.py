@@ -68,6 +68,9 @@ from acrn.emu.accel.base import (
     VmExit,
 )
 
+if TYPE_CHECKING:
+    from acrn.emu.accel.base import IoExitHandler, IoLoopVcpu
+
 log = logging.getLogger(__name__)
 
 KVM_DEVICE: Final = "/dev/kvm"
@@ -893,7 +896,6 @@ class KvmVcpu:
         """One KVM_RUN; None when a halt probe interrupted a vCPU that is not halted with IF=0."""
         self._read_offset = -1
         self._read_waiting = False
-        run = self._run
         lock = self._lock
         with lock:
             if self._closed:
@@ -902,7 +904,7 @@ class KvmVcpu:
             self._entries += 1
         try:
             fcntl.ioctl(self._fd, abi.KVM_RUN, 0)
-            reason = _U32.unpack_from(run, abi.RUN_EXIT_REASON)[0]
+            reason = _U32.unpack_from(self._run, abi.RUN_EXIT_REASON)[0]
             self._completion_pending = False
         except InterruptedError:
             # Whether KVM finished a pending I/O before noticing the kick depends on the kernel
@@ -915,6 +917,109 @@ class KvmVcpu:
                 self._thread = None
                 if self._closed:
                     self._cond.notify_all()
+        return self._translate(reason)
+
+    #: :class:`acrn.emu.accel.base.IoLoopVcpu`: :meth:`run_io` is offered.
+    io_loop = True
+
+    def run_io(self, handler: IoExitHandler) -> VmExit | None:
+        """Run like :meth:`run`, but hand each one-element PIO/MMIO exit to ``handler`` in place.
+
+        ``handler(is_mmio, address, size, is_write, value)`` returns the value of a read (anything
+        for a write) and KVM_RUN is entered again at once, with no exit object built and no lock
+        taken per exit: the loop registers this thread for :meth:`kick` once, for its whole
+        duration.  It returns the first other exit (string I/O elements included, as :meth:`run`
+        reports them), or None as soon as ``handler`` returns None: the access is then the
+        caller's, exactly as after :meth:`run` returned it (:meth:`complete_read`, or abandoned).
+        A kick or close while the handler runs makes the next KVM_RUN return at once (sticky).
+        """
+        if self._closed:
+            raise ValueError(f"KVM vCPU {self.vcpu_id} is closed")
+        if self._str_left or self._entry_failure is not None or self._wait_sipi:
+            return self.run()
+        lock = self._lock
+        with lock:
+            if self._closed:
+                raise ValueError(f"KVM vCPU {self.vcpu_id} is closed")
+            self._thread = threading.get_ident()
+        try:
+            return self._io_loop(handler)
+        finally:
+            with lock:
+                self._thread = None
+                if self._closed:
+                    self._cond.notify_all()
+
+    def _io_loop(self, handler: IoExitHandler) -> VmExit | None:
+        """The loop of :meth:`run_io` (the caller registered this thread for kicks)."""
+        fd = self._fd
+        run = self._run
+        ioctl = fcntl.ioctl
+        kvm_run = abi.KVM_RUN
+        unpack_reason = _U32.unpack_from
+        unpack_io = _IO.unpack_from
+        from_bytes = int.from_bytes
+        while True:
+            if self._closed:  # close() waits for this thread: the fd is still open here
+                raise ValueError(f"KVM vCPU {self.vcpu_id} is closed")
+            self._read_offset = -1
+            self._read_waiting = False
+            self._entries += 1
+            try:
+                ioctl(fd, kvm_run, 0)
+                reason = unpack_reason(run, abi.RUN_EXIT_REASON)[0]
+                self._completion_pending = False
+            except InterruptedError:
+                reason = _EINTR
+            except OSError as e:
+                raise OSError(e.errno, f"KVM_RUN: {os.strerror(e.errno or 0)}") from None
+            if reason == abi.KVM_EXIT_IO:
+                direction, size, port, count, offset = unpack_io(run, abi.RUN_IO_DIRECTION)
+                if count == 1:
+                    self._completion_pending = True
+                    if direction == abi.KVM_EXIT_IO_OUT:
+                        if (
+                            handler(
+                                False, port, size, True, from_bytes(run[offset : offset + size], "little")
+                            )
+                            is None
+                        ):
+                            return None
+                        continue
+                    run[offset : offset + size] = _ZERO8[:size]  # an unanswered read reads 0
+                    self._read_offset = offset
+                    self._read_size = size
+                    self._read_waiting = True
+                    value = handler(False, port, size, False, 0)
+                    if value is None:
+                        return None
+                    run[offset : offset + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+                    self._read_waiting = False
+                    continue
+            elif reason == abi.KVM_EXIT_MMIO:
+                addr, data, length, is_write = _MMIO.unpack_from(run, abi.RUN_MMIO_PHYS_ADDR)
+                self._completion_pending = True
+                if is_write:
+                    if handler(True, addr, length, True, from_bytes(data[:length], "little")) is None:
+                        return None
+                    continue
+                run[abi.RUN_MMIO_DATA : abi.RUN_MMIO_DATA + 8] = _ZERO8
+                self._read_offset = abi.RUN_MMIO_DATA
+                self._read_size = length
+                self._read_waiting = True
+                value = handler(True, addr, length, False, 0)
+                if value is None:
+                    return None
+                self.complete_read(value)
+                continue
+            ex = self._translate(reason)
+            if ex is not None:
+                return ex
+
+    def _translate(self, reason: int) -> VmExit | None:
+        """The exit of a KVM_RUN that ended with ``reason`` (``_EINTR`` for EINTR); None: re-enter."""
+        run = self._run
+        lock = self._lock
         if reason == abi.KVM_EXIT_IO:
             direction, size, port, count, offset = _IO.unpack_from(run, abi.RUN_IO_DIRECTION)
             self._completion_pending = True
@@ -1090,3 +1195,4 @@ if TYPE_CHECKING:
     _accelerator_check: Accelerator = KvmAccelerator()
     _vm_check: AccelVm = KvmVm()
     _vcpu_check: AccelVcpu = KvmVcpu(KvmVm(), 0)
+    _io_loop_check: IoLoopVcpu = KvmVcpu(KvmVm(), 0)
