@@ -30,6 +30,27 @@ def test_info_text_names_each_part(capsys: pytest.CaptureFixture[str]) -> None:
         assert word in out
 
 
+@pytest.mark.kvm
+def test_info_probe_reports_what_the_repair_decides(capsys: pytest.CaptureFixture[str]) -> None:
+    from acrn.emu.accel import availability
+    from acrn.emu.syscall_repair import probe
+
+    assert main(["info", "--json", "--probe"]) == 0
+    pr = json.loads(capsys.readouterr().out)["kvm_probe"]
+    if not availability("kvm")[0]:
+        assert pr["ran"] is False and pr["detail"]
+        return
+    r = probe()
+    assert (pr["int3_exits"], pr["syscall_keeps_user_cs"], pr["syscall_repair"]) == (
+        r.int3_exits,
+        r.syscall_keeps_user_cs,
+        r.needed,
+    )
+    assert main(["info", "--probe"]) == 0
+    text = capsys.readouterr().out
+    assert "SYSCALL repair:" in text and ("active" in text) == r.needed
+
+
 @pytest.mark.parametrize(
     "accel", [pytest.param("kvm", marks=pytest.mark.kvm), pytest.param("soft", marks=pytest.mark.soft)]
 )

@@ -13,7 +13,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("info", help="show the HSM device, accelerators, emulated platform and ABI summary")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--abi", action="store_true", help="list every ioctl number and struct size")
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="run the syscall_user guest on bare KVM: does this KVM need the fallback's SYSCALL repair?",
+    )
     p.set_defaults(func=run)
+
+
+def probe_kvm() -> dict[str, Any]:
+    """How this host's KVM delivers int3 (kernel mode) and a user-mode SYSCALL (acrn.emu.syscall_repair)."""
+    from acrn.emu.accel import availability
+    from acrn.emu.syscall_repair import probe
+
+    ok, why = availability("kvm")
+    if not ok:
+        return {"ran": False, "detail": why}
+    r = probe()
+    return {
+        "ran": True,
+        "int3_exits": r.int3_exits,
+        "syscall_keeps_user_cs": r.syscall_keeps_user_cs,
+        "syscall_repair": r.needed,
+    }
 
 
 def collect(include_abi: bool = True) -> dict[str, Any]:
@@ -55,6 +77,8 @@ def collect(include_abi: bool = True) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     info = collect(include_abi=args.json or args.abi)
+    if args.probe:
+        info["kvm_probe"] = probe_kvm()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -77,6 +101,17 @@ def run(args: argparse.Namespace) -> int:
         f"ABI:           {abi['header']}: {abi['ioctl_count']} ioctls (type {abi['ioctl_type']}), "
         f"{abi['struct_count']} structs, {abi['endianness']}-endian"
     )
+    if args.probe:
+        pr = info["kvm_probe"]
+        print("KVM probe:")
+        if not pr["ran"]:
+            print(f"  not run: {pr['detail']}")
+        else:
+            yes = {True: "yes", False: "no"}
+            print(f"  int3 in kernel mode is an emulation failure: {yes[pr['int3_exits']]}")
+            print(f"  user-mode SYSCALL keeps the user CS/SS:     {yes[pr['syscall_keeps_user_cs']]}")
+            state = "active (acrn run's fallback repairs it)" if pr["syscall_repair"] else "not needed"
+            print(f"  SYSCALL repair:                            {state}")
     if args.abi:
         for n, v in abi["ioctls"].items():
             print(f"  {n:36} {v}")
