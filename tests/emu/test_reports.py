@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from acrn import HsmError
-from acrn.arch import CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, CpuState, Segment
+from acrn.arch import CR0_PE, CR0_PG, CR4_LA57, CR4_PAE, EFER_LMA, CpuState, Segment
 from acrn.device import EmulatedDevice
 from acrn.dm.vmm import VmSession
 from acrn.emu.guestmem import code_at_rip, disassemble, linear_to_gpa
@@ -113,6 +113,22 @@ def test_page_walk_follows_2m_and_4k_pages() -> None:
     assert linear_to_gpa(st, 0x205678, read) == 0x7678
     assert linear_to_gpa(st, 0x206000, read) is None  # PT[6] not present
     assert linear_to_gpa(st, 1 << 39, read) is None  # PML4[1] not present
+
+
+def test_page_walk_with_five_levels_when_cr4_la57() -> None:
+    mem, st = _long_mode_memory()
+    # A PML5 at 0x8000 whose entry 1 (linear bit 48) leads to the same PML4.
+    struct.pack_into("<Q", mem, 0x8000 + 8, 0x1000 | 3)
+    st.cr3, st.cr4 = 0x8000, st.cr4 | CR4_LA57
+
+    def read(gpa: int, size: int) -> bytes | None:
+        return bytes(mem[gpa : gpa + size]) if gpa + size <= len(mem) else None
+
+    assert linear_to_gpa(st, (1 << 48) | 0x1234, read) == 0x201234
+    assert linear_to_gpa(st, (1 << 48) | 0x205678, read) == 0x7678
+    assert linear_to_gpa(st, 0x1234, read) is None  # PML5[0] not present
+    st.cr4 &= ~CR4_LA57  # the same CR3 walked with four levels finds nothing at 0x8000[0]
+    assert linear_to_gpa(st, 0x1234, read) is None
 
 
 def test_code_at_rip_and_disassembly_in_each_mode() -> None:

@@ -1,7 +1,7 @@
 """Reading guest memory for reports: guest-physical reads, a page-table walk and disassembly.
 
-Used when a vCPU stops on a fault, to show the instructions at RIP.  The walk handles the three
-x86 paging modes (32-bit, PAE, 4-level); it reads only, never sets accessed/dirty bits, and gives
+Used when a vCPU stops on a fault, to show the instructions at RIP.  The walk handles the x86 paging
+modes (32-bit, PAE, 4-level, 5-level); it reads only, never sets accessed/dirty bits, and gives
 up (None) on anything not present, so a report can never fault itself.  ``capstone`` is optional
 and imported only here.
 """
@@ -13,7 +13,7 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from acrn.arch import AR_DB, CR0_PG, CR4_PAE, EFER_LMA, CpuState
+from acrn.arch import AR_DB, CR0_PG, CR4_LA57, CR4_PAE, EFER_LMA, CpuState
 
 Reader = Callable[[int, int], bytes | None]
 
@@ -56,7 +56,8 @@ def linear_to_gpa(state: CpuState, linear: int, read: Reader) -> int | None:
 
     if state.efer & EFER_LMA:
         table = state.cr3 & 0x000FFFFFFFFFF000
-        for shift in (39, 30, 21, 12):
+        shifts = (48, 39, 30, 21, 12) if state.cr4 & CR4_LA57 else (39, 30, 21, 12)
+        for shift in shifts:
             e = entry(table, (linear >> shift) & 0x1FF, 8)
             if e is None:
                 return None
