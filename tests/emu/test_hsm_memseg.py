@@ -51,6 +51,20 @@ def test_ram_len_is_truncated_to_pages(env: Env) -> None:
     assert [r.size for r in env.vm().memory_regions] == [2 * 4096]
 
 
+def test_ram_offset_in_first_page_is_dropped(env: Env) -> None:
+    # pin_user_pages_fast starts at the page holding vma_base: the guest sees that page's start,
+    # and the pinned (and unpinned at destroy) range is page-aligned.
+    env.create()
+    ram = env.mem(2 * 4096)
+    env.dev.ioctl(SET, memmap(RAM, 0x10000, ram.addr + 100, 4096))
+    assert env.vm().memory_regions == [EptRegion(0x10000, ram.addr, 4096, 7, uapi.ACRN_MEM_TYPE_WB)]
+    assert env.vm().gpa2hpa(0x10000) == ram.addr
+    assert env.machine.hsm.pins.count() == 2  # the ioreq page and this one
+    env.dev.ioctl(uapi.ACRN_IOCTL_PAUSE_VM)
+    env.dev.ioctl(uapi.ACRN_IOCTL_DESTROY_VM)
+    assert env.machine.hsm.pins.count() == 0
+
+
 def test_ram_less_than_a_page_is_einval(env: Env) -> None:
     env.create()
     ram = env.mem()

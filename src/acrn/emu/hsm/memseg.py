@@ -16,7 +16,7 @@ import logging
 
 from acrn import uapi
 from acrn.emu.hostmem import PAGE_SIZE
-from acrn.emu.hsm.uaccess import Fault
+from acrn.emu.hsm.uaccess import PAGE_MASK, Fault
 from acrn.emu.hsm.vm import ACRN_MEM_MAPPING_MAX, HsmVm
 
 log = logging.getLogger("acrn.emu.hsm")
@@ -65,7 +65,9 @@ def ram_map(vm: HsmVm, memmap: uapi.acrn_vm_memmap) -> int:
     if nr_pages == 0:
         return -errno.EINVAL
     size = nr_pages * PAGE_SIZE  # the length is truncated to whole pages
-    base = memmap.vma_base
+    # pin_user_pages_fast rounds the start down to its page: the regions begin at that page's
+    # physical address, so an offset within the first page is dropped (as for the ioreq page).
+    base = memmap.vma_base & PAGE_MASK
     pins = vm.driver.pins
     try:
         pins.pin(base, size)
