@@ -6,6 +6,7 @@ Use it through :class:`acrn.emu.machine.Machine` (``Machine().open()``) or ``acr
 from __future__ import annotations
 
 from acrn.emu.hsm.driver import HsmDriver, HsmFile
+from acrn.emu.hsm.sysfs import RemoveCpu
 from acrn.emu.hsm.vm import HsmVm
 
-__all__ = ["HsmDriver", "HsmFile", "HsmVm"]
+__all__ = ["HsmDriver", "HsmFile", "HsmVm", "RemoveCpu"]
