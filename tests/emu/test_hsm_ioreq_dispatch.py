@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from acrn import uapi
@@ -147,3 +149,77 @@ def test_global_list_is_newest_first(env: Env) -> None:
     d2 = env.open()
     env.create(b"b", dev=d2, ioreq_buf=env.mem().addr)
     assert [v.vmid for v in env.machine.hsm.vms] == [d2.vmid, env.dev.vmid]
+
+
+def test_no_client_stops_the_scan_of_that_vm(env: Env) -> None:
+    # Spec 5.2 step 3: the dispatcher gives up on the VM at the first slot without a client, so a
+    # later slot stays PENDING even though the ioeventfd client would take it.
+    env.create()
+    fd = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        reg = uapi.acrn_ioeventfd(fd=fd, flags=uapi.ACRN_IOEVENTFD_FLAG_PIO, addr=0x510, len=2)
+        env.dev.ioctl(uapi.ACRN_IOCTL_IOEVENTFD, reg)
+        env.pio(0, 0x3F8, 1, W)  # no default client, no range: stuck
+        env.pio(1, 0x510, 2, W)
+        assert env.slot(0).processed == PENDING and env.slot(1).processed == PENDING
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(fd)
+        # With the first slot out of the way, the next pass reaches it.
+        env.slot(0).processed = FREE
+        env.pio(0, 0x510, 2, W)
+        assert env.slot(1).processed == COMPLETE and env.slot(0).processed == COMPLETE
+        assert os.eventfd_read(fd) == 2
+    finally:
+        os.close(fd)
+
+
+def test_a_stuck_vm_does_not_stop_the_next_vm(env: Env) -> None:
+    d2 = env.open()
+    page2 = env.mem()
+    vmid2 = env.create(b"served", dev=d2, ioreq_buf=page2.addr)
+    d2.ioctl(CREATE)
+    env.create(b"stuck")  # newest: first on the global list, and it has no client
+    env.pio(0, 0x3F8, 1, W)
+    assert env.slot(0).processed == PENDING
+    env.hv.insert_request(vmid2, 0, uapi.ACRN_IOREQ_TYPE_PORTIO, direction=W, address=0x80, size=1)
+    assert uapi.acrn_io_request.from_address(page2.addr).processed == PROCESSING
+
+
+def test_scan_is_bounded_by_vcpu_num(env: Env) -> None:
+    # Spec 9: vm->vcpu_num (from CREATE_VM) bounds the scan; a slot beyond it is never looked at.
+    env.create(cpu_affinity=0b1)
+    assert env.vm().vcpu_num == 1
+    env.dev.ioctl(CREATE)
+    env.slot(1).processed = PENDING
+    env.pio(0, 0x80, 1, W)
+    assert env.slot(0).processed == PROCESSING
+    assert env.slot(1).processed == PENDING
+
+
+def test_cf8_access_of_another_size_still_replaces_the_whole_address(env: Env) -> None:
+    # The kernel only WARNs when the size is not 4: the value is stored as the whole address.
+    vmid = env.create()
+    env.pio(0, 0xCF8, 4, W, 0x80001234)
+    env.hv.complete_request(vmid, 0)
+    env.pio(0, 0xCF8, 1, W, 0x7F)
+    assert env.slot(0).processed == COMPLETE
+    assert env.machine.hsm.vms[0].pci_conf_addr == 0x7F
+    env.hv.complete_request(vmid, 0)
+    env.pio(0, 0xCF8, 2, R)
+    assert env.slot(0).reqs.pio_request.value == 0x7F
+
+
+@pytest.mark.parametrize("port", [0xCF9, 0xCFA, 0xCFB, 0xD00])
+def test_ports_next_to_cf8_and_cfc_are_not_combined(env: Env, port: int) -> None:
+    # Only address 0xCF8 exactly and 0xCFC..0xCFF are PCI configuration ports.
+    env.create()
+    env.dev.ioctl(CREATE)
+    env.pio(0, 0xCF8, 4, W, 0x80000000)  # enable set: would turn a data-port access into PCICFG
+    env.hv.complete_request(env.dev.vmid, 0)
+    env.pio(0, port, 1, R)
+    s = env.slot(0)
+    assert (s.processed, s.type, s.reqs.pio_request.address) == (
+        PROCESSING,
+        uapi.ACRN_IOREQ_TYPE_PORTIO,
+        port,
+    )
