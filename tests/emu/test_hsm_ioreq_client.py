@@ -47,7 +47,7 @@ def _wait_blocked(env: Env, a: Attacher) -> None:
     a.started.wait()
     client = env.machine.hsm.vms[0].default_client
     assert client is not None
-    while not client.cond._waiters:  # type: ignore[attr-defined]
+    while not client.waiters:
         threading.Event().wait(0.001)
 
 

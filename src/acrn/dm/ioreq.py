@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
 from typing import Final, Protocol
 
@@ -65,6 +66,23 @@ class NoPciDevices:
 
     def cfg_write(self, bus: int, dev: int, func: int, reg: int, size: int, value: int) -> None:
         return None
+
+
+def batch_scheduling() -> None:
+    """Put the calling thread (the ioreq thread) in SCHED_BATCH; best effort.
+
+    A woken SCHED_BATCH thread does not preempt the thread that woke it.  The vCPU that posts a
+    request blocks right after waking this thread; preempting it would only make this thread
+    block on the GIL the vCPU still holds (three context switches per hand-over instead of one).
+    The runtime's vCPU threads do the same (``acrn.emu.runtime.batch_scheduling``).
+    """
+    setter = getattr(os, "sched_setscheduler", None)
+    if setter is None:
+        return
+    try:
+        setter(0, os.SCHED_BATCH, os.sched_param(0))
+    except OSError:
+        log.debug("SCHED_BATCH refused", exc_info=True)
 
 
 def _mask(size: int) -> int:

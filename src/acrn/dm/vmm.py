@@ -39,7 +39,7 @@ from acrn.dm.bus import IoBus
 from acrn.dm.devices.debugexit import DebugExit
 from acrn.dm.devices.pci_host import PciHostBridge
 from acrn.dm.devices.uart16550 import COM1_IRQ, Uart16550
-from acrn.dm.ioreq import IoreqLoop
+from acrn.dm.ioreq import IoreqLoop, batch_scheduling
 from acrn.dm.pci import PciBus
 from acrn.errors import HsmError
 from acrn.hsm import Hsm, Vm
@@ -267,7 +267,9 @@ class VmSession:
             if self._loop_thread is None:  # the client outlives guest resets, as in acrn-dm
                 self.vm.create_ioreq_client()
                 self._loop = IoreqLoop(self.vm, self.bus, self.pci)
-                self._loop_thread = threading.Thread(target=self._loop.run, name="acrn-dm-ioreq", daemon=True)
+                self._loop_thread = threading.Thread(
+                    target=self._serve, args=(self._loop,), name="acrn-dm-ioreq", daemon=True
+                )
                 self._loop_thread.start()
             self._start()
         self._started = True
@@ -298,6 +300,12 @@ class VmSession:
         result.seconds = seconds
         self._pause_and_collect(result)
         return result
+
+    @staticmethod
+    def _serve(loop: IoreqLoop) -> None:
+        """The ioreq thread: SCHED_BATCH (:func:`acrn.dm.ioreq.batch_scheduling`), then the loop."""
+        batch_scheduling()
+        loop.run()
 
     def _pause_and_collect(self, result: RunResult) -> None:
         self.vm.pause()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -58,6 +59,7 @@ from acrn.emu.irq import IrqRouter
 
 if TYPE_CHECKING:
     from acrn.emu.hv import Hypervisor, Vm
+    from acrn.emu.hv.hypervisor import VcpuIoreq
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +172,8 @@ class _VcpuRunner:
         self.completed = _Completion()
         #: This vCPU's slot of the ioreq page, looked up at the first request after each START.
         self.slot: uapi.acrn_io_request | None = None
+        #: The hypervisor side of this vCPU's slot, bound at the same time.
+        self.ioreq: VcpuIoreq | None = None
         self.counts = ExitCounts()
         self.thread = threading.Thread(
             target=self._main, name=f"acrn-vm{vmrt.vmid}-vcpu{vcpu_id}", daemon=True
@@ -215,6 +219,7 @@ class _VcpuRunner:
 
     # ------------------------------------------------------------------ the thread
     def _main(self) -> None:
+        batch_scheduling()
         try:
             while True:
                 with self.cond:
@@ -460,6 +465,7 @@ class VmRuntime:
                 runner.start_state = vcpu.regs.copy()
                 runner.start_blob = vcpu.set_regs
                 runner.slot = None  # the buffer may have been set again while the VM was CREATED
+                runner.ioreq = None
             runner.allow()
 
     def ap_started(self, vcpu_id: int) -> None:
@@ -521,13 +527,21 @@ class VmRuntime:
         vid = runner.vcpu_id
         completed = runner.completed
         completed.clear()
+        ioreq = runner.ioreq
+        if ioreq is None:
+            # Bound at the first request after each START (None without an ioreq page: the
+            # general calls below then give the hypervisor's answer).
+            ioreq = runner.ioreq = hv.vcpu_ioreq(self.vmid, vid)
         with hv.lock:
             if not runner.run_allowed:
                 return None  # paused meanwhile: the instruction is not completed (it re-runs after reset)
-            rc = hv.insert_request(
-                self.vmid, vid, req_type, direction=int(is_write), address=address, size=size,
-                value=value if is_write else 0,
-            )  # fmt: skip
+            if ioreq is not None:
+                rc = ioreq.insert(req_type, is_write, address, size, value)
+            else:
+                rc = hv.insert_request(
+                    self.vmid, vid, req_type, direction=int(is_write), address=address, size=size,
+                    value=value if is_write else 0,
+                )  # fmt: skip
         if rc < 0:
             runner._stop("error", f"ioreq slot {vid} not free (acrn_insert_request returned {rc})", None)
             return None
@@ -547,7 +561,7 @@ class VmRuntime:
                 and slot.kernel_handled == 0
             ):
                 fast(vid, slot)
-        if self.hv_vm.is_polling_ioreq:
+        if ioreq.polling if ioreq is not None else self.hv_vm.is_polling_ioreq:
             # IO_COMPLETION_POLLING: no notify hypercall; the hypervisor polls the slot (spec 5.2).
             while runner.run_allowed and hv.request_state(self.vmid, vid) != uapi.ACRN_IOREQ_STATE_COMPLETE:
                 completed.wait(POLL_INTERVAL)
@@ -555,7 +569,28 @@ class VmRuntime:
             completed.wait()
         if not runner.run_allowed:
             return None
+        if ioreq is not None:
+            return ioreq.complete()
         return hv.complete_request(self.vmid, vid)
+
+
+def batch_scheduling() -> None:
+    """Put the calling thread in SCHED_BATCH (Linux scheduling is per thread); best effort.
+
+    A SCHED_BATCH thread that is woken does not preempt the running thread; it runs when that
+    one blocks.  An I/O exit hands over between two threads that each wake the other and then
+    block at once (the vCPU and the device model's ioreq thread, the faithful path): preempting
+    the waker would only make the woken thread block on the GIL, which the waker still holds,
+    and switch back, three context switches per hand-over instead of one.  Neither thread is
+    interactive, which is what SCHED_BATCH is for; it needs no privilege.
+    """
+    setter = getattr(os, "sched_setscheduler", None)
+    if setter is None:
+        return
+    try:
+        setter(0, os.SCHED_BATCH, os.sched_param(0))
+    except OSError:
+        log.debug("SCHED_BATCH refused", exc_info=True)
 
 
 def _install_kick_handler() -> None:
@@ -701,4 +736,4 @@ class Runtime:
         self.hv.remove_listener(self)
 
 
-__all__ = ["ExitCounts", "Runtime", "StopReport", "VmRuntime"]
+__all__ = ["ExitCounts", "Runtime", "StopReport", "VmRuntime", "batch_scheduling"]

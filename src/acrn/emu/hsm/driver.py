@@ -272,9 +272,9 @@ def ioreq_deinit(vm: HsmVm) -> None:
 
 def client_destroy(vm: HsmVm, client: IoreqClient) -> None:
     """``acrn_ioreq_client_destroy``: wakes ATTACH with -ENODEV; one dispatch pass afterwards."""
-    with vm.driver.paused(), client.cond:
+    with vm.driver.paused(), vm.clients_lock:
         client.destroying = True
-        client.cond.notify_all()
+        client.wake()
         if client.is_default:
             if vm.default_client is client:
                 vm.default_client = None

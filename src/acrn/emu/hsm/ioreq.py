@@ -60,10 +60,16 @@ class IoreqClient:
         self.destroying = False
         #: Bumped by interrupt_attach(): waiters that saw an older value return 0 (a signal).
         self.interrupts = 0
+        #: Entering it takes ``clients_lock`` (kept for callers that lock through the client).
         self.cond = threading.Condition(vm.clients_lock)
-        #: Threads blocked in :meth:`wait`: the dispatcher skips the notify when there are none
-        #: (the fast path has no ATTACH thread, and a notify costs more than the rest of a dispatch).
+        #: Threads blocked in :meth:`wait`: the dispatcher skips the wake-up when there are none
+        #: (the fast path has no ATTACH thread, and a wake-up costs more than the rest of a dispatch).
         self.waiters = 0
+        # The ATTACH wake-up: a bare lock used as a binary semaphore, released by the waker and
+        # taken by the waiter, so a wake-up is one futex operation; a Condition would add a
+        # waiter lock and make the woken thread contend for clients_lock, which its waker holds.
+        self._signal = threading.Lock()
+        self._signal.acquire()
 
     def range_add(self, type_: int, start: int, end: int) -> int:
         """``acrn_ioreq_range_add``: end < start -> -EINVAL."""
@@ -86,28 +92,47 @@ class IoreqClient:
 
         Blocks until a request is pending or the client is being destroyed; a signal (emulated by
         :meth:`interrupt`) ends the wait with 0 too, because the kernel ignores the wait's result
-        (spec 12.14).
+        (spec 12.14).  Every waiter sees every wake-up (the kernel's wake_up_interruptible): a
+        woken waiter passes the wake-up on while others still wait.
         """
-        with self.cond:
+        lock = self.vm.clients_lock
+        signal = self._signal
+        lock.acquire()
+        try:
             seen = self.interrupts
             self.waiters += 1
             try:
-                self.cond.wait_for(lambda: bool(self.pending) or self.destroying or self.interrupts != seen)
+                while not (self.pending or self.destroying or self.interrupts != seen):
+                    lock.release()
+                    try:
+                        signal.acquire()
+                    finally:
+                        lock.acquire()
+                if self.waiters > 1:
+                    self._post()
             finally:
                 self.waiters -= 1
-            if self.destroying:
-                return -19  # -ENODEV
-        return 0
+            destroying = self.destroying
+        finally:
+            lock.release()
+        return -19 if destroying else 0  # -ENODEV once destroyed
+
+    def _post(self) -> None:
+        """Release the wake-up semaphore (caller holds ``clients_lock``); at most one pending."""
+        try:  # noqa: SIM105 (contextlib.suppress costs more, on every I/O exit)
+            self._signal.release()
+        except RuntimeError:  # already released, not yet taken
+            pass
 
     def wake(self) -> None:
         """Wake ATTACH waiters (caller holds ``clients_lock``); nothing to do when none waits."""
         if self.waiters:
-            self.cond.notify_all()
+            self._post()
 
     def interrupt(self) -> None:
-        with self.cond:
+        with self.vm.clients_lock:
             self.interrupts += 1
-            self.cond.notify_all()
+            self.wake()
 
 
 def slot(vm: HsmVm, vcpu: int) -> uapi.acrn_io_request:
@@ -118,6 +143,9 @@ def slot(vm: HsmVm, vcpu: int) -> uapi.acrn_io_request:
         vm.slot_views = [
             uapi.acrn_io_request.from_address(buf + i * 256) for i in range(uapi.ACRN_IO_REQUEST_MAX)
         ]
+        # The PIO member of each slot's union, made once too (a nested ctypes view per access
+        # costs more than the rest of the CF8/CFC test).
+        vm.pio_views = [req.reqs.pio_request for req in vm.slot_views]
         vm.slot_views_base = buf
     return vm.slot_views[vcpu]
 
@@ -150,7 +178,7 @@ def handle_cf8cfc(vm: HsmVm, req: uapi.acrn_io_request, vcpu: int) -> bool:
     """The PCI CF8/CFC combiner (spec 5.4); True when the request was completed in the kernel."""
     if req.type != uapi.ACRN_IOREQ_TYPE_PORTIO:
         return False
-    pio = req.reqs.pio_request
+    pio = vm.pio_views[vcpu] if vm.slot_views_base == vm.ioreq_buf else req.reqs.pio_request
     address = pio.address
     if address != _CF8 and not _CFC <= address < _CFC + 4:
         return False  # the common case: not a PCI configuration port
@@ -199,6 +227,8 @@ def _in_range(r: IoreqRange, req: uapi.acrn_io_request) -> bool:
 
 def find_client(vm: HsmVm, req: uapi.acrn_io_request) -> IoreqClient | None:
     """First in-kernel client with a matching range, else the default client (spec 5.3)."""
+    if not vm.ioreq_clients:  # no in-kernel client: nothing to match
+        return vm.default_client
     for client in vm.ioreq_clients:
         if client.ranges and any(_in_range(r, req) for r in client.ranges):
             return client
@@ -211,6 +241,7 @@ def dispatch_vm(vm: HsmVm) -> int:
         return 0
     slot(vm, 0)  # make sure the views belong to this page
     views = vm.slot_views
+    pio_views = vm.pio_views
     for i in range(min(vm.vcpu_num, uapi.ACRN_IO_REQUEST_MAX)):
         req = views[i]
         if req.processed != uapi.ACRN_IOREQ_STATE_PENDING:
@@ -218,8 +249,11 @@ def dispatch_vm(vm: HsmVm) -> int:
         if vm.clearing:
             complete_request(vm, i, req)
             continue
-        if handle_cf8cfc(vm, req, i):
-            continue
+        # handle_cf8cfc's own first test, inlined: most requests are not to a PCI config port.
+        if req.type == uapi.ACRN_IOREQ_TYPE_PORTIO:
+            address = pio_views[i].address
+            if (address == _CF8 or _CFC <= address < _CFC + 4) and handle_cf8cfc(vm, req, i):
+                continue
         with vm.clients_lock:
             client = find_client(vm, req)
             if client is None:

@@ -32,6 +32,8 @@ class HsmVm:
         #: Views of the 16 slots of the page at ``slot_views_base`` (``acrn.emu.hsm.ioreq.slot``).
         self.slot_views: list[uapi.acrn_io_request] = []
         self.slot_views_base: int | None = None
+        #: Their ``reqs.pio_request`` members (made with them).
+        self.pio_views: list[uapi.acrn_pio_request] = []
         self.clients_lock = threading.Lock()
         self.default_client: IoreqClient | None = None
         #: Non-default clients, newest first (list_add).

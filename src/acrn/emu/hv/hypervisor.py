@@ -32,7 +32,9 @@ from acrn.emu.hv.state import (
     BSP_VCPU_ID,
     EINVAL,
     ENOTTY,
+    HC_STATE_RULES,
     VCPU_TRANSITIONS,
+    Severity,
     VcpuState,
     VmEvent,
     VmState,
@@ -110,6 +112,110 @@ class _Target:
 
 
 _Handler = Callable[[_Target, int, int], int]
+
+#: The spec 3 rule of HC_NOTIFY_REQUEST_FINISH, applied inline by its shortcut (the shape that code
+#: relies on is asserted here; a test compares it with check_state for every state).
+_NOTIFY_RULE: Final = HC_STATE_RULES[uapi.HC_NOTIFY_REQUEST_FINISH & 0xFF]
+assert _NOTIFY_RULE.severity is Severity.REQUIRED and _NOTIFY_RULE.needs_ioreq_buffer
+_NOTIFY_ALLOWED: Final = tuple(_NOTIFY_RULE.allowed)
+
+
+class VcpuIoreq:
+    """One vCPU's slot of a VM's ioreq page, bound once: the hypervisor side of its I/O exits.
+
+    :meth:`insert` and :meth:`complete` are :meth:`Hypervisor.insert_request` and
+    :meth:`Hypervisor.complete_request` for this vCPU with the VM, vCPU and slot lookups done at
+    binding time.  Each call first checks, under ``hv.lock``, that the binding still holds (the
+    same live VM, the same ioreq page); when it does not, it runs the general method, so the
+    result is the same in every case.
+    """
+
+    __slots__ = ("abs_id", "buf", "hv", "polling", "raw", "rel_vmid", "slot", "vcpu", "vcpu_id", "vm")
+
+    def __init__(self, hv: Hypervisor, rel_vmid: int, vcpu_id: int, vm: Vm, vcpu: Vcpu, buf: int) -> None:
+        self.hv = hv
+        self.rel_vmid = rel_vmid
+        self.vcpu_id = vcpu_id
+        self.abs_id = vm.abs_id
+        self.vm = vm
+        self.vcpu = vcpu
+        self.buf = buf
+        self.slot, self.raw = hv._slot(buf, vcpu_id)
+        self.polling = vm.is_polling_ioreq  # guest flags and load order are fixed for a VM's life
+
+    def bound(self) -> bool:
+        """Whether the binding holds (caller holds ``hv.lock``)."""
+        vm = self.vm
+        return self.hv._vms.get(self.abs_id) is vm and vm.ioreq_buffer == self.buf
+
+    def insert(self, type: int, is_write: bool, address: int, size: int, value: int) -> int:
+        """``insert_request(rel_vmid, vcpu_id, type, direction=.., address=.., size=.., value=..)``."""
+        hv = self.hv
+        with hv.lock:
+            vm = self.vm
+            if hv._vms.get(self.abs_id) is not vm or vm.ioreq_buffer != self.buf:
+                return hv.insert_request(
+                    self.rel_vmid, self.vcpu_id, type, direction=int(is_write), address=address,
+                    size=size, value=value if is_write else 0,
+                )  # fmt: skip
+            slot = self.slot
+            if slot.processed != uapi.ACRN_IOREQ_STATE_FREE:
+                return EINVAL
+            slot.type = type
+            direction = int(is_write)
+            size &= _U64
+            if type == uapi.ACRN_IOREQ_TYPE_MMIO:
+                _MMIO_REQS.pack_into(
+                    self.raw,
+                    _REQS_OFFSET,
+                    direction,
+                    0,
+                    address & _U64,
+                    size,
+                    value & _U64 if is_write else 0,
+                )
+            else:
+                _PIO_REQS.pack_into(
+                    self.raw,
+                    _REQS_OFFSET,
+                    direction,
+                    0,
+                    address & _U64,
+                    size,
+                    value & _U32 if is_write else 0,
+                )
+            if self.polling:
+                slot.completion_polling = 1
+            vcpu = self.vcpu
+            vcpu.io_type, vcpu.io_direction, vcpu.io_size = type, direction, size
+            slot.processed = uapi.ACRN_IOREQ_STATE_PENDING
+            upcall = hv._upcall
+        if upcall is not None:
+            upcall()
+        return 0
+
+    def complete(self) -> int | None:
+        """``complete_request(rel_vmid, vcpu_id)``: the post-work of a COMPLETE slot."""
+        hv = self.hv
+        with hv.lock:
+            vm = self.vm
+            if hv._vms.get(self.abs_id) is not vm or vm.ioreq_buffer != self.buf:
+                return hv.complete_request(self.rel_vmid, self.vcpu_id)
+            slot = self.slot
+            if slot.processed != uapi.ACRN_IOREQ_STATE_COMPLETE:
+                return None
+            value = 0
+            vcpu = self.vcpu
+            if vcpu.io_direction == uapi.ACRN_IOREQ_DIR_READ and vcpu.state != VcpuState.ZOMBIE:
+                if vcpu.io_type == uapi.ACRN_IOREQ_TYPE_MMIO:
+                    value = int(slot.reqs.mmio_request.value)
+                elif vcpu.io_type in (uapi.ACRN_IOREQ_TYPE_PORTIO, uapi.ACRN_IOREQ_TYPE_PCICFG):
+                    size = vcpu.io_size if 1 <= vcpu.io_size <= 4 else 4
+                    value = int(slot.reqs.pio_request.value) & ((1 << (8 * size)) - 1)
+            slot.processed = uapi.ACRN_IOREQ_STATE_FREE
+            return value
+
+
 _T = TypeVar("_T", bound=ctypes.Structure)
 
 
@@ -210,15 +316,15 @@ class Hypervisor:
             if config.load_order == "pre":
                 return ENOTTY
             vm = self._vms.get(abs_id)
-            err = check_state(
-                uapi.HC_NOTIFY_REQUEST_FINISH & 0xFF,
-                vm.state if vm is not None else VmState.POWERED_OFF,
-                config.severity <= SEVERITY_SERVICE_VM,
-                vm is not None and vm.ioreq_buffer is not None,
-            )
-            if err is not None:
-                return err
-            assert vm is not None
+            # check_state's NOTIFY rule (_NOTIFY_RULE: alive, severity required, buffer needed),
+            # with the allowed states compared by identity rather than hashed.
+            if (
+                vm is None
+                or vm.state not in _NOTIFY_ALLOWED
+                or config.severity > SEVERITY_SERVICE_VM
+                or vm.ioreq_buffer is None
+            ):
+                return _NOTIFY_RULE.error
             ret = self._notify_request_finish(vm, param2)
             log.debug("hypercall %#x(%#x, %#x) -> %d", uapi.HC_NOTIFY_REQUEST_FINISH, param1, param2, ret)
             return ret
@@ -302,6 +408,15 @@ class Hypervisor:
             if vm is None or vm.ioreq_buffer is None or not 0 <= vcpu_id < uapi.ACRN_IO_REQUEST_MAX:
                 return None
             return self._ioreq_slot(vm, vcpu_id)
+
+    def vcpu_ioreq(self, rel_vmid: int, vcpu_id: int) -> VcpuIoreq | None:
+        """A :class:`VcpuIoreq` for a vCPU of a live VM with an ioreq page, else None."""
+        with self.lock:
+            vm = self._vms.get(self._abs(rel_vmid))
+            vcpu = vm.vcpu(vcpu_id) if vm is not None else None
+            if vm is None or vcpu is None or vm.ioreq_buffer is None:
+                return None
+            return VcpuIoreq(self, rel_vmid, vcpu_id, vm, vcpu, vm.ioreq_buffer)
 
     def insert_request(
         self,
