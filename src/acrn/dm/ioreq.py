@@ -17,6 +17,7 @@ notifying, for a fast path that completes requests on the vCPU thread itself.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -106,6 +107,13 @@ class IoreqLoop:
         #: The OSError that ended :meth:`run`, if any (ENODEV is the normal end).
         self.exit_error: OSError | None = None
         self._stop = threading.Event()
+        # Views into the shared page, made once per page (a ctypes array element or union member
+        # is a new object at every access): the slots, and the request each slot last handled
+        # by handle_slot with its PIO view.
+        self._views_page: int | None = None
+        self._views: list[uapi.acrn_io_request] = []
+        self._last_slot: uapi.acrn_io_request | None = None
+        self._last_pio: uapi.acrn_pio_request | None = None
 
     def stop(self) -> None:
         """Ask :meth:`run` to return after the current scan.  It does not interrupt a blocked
@@ -136,9 +144,14 @@ class IoreqLoop:
         Returns how many requests were handled.  Safe to call without ATTACH (e.g. from a test).
         """
         buf = self.client.ioreq_buffer()
+        page = ctypes.addressof(buf)
+        if page != self._views_page:
+            self._views = list(buf.req_slot)
+            self._views_page = page
+        views = self._views
         count = 0
         for i in range(min(self.client.vcpu_num, uapi.ACRN_IO_REQUEST_MAX)):
-            slot = buf.req_slot[i]
+            slot = views[i]
             # One aligned 32-bit load: the "atomic load" of acrn-dm.  The kernel release-stores
             # PROCESSING after filling the slot, so the request body is complete once we see it.
             if slot.processed != uapi.ACRN_IOREQ_STATE_PROCESSING or slot.kernel_handled != 0:
@@ -158,7 +171,13 @@ class IoreqLoop:
         self.handled += 1
         kind = slot.type
         if kind == uapi.ACRN_IOREQ_TYPE_PORTIO:
-            self._handle_pio(slot.reqs.pio_request)
+            if slot is self._last_slot:
+                pio = self._last_pio
+            else:
+                pio = slot.reqs.pio_request
+                self._last_slot, self._last_pio = slot, pio
+            assert pio is not None
+            self._handle_pio(pio)
         elif kind == uapi.ACRN_IOREQ_TYPE_MMIO:
             self._handle_mmio(slot.reqs.mmio_request)
         elif kind == uapi.ACRN_IOREQ_TYPE_PCICFG:
@@ -170,14 +189,16 @@ class IoreqLoop:
 
     # ------------------------------------------------------------------ per type
     def _handle_pio(self, req: uapi.acrn_pio_request) -> None:
-        port, size = int(req.address), int(req.size)
+        port, size = req.address, req.size  # ctypes integer fields read as int
         is_read = req.direction == uapi.ACRN_IOREQ_DIR_READ
         try:
             if is_read:
                 v = self.bus.try_pio_read(port, size)
                 req.value = PIO_INVALID if v is None else v & PIO_INVALID
             else:
-                self.bus.try_pio_write(port, size, int(req.value) & _mask(size))
+                self.bus.try_pio_write(
+                    port, size, req.value & ((1 << (8 * size)) - 1 if 0 < size <= 8 else MMIO_INVALID)
+                )
         except Exception:
             log.exception("ioreq: PIO %s port %#x size %d failed", "read" if is_read else "write", port, size)
             if is_read:
