@@ -1,0 +1,368 @@
+"""The specialised I/O exit paths give what the general ones give (no timings here).
+
+* ``KvmVcpu.run_io`` (the KVM hot loop) against repeated ``run``: the same accesses in the same
+  order, the same values loaded into registers, the same final state, string I/O and MMIO
+  included, and an access handed back (handler None) completing as after ``run``;
+* ``VcpuIoreq`` (a vCPU's slot bound once in the hypervisor) against ``insert_request`` and
+  ``complete_request``: the same slot bytes, vCPU post-work fields, return codes, and the general
+  path once the binding no longer holds;
+* the NOTIFY hypercall's inline state rule against ``check_state`` for every state;
+* ATTACH's bare-lock wake-up: every waiter is woken, as by the kernel's wake_up;
+* on a guest, fast and faithful paths count the same exits, leave the slot FREE, put IN results
+  in RAX, and the fast path still works with ``acrn.trace`` on (the traced NOTIFY ioctl).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from acrn import uapi
+from acrn.device import EmulatedDevice
+from acrn.dm.vmm import VmSession
+from acrn.emu.accel import kvm
+from acrn.emu.accel.base import IoLoopVcpu, KickExit, MmioExit, PioExit, VmExit, io_loop_vcpu
+from acrn.emu.hv.hypervisor import _NOTIFY_ALLOWED, _NOTIFY_RULE
+from acrn.emu.hv.state import EINVAL, VmState, check_state
+from acrn.emu.machine import Machine
+from acrn.guests import GUESTS
+
+from . import accel_guests as g
+from .test_hsm_support import Env, env_fixture
+
+env = pytest.fixture(env_fixture)
+FREE, PENDING = uapi.ACRN_IOREQ_STATE_FREE, uapi.ACRN_IOREQ_STATE_PENDING
+COMPLETE = uapi.ACRN_IOREQ_STATE_COMPLETE
+
+
+# ---- run_io against run ------------------------------------------------------------------------
+def _read_value(is_mmio: bool, address: int, size: int) -> int:
+    """A deterministic answer for every read, different per address."""
+    return (address * 0x9E3779B1 + size) & ((1 << (8 * size)) - 1)
+
+
+def _by_run(vcpu: kvm.KvmVcpu) -> tuple[list[tuple[bool, int, int, bool, int]], VmExit]:
+    seen = []
+    while True:
+        ex = vcpu.run()
+        if isinstance(ex, PioExit | MmioExit):
+            mmio = isinstance(ex, MmioExit)
+            address = ex.address if isinstance(ex, MmioExit) else ex.port
+            seen.append((mmio, address, ex.size, ex.is_write, ex.value))
+            if not ex.is_write:
+                vcpu.complete_read(_read_value(mmio, address, ex.size))
+            continue
+        return seen, ex
+
+
+def _by_run_io(
+    vcpu: IoLoopVcpu, hand_back_every: int = 0
+) -> tuple[list[tuple[bool, int, int, bool, int]], VmExit]:
+    seen: list[tuple[bool, int, int, bool, int]] = []
+
+    def handler(is_mmio: bool, address: int, size: int, is_write: bool, value: int) -> int | None:
+        seen.append((is_mmio, address, size, is_write, value))
+        if hand_back_every and len(seen) % hand_back_every == 0:
+            return None
+        return 0 if is_write else _read_value(is_mmio, address, size)
+
+    while True:
+        ex = vcpu.run_io(handler)
+        if ex is None:  # handed back: complete it as a run() caller would
+            is_mmio, address, size, is_write, _ = seen[-1]
+            if not is_write:
+                vcpu.complete_read(_read_value(is_mmio, address, size))  # type: ignore[attr-defined]
+            continue
+        if isinstance(ex, PioExit | MmioExit):  # string I/O elements come back as exits
+            mmio = isinstance(ex, MmioExit)
+            address = ex.address if isinstance(ex, MmioExit) else ex.port
+            seen.append((mmio, address, ex.size, ex.is_write, ex.value))
+            if not ex.is_write:
+                vcpu.complete_read(_read_value(mmio, address, ex.size))  # type: ignore[attr-defined]
+            continue
+        return seen, ex
+
+
+@pytest.fixture
+def ram() -> Iterator[g.GuestRam]:
+    r = g.GuestRam()
+    yield r
+    r.close()
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("code", ["OUT_IN", "REP_OUTSB", "REP_INSW", "MMIO"])
+@pytest.mark.parametrize("hand_back_every", [0, 2])
+def test_run_io_sees_and_completes_the_same_accesses_as_run(
+    ram: g.GuestRam, code: str, hand_back_every: int
+) -> None:
+    ok, why = kvm.KvmAccelerator.available()
+    if not ok:
+        pytest.skip(why)
+    results = []
+    for use_loop in (False, True):
+        vm = kvm.KvmAccelerator().create_vm()
+        try:
+            ram.write(0, bytes(g.RAM_SIZE))
+            ram.write(g.CODE_GPA, getattr(g, code))
+            vm.map_memory(0, g.RAM_SIZE, ram.addr)
+            vcpu = vm.create_vcpu(0)
+            vcpu.set_state(g.real_mode_state())
+            if use_loop:
+                loop = io_loop_vcpu(vcpu)
+                assert loop is not None
+                seen, last = _by_run_io(loop, hand_back_every)
+            else:
+                seen, last = _by_run(vcpu)
+            results.append((seen, last, vcpu.get_state().to_dict(), ram.read(0, g.RAM_SIZE)))
+        finally:
+            vm.close()
+    assert results[0][0], "the guest made no I/O"
+    assert results[1] == results[0]
+
+
+@pytest.mark.kvm
+def test_run_io_returns_a_kick_made_while_the_handler_ran(ram: g.GuestRam) -> None:
+    ok, why = kvm.KvmAccelerator.available()
+    if not ok:
+        pytest.skip(why)
+    vm = kvm.KvmAccelerator().create_vm()
+    try:
+        ram.write(g.CODE_GPA, g.OUT_IN)
+        vm.map_memory(0, g.RAM_SIZE, ram.addr)
+        vcpu = vm.create_vcpu(0)
+        vcpu.set_state(g.real_mode_state())
+        calls = []
+
+        def handler(is_mmio: bool, address: int, size: int, is_write: bool, value: int) -> int:
+            calls.append(address)
+            vcpu.kick()  # as PAUSE does from another thread
+            return 0
+
+        assert vcpu.run_io(handler) == KickExit()
+        assert calls == [0x10]  # the guest ran no further than the completion of that OUT
+        assert vcpu.get_state().rip == g.CODE_GPA + 4
+    finally:
+        vm.close()
+
+
+def test_io_loop_capability_is_read_from_the_class_not_forwarded_attributes() -> None:
+    class Wrapper:
+        def __init__(self, inner: object) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.inner, name)
+
+    class Loop:
+        io_loop = True
+
+    assert io_loop_vcpu(Loop()) is not None  # type: ignore[arg-type]
+    assert io_loop_vcpu(Wrapper(Loop())) is None  # type: ignore[arg-type]
+
+
+# ---- VcpuIoreq against insert_request / complete_request --------------------------------------
+def _slot_bytes(env: Env) -> bytes:
+    return ctypes.string_at(env.page.addr, 256)
+
+
+def _vcpu_fields(env: Env) -> tuple[int, int, int]:
+    vm = env.hv.vm(env.dev.vmid)
+    assert vm is not None
+    v = vm.vcpus[0]
+    return (v.io_type, v.io_direction, v.io_size)
+
+
+REQUESTS = [
+    (uapi.ACRN_IOREQ_TYPE_PORTIO, True, 0x80, 1, 0x1234_5678_9A),
+    (uapi.ACRN_IOREQ_TYPE_PORTIO, False, 0x3F8, 2, 0xFFFF),
+    (uapi.ACRN_IOREQ_TYPE_MMIO, True, 0xFEE0_0000, 8, (1 << 64) + 5),
+    (uapi.ACRN_IOREQ_TYPE_MMIO, False, 0xD000_0000, 4, 7),
+    (uapi.ACRN_IOREQ_TYPE_PORTIO, True, (1 << 64) + 0xCF8, (1 << 64) + 4, 1),
+]
+
+
+@pytest.mark.parametrize("req", REQUESTS)
+def test_bound_insert_and_complete_equal_the_general_ones(
+    env: Env, req: tuple[int, bool, int, int, int]
+) -> None:
+    type_, is_write, address, size, value = req
+    env.create()
+    vmid = env.dev.vmid
+    env.hv.set_upcall(None)  # look at PENDING itself, no dispatcher
+    outcomes = []
+    for bound in (False, True):
+        ctypes.memset(env.page.addr, 0xAB, 256)
+        env.hv.ioreq_slot(vmid, 0).processed = FREE  # type: ignore[union-attr]
+        if bound:
+            ioreq = env.hv.vcpu_ioreq(vmid, 0)
+            assert ioreq is not None
+            rc = ioreq.insert(type_, is_write, address, size, value)
+            again = ioreq.insert(type_, is_write, address, size, value)  # slot not FREE
+        else:
+            kw = {
+                "direction": int(is_write),
+                "address": address,
+                "size": size,
+                "value": value if is_write else 0,
+            }
+            rc = env.hv.insert_request(vmid, 0, type_, **kw)
+            again = env.hv.insert_request(vmid, 0, type_, **kw)
+        inserted = (_slot_bytes(env), _vcpu_fields(env))
+        not_complete = ioreq.complete() if bound else env.hv.complete_request(vmid, 0)
+        slot = env.hv.ioreq_slot(vmid, 0)
+        assert slot is not None
+        slot.reqs.pio_request.value = 0xDEADBEEF if type_ == uapi.ACRN_IOREQ_TYPE_PORTIO else 0
+        slot.reqs.mmio_request.value |= 0xCAFE if type_ == uapi.ACRN_IOREQ_TYPE_MMIO else 0
+        slot.processed = COMPLETE
+        value_back = ioreq.complete() if bound else env.hv.complete_request(vmid, 0)
+        outcomes.append((rc, again, inserted, not_complete, value_back, _slot_bytes(env)))
+    assert outcomes[0][0] == 0 and outcomes[0][1] == EINVAL
+    assert outcomes[1] == outcomes[0]
+
+
+def test_bound_calls_take_the_general_path_once_the_binding_no_longer_holds(env: Env) -> None:
+    env.create()
+    vmid = env.dev.vmid
+    env.hv.set_upcall(None)
+    ioreq = env.hv.vcpu_ioreq(vmid, 0)
+    assert ioreq is not None
+    vm = env.hv.vm(vmid)
+    assert vm is not None
+    with env.hv.lock:
+        vm.ioreq_buffer = None  # as a dropped buffer (spec 5.1)
+        assert not ioreq.bound()
+        assert ioreq.insert(uapi.ACRN_IOREQ_TYPE_PORTIO, True, 0x80, 1, 1) == EINVAL
+        assert ioreq.complete() is None
+        assert (
+            env.hv.insert_request(vmid, 0, uapi.ACRN_IOREQ_TYPE_PORTIO, direction=1, address=0x80, size=1)
+            == EINVAL
+        )
+    assert env.hv.vcpu_ioreq(vmid, 0) is None
+    assert env.hv.vcpu_ioreq(vmid, 99) is None
+
+
+def test_notify_shortcut_rule_equals_check_state_for_every_state() -> None:
+    idx = uapi.HC_NOTIFY_REQUEST_FINISH & 0xFF
+    for state in VmState:
+        for severity_pass in (False, True):
+            for has_buffer in (False, True):
+                shortcut_ok = state in _NOTIFY_ALLOWED and severity_pass and has_buffer
+                expected = check_state(idx, state, severity_pass, has_buffer)
+                assert (None if shortcut_ok else _NOTIFY_RULE.error) == expected, (
+                    state,
+                    severity_pass,
+                    has_buffer,
+                )
+
+
+# ---- ATTACH wake-up ---------------------------------------------------------------------------
+def test_a_dispatch_wakes_every_attach_waiter(env: Env) -> None:
+    env.create()
+    env.dev.ioctl(uapi.ACRN_IOCTL_CREATE_IOREQ_CLIENT, 0)
+    client = env.machine.hsm.vms[0].default_client
+    assert client is not None
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda: results.append(client.wait())) for _ in range(3)]
+    for t in threads:
+        t.start()
+    while client.waiters < 3:
+        threading.Event().wait(0.001)
+    with env.machine.hsm.vms[0].clients_lock:
+        client.pending.add(0)
+        client.wake()
+    for t in threads:
+        t.join(timeout=10)
+    assert results == [0, 0, 0]
+    assert client.waiters == 0
+
+
+# ---- on a guest -------------------------------------------------------------------------------
+@pytest.fixture
+def machine() -> Iterator[Machine]:
+    m = Machine(accel="kvm")
+    yield m
+    m.runtime.close()
+
+
+def _run_io_loop(machine: Machine, *, fast: bool, n: int = 50) -> tuple[dict[str, int], int, int]:
+    gst = GUESTS["io_loop"]
+    with VmSession(mem_size=gst.mem_size, device=EmulatedDevice(machine), accel="kvm", fast_path=fast) as s:
+        s.load(gst.load_gpa, gst.image())
+        s.set_regs(gst.regs(rcx=n, rdx=0x80))
+        r = s.run(timeout=60)
+        assert r.reason == "halt", r.summary()
+        return r.exits, int(s.vm.ioreq_buffer().req_slot[0].processed), s.bus.unhandled_pio_writes[0x80]
+
+
+@pytest.mark.kvm
+def test_fast_and_faithful_paths_count_the_same_exits_and_free_the_slot(machine: Machine) -> None:
+    fast = _run_io_loop(machine, fast=True)
+    faithful = _run_io_loop(machine, fast=False)
+    assert fast == faithful
+    assert fast[0]["pio"] == 50 and fast[1] == FREE and fast[2] == 50
+
+
+@pytest.mark.kvm
+def test_fast_path_with_tracing_on_takes_the_traced_notify_and_counts_the_same(
+    machine: Machine, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="acrn.trace"):
+        traced = _run_io_loop(machine, fast=True, n=5)
+    notifies = [
+        r for r in caplog.records if r.name == "acrn.trace" and "NOTIFY_REQUEST_FINISH" in r.getMessage()
+    ]
+    assert len(notifies) == 5
+    assert traced == _run_io_loop(machine, fast=True, n=5)
+
+
+def _pci_probe(machine: Machine, *, fast: bool) -> tuple[dict[str, int], dict[str, object]]:
+    gst = GUESTS["pci_probe"]
+    with VmSession(mem_size=gst.mem_size, device=EmulatedDevice(machine), accel="kvm", fast_path=fast) as s:
+        s.load(gst.load_gpa, gst.image())
+        s.set_regs(gst.regs())
+        r = s.run(timeout=60)
+        assert r.reason == "halt", r.summary()
+        return r.exits, r.states[0]
+
+
+@pytest.mark.kvm
+def test_in_results_reach_rax_the_same_through_either_path(machine: Machine) -> None:
+    # pci_probe reads PCI config space through CF8/CFC (INs answered by the kernel's combiner and
+    # the device model) and ends with its last value in a register: the final registers match.
+    fast = _pci_probe(machine, fast=True)
+    faithful = _pci_probe(machine, fast=False)
+    assert fast[0]["pio"] > 2
+    assert fast == faithful
+
+
+@pytest.mark.kvm
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="no sched_getscheduler")
+def test_vcpu_thread_runs_in_sched_batch(machine: Machine) -> None:
+    policies: list[int] = []
+    gst = GUESTS["io_loop"]
+    with VmSession(mem_size=gst.mem_size, device=EmulatedDevice(machine), accel="kvm", fast_path=True) as s:
+        s.load(gst.load_gpa, gst.image())
+        s.set_regs(gst.regs(rcx=1, rdx=0x80))
+        s.bus.register_pio(0x80, 1, _PolicyProbe(policies))
+        r = s.run(timeout=60)
+        assert r.reason == "halt", r.summary()
+    assert policies == [os.SCHED_BATCH]
+
+
+class _PolicyProbe:
+    """A device that records the scheduling policy of the thread it runs on."""
+
+    def __init__(self, out: list[int]) -> None:
+        self.out = out
+
+    def read(self, offset: int, size: int) -> int:
+        return 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.out.append(os.sched_getscheduler(0))
