@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -219,7 +218,6 @@ class _VcpuRunner:
 
     # ------------------------------------------------------------------ the thread
     def _main(self) -> None:
-        batch_scheduling()
         try:
             while True:
                 with self.cond:
@@ -574,25 +572,6 @@ class VmRuntime:
         return hv.complete_request(self.vmid, vid)
 
 
-def batch_scheduling() -> None:
-    """Put the calling thread in SCHED_BATCH (Linux scheduling is per thread); best effort.
-
-    A SCHED_BATCH thread that is woken does not preempt the running thread; it runs when that
-    one blocks.  An I/O exit hands over between two threads that each wake the other and then
-    block at once (the vCPU and the device model's ioreq thread, the faithful path): preempting
-    the waker would only make the woken thread block on the GIL, which the waker still holds,
-    and switch back, three context switches per hand-over instead of one.  Neither thread is
-    interactive, which is what SCHED_BATCH is for; it needs no privilege.
-    """
-    setter = getattr(os, "sched_setscheduler", None)
-    if setter is None:
-        return
-    try:
-        setter(0, os.SCHED_BATCH, os.sched_param(0))
-    except OSError:
-        log.debug("SCHED_BATCH refused", exc_info=True)
-
-
 def _install_kick_handler() -> None:
     """KVM's kick interrupts KVM_RUN with a signal whose handler must be set from the main thread.
 
@@ -736,4 +715,4 @@ class Runtime:
         self.hv.remove_listener(self)
 
 
-__all__ = ["ExitCounts", "Runtime", "StopReport", "VmRuntime", "batch_scheduling"]
+__all__ = ["ExitCounts", "Runtime", "StopReport", "VmRuntime"]
