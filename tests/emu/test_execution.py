@@ -84,6 +84,24 @@ def test_probe_guest_reads_back_the_landed_state(machine: Machine, accel: str, m
         assert seen.get(key) == want, f"{key}: guest saw {seen.get(key)!r}, spec says {want!r}"
 
 
+def test_cr4_mce_vmxe_smxe_are_masked_at_first_entry_not_at_the_ioctl(machine: Machine) -> None:
+    # Spec 4.3 step 7 / 12.9: CR4 is stored raw by SET_VCPU_REGS and applied by init_vmcs with
+    # VMXE, SMXE and MCE masked off.  MCE passes is_valid_cr0_cr4, so it reaches the stored state.
+    g = GUESTS["probe_long"]
+    with VmSession(
+        mem_size=g.mem_size, device=EmulatedDevice(machine), accel=machine.runtime.accel_name
+    ) as s:
+        s.load(g.load_gpa, g.image())
+        regs = g.regs()
+        regs.cr4 |= 1 << 6  # MCE
+        s.set_regs(regs)
+        stored = machine.hv.vcpu_state(s.vm.vmid, 0)
+        result = s.run(timeout=30)
+    assert stored.cr4 & (1 << 6)
+    assert result.reason == "halt", result.summary()
+    assert parse_probe(result.output.decode())["CR4"] == 0x20  # PAE only: MCE did not reach the guest
+
+
 def test_triple_fault_ends_the_vm_with_a_report(machine: Machine, accel: str) -> None:
     with session(machine, "triple_fault") as s:
         result = s.run(timeout=30)

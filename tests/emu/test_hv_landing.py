@@ -147,3 +147,14 @@ def test_cr_masks_follow_platform_fixed_msrs() -> None:
     p = Platform.default()
     p.vmx_cr0_fixed0 = 0x80000001  # a CPU where NE is flexible
     assert is_valid_cr0_cr4(0x1, 0, p)
+
+
+def test_first_entry_masks_vmxe_smxe_and_mce_from_the_stored_cr4() -> None:
+    from acrn.arch import CR4_MCE, CR4_PAE, CR4_SMXE, CR4_VMXE, CpuState
+    from acrn.emu.hv.landing import first_entry_state
+
+    stored = CpuState(cr4=CR4_PAE | CR4_MCE | CR4_VMXE | CR4_SMXE, cr0=0x31, rip=0x1234)
+    entered = first_entry_state(stored)
+    assert entered.cr4 == CR4_PAE
+    assert stored.cr4 == CR4_PAE | CR4_MCE | CR4_VMXE | CR4_SMXE  # the stored context is untouched
+    assert (entered.cr0, entered.rip) == (0x31, 0x1234)

@@ -53,6 +53,7 @@ from acrn.emu.accel.base import (
     multiprocessor_vcpu,
     sync_io_vcpu,
 )
+from acrn.emu.hv.landing import first_entry_state
 from acrn.emu.hv.state import BSP_VCPU_ID
 from acrn.emu.irq import IrqRouter
 
@@ -228,7 +229,7 @@ class _VcpuRunner:
                     with self.cond:
                         state = self.start_state
                     if state is None:  # not handed over (cannot happen through START): ask
-                        state = self.vmrt.landed_state(self.vcpu_id)
+                        state = first_entry_state(self.vmrt.landed_state(self.vcpu_id))
                     self.avcpu.set_state(state)
                     mp = multiprocessor_vcpu(self.avcpu)
                     if mp is not None:
@@ -460,7 +461,7 @@ class VmRuntime:
                 self.vcpus[vcpu.vcpu_id] = runner
                 runner.thread.start()
             with runner.cond:
-                runner.start_state = vcpu.regs.copy()
+                runner.start_state = first_entry_state(vcpu.regs)  # CR4 as init_vmcs applies it
                 runner.start_blob = vcpu.set_regs
                 runner.slot = None  # the buffer may have been set again while the VM was CREATED
                 runner.ioreq = None

@@ -162,6 +162,18 @@ def land_vcpu_regs(regs: uapi.acrn_regs, current: CpuState | None = None) -> Cpu
     return st
 
 
+#: CR4 bits ``init_vmcs`` masks off when it applies the stored CR4 at the first entry (spec 4.3 step 7).
+CR4_MASKED_AT_ENTRY: Final = CR4_VMXE | CR4_SMXE | CR4_MCE
+
+
+def first_entry_state(stored: CpuState) -> CpuState:
+    """The state a vCPU enters the guest with after START: the stored one with CR4 applied as
+    ``init_vmcs`` applies it, VMXE, SMXE and MCE masked off (spec 4.3 step 7, 12.9)."""
+    st = stored.copy()
+    st.cr4 &= ~CR4_MASKED_AT_ENTRY
+    return st
+
+
 def reset_vcpu_state() -> CpuState:
     """The architectural reset template ``realmode_init_vregs`` (spec 4.4); the context is all zero first."""
     st = CpuState()
