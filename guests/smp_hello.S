@@ -17,7 +17,7 @@
 	.set	ICR_LOW, LAPIC + 0x300
 	.set	ICR_HIGH, LAPIC + 0x310
 	.set	AP_STACK, 0x6000
-	.set	WAIT_LOOPS, 0x200000
+	.set	WAIT_LOOPS, 0x1000000	/* generous: the AP thread may wait for a CPU on a loaded host */
 	.code32
 	.text
 	.globl	start
