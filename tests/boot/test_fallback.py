@@ -8,6 +8,7 @@ the same either way.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Iterator
 
@@ -135,13 +136,9 @@ def test_mnemonics_of_the_quick_instructions() -> None:
     assert mnemonic(b"\x0f\x01\xcb") == "stac"
 
 
-# movdqu xmm0,[rsi]; movdqu xmm1,[rsi+16]; paddd xmm0,xmm1; pshufb xmm0,[rsi+48]; movdqu [rsi+32],xmm0; hlt
-SSE_CODE = bytes.fromhex("f30f6f06f30f6f4e10660ffec1660f38004630f30f7f4620f4")
-
-
-@pytest.mark.kvm
-@pytest.mark.soft
-def test_sse_instructions_see_and_return_the_guest_xmm_registers() -> None:
+@contextlib.contextmanager
+def code_vcpu(code: bytes, data: bytes, cr4: int = 0) -> Iterator[tuple[AccelVcpu, HostMemory]]:
+    """A long-mode vCPU on KVM with the fallback, ``code`` at ENTRY, ``data`` at DATA (RSI)."""
     from acrn.emu.accel.kvm import KvmAccelerator
 
     accel = FallbackAccelerator(KvmAccelerator(irqchip=False))
@@ -151,22 +148,36 @@ def test_sse_instructions_see_and_return_the_guest_xmm_registers() -> None:
         vm.map_memory(0, mem.size, mem.address)
         regs = preset_regs("long", ENTRY, mem.size, mem.write)
         regs.rsi = DATA
-        regs.cr4 |= (1 << 9) | (1 << 10)  # OSFXSR | OSXMMEXCPT: SSE enabled
-        mem.write(ENTRY, SSE_CODE)
-        a = [1, 2, 3, 0xFFFFFFFF]
-        b = [10, 20, 30, 2]
-        shuffle = bytes(range(15, -1, -1))  # reverse the 16 bytes
-        mem.write(DATA, struct.pack("<4I", *a) + struct.pack("<4I", *b) + bytes(16) + shuffle)
+        regs.cr4 |= cr4
+        mem.write(ENTRY, code)
+        mem.write(DATA, data)
         vcpu = vm.create_vcpu(0)
         vcpu.set_state(land_vcpu_regs(regs.to_struct().vcpu_regs))
+        try:
+            yield vcpu, mem
+        finally:
+            vcpu.close()
+    finally:
+        vm.close()
+        mem.close()
+
+
+# movdqu xmm0,[rsi]; movdqu xmm1,[rsi+16]; paddd xmm0,xmm1; pshufb xmm0,[rsi+48]; movdqu [rsi+32],xmm0; hlt
+SSE_CODE = bytes.fromhex("f30f6f06f30f6f4e10660ffec1660f38004630f30f7f4620f4")
+
+
+@pytest.mark.kvm
+@pytest.mark.soft
+def test_sse_instructions_see_and_return_the_guest_xmm_registers() -> None:
+    a = [1, 2, 3, 0xFFFFFFFF]
+    b = [10, 20, 30, 2]
+    shuffle = bytes(range(15, -1, -1))  # reverse the 16 bytes
+    data = struct.pack("<4I", *a) + struct.pack("<4I", *b) + bytes(16) + shuffle
+    with code_vcpu(SSE_CODE, data, cr4=(1 << 9) | (1 << 10)) as (vcpu, mem):  # OSFXSR | OSXMMEXCPT
         ex = vcpu.run()
         assert isinstance(ex, HaltExit), ex
         summed = struct.pack("<4I", *((x + y) & 0xFFFFFFFF for x, y in zip(a, b, strict=True)))
         assert mem.read(DATA + 32, 16) == summed[::-1]
-        vcpu.close()
-    finally:
-        vm.close()
-        mem.close()
 
 
 @pytest.mark.kvm
@@ -215,18 +226,7 @@ ONE_80 = (0x8000000000000000).to_bytes(8, "little") + (0x3FFF).to_bytes(2, "litt
 def test_x87_stack_crosses_between_kvm_and_the_soft_cpu() -> None:
     import math
 
-    from acrn.emu.accel.kvm import KvmAccelerator
-
-    accel = FallbackAccelerator(KvmAccelerator(irqchip=False))
-    mem = HostMemory(2 << 20)
-    vm = accel.create_vm()
-    try:
-        vm.map_memory(0, mem.size, mem.address)
-        regs = preset_regs("long", ENTRY, mem.size, mem.write)
-        regs.rsi = DATA
-        mem.write(ENTRY, X87_CODE)
-        vcpu = vm.create_vcpu(0)
-        vcpu.set_state(land_vcpu_regs(regs.to_struct().vcpu_regs))
+    with code_vcpu(X87_CODE, bytes(8)) as (vcpu, mem):
         ex = vcpu.run()
         assert isinstance(ex, HaltExit), ex
         assert struct.unpack("<d", mem.read(DATA, 8))[0] == 1 + math.pi
@@ -234,10 +234,6 @@ def test_x87_stack_crosses_between_kvm_and_the_soft_cpu() -> None:
         assert (fpu.fsw >> 11) & 7 == 6  # two values pushed after the store popped the stack empty
         assert fpu.ftwx == 0b1100_0000  # physical registers 6 and 7 in use
         assert bytes(fpu.fpr[0])[:10] == ONE_80 and bytes(fpu.fpr[1])[:10] == ONE_80
-        vcpu.close()
-    finally:
-        vm.close()
-        mem.close()
 
 
 def test_fpu_state_converts_to_and_from_kvm_fpu() -> None:
