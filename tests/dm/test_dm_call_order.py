@@ -1,0 +1,117 @@
+"""acrn-dm's ioctl order for a normal boot (spec acrn-hsm.md 7.1), seen on the ``acrn.trace`` log.
+
+CREATE_VM, then SET_MEMSEG for lowmem at GPA 0, the BIOS region below 4 GiB and highmem at 4 GiB
+(in that order, attr 7), then SET_VCPU_REGS for vCPU 0 only, then CREATE_IOREQ_CLIENT and START_VM.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import struct
+from collections.abc import Iterator
+
+import pytest
+
+from acrn.device import EmulatedDevice
+from acrn.dm.loaders import GiB, MiB
+from acrn.dm.loaders.boot import ImageSpec, prepare_boot
+from acrn.dm.vmm import VmSession
+from acrn.emu.machine import Machine
+
+ENTRY = 0x400000
+# mov al, 0x2a; out 0xf4, al; hlt
+DEBUGEXIT_42 = bytes.fromhex("b02ae6f4f4")
+
+
+def elf32(code: bytes) -> bytes:
+    out = bytearray(0x100)
+    out[:16] = b"\x7fELF\x01\x01\x01" + bytes(9)
+    struct.pack_into("<HHIIIIIHHHHHH", out, 16, 2, 3, 1, ENTRY, 0x34, 0, 0, 0x34, 32, 1, 40, 0, 0)
+    struct.pack_into("<8I", out, 0x34, 1, 0x100, ENTRY, ENTRY, len(code), len(code), 7, 0x1000)
+    return bytes(out) + code
+
+
+class Calls(logging.Handler):
+    """Collects (ioctl name, decoded argument) from the strace-like ``acrn.trace`` records."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.calls: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if len(args) >= 2:
+            self.calls.append((str(args[0]).removeprefix("ACRN_IOCTL_"), str(args[1])))
+
+    def names(self, keep: set[str]) -> list[str]:
+        return [n for n, _ in self.calls if n in keep]
+
+    def args_of(self, name: str) -> list[str]:
+        return [a for n, a in self.calls if n == name]
+
+
+@pytest.fixture
+def calls() -> Iterator[Calls]:
+    log = logging.getLogger("acrn.trace")
+    handler, level = Calls(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+@pytest.fixture
+def machine() -> Iterator[Machine]:
+    m = Machine(accel="soft")
+    yield m
+    m.runtime.close()
+
+
+def _memsegs(calls: Calls) -> list[tuple[int, int, int]]:
+    out = []
+    for a in calls.args_of("SET_MEMSEG"):
+        m = re.search(r"attr=(\w+), user_vm_pa=(\w+),.*len=(\w+)", a)
+        assert m is not None, a
+        out.append((int(m.group(1), 0), int(m.group(2), 0), int(m.group(3), 0)))
+    return out
+
+
+@pytest.mark.soft
+def test_normal_boot_ioctl_order(calls: Calls, machine: Machine) -> None:
+    spec = ImageSpec(elf=elf32(DEBUGEXIT_42))
+    with VmSession(
+        mem_size=spec.layout(16 * MiB).lowmem, device=EmulatedDevice(machine), accel="soft", cpu_affinity=0b10
+    ) as s:
+        prepare_boot(s, spec, 16 * MiB)
+        result = s.run(timeout=60)
+    assert result.reason == "debugexit" and result.status == (42 << 1) | 1
+    keep = {"CREATE_VM", "SET_MEMSEG", "SET_VCPU_REGS", "CREATE_IOREQ_CLIENT", "START_VM"}
+    assert calls.names(keep) == [
+        "CREATE_VM",
+        "SET_MEMSEG",
+        "SET_VCPU_REGS",
+        "CREATE_IOREQ_CLIENT",
+        "START_VM",
+    ]
+    assert _memsegs(calls) == [(7, 0, 16 * MiB)]
+
+
+@pytest.mark.soft
+def test_memsegs_are_lowmem_then_bios_then_highmem_and_only_vcpu_0_gets_regs(
+    calls: Calls, machine: Machine
+) -> None:
+    memsize = 2 * GiB + 4 * MiB
+    spec = ImageSpec(ovmf=b"\xf4" * 4096, cpus=2)
+    with VmSession(
+        mem_size=spec.layout(memsize).lowmem, device=EmulatedDevice(machine), accel="soft", cpu_affinity=0b110
+    ) as s:
+        prepare_boot(s, spec, memsize)
+    assert _memsegs(calls) == [(7, 0, 2 * GiB), (7, 4 * GiB - 2 * MiB, 2 * MiB), (7, 4 * GiB, 4 * MiB)]
+    regs = calls.args_of("SET_VCPU_REGS")
+    assert len(regs) == 1 and regs[0].startswith("{vcpu_id=0,")
+    # No ioreq client and no START before the vm_loop runs (acrn-dm's add_cpu comes last).
+    assert not calls.names({"CREATE_IOREQ_CLIENT", "START_VM"})
