@@ -227,3 +227,13 @@ def test_debian_cloud_kernel_header_facts() -> None:
     assert hdr.valid and hdr.setup_sects == 39 and hdr.version == 0x020F
     assert hdr.loadflags & zp.LOADED_HIGH and hdr.xloadflags & zp.XLF_KERNEL_64
     assert hdr.kernel_alignment == 0x200000 and hdr.relocatable_kernel == 1 and hdr.pref_address == 0x1000000
+
+
+def test_e820_in_zero_page_without_highmem_has_three_entries() -> None:
+    """No zero-length entry at 4 GiB (acrn-dm's removal loop would leave one; docs/differences.md)."""
+    mem = SparseMemory(MemoryLayout(LOWMEM))
+    load_bzimage(mem, MemoryLayout(LOWMEM), synthetic_bzimage())
+    page = _zero_page(mem)
+    assert page[zp.E820_ENTRIES] == 3
+    assert unpack_e820(page[zp.E820_TABLE :], 3)[-1] == E820Entry(0xE0000000, 0x20000000, E820_TYPE_RESERVED)
+    assert page[zp.E820_TABLE + 60 : zp.E820_TABLE + 80] == bytes(20)

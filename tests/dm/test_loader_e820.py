@@ -77,3 +77,16 @@ def test_layout_bios_region_rounded_to_2_mib_ends_at_4_gib() -> None:
 def test_layout_rejects_sizes_that_are_not_2_mib_multiples() -> None:
     with pytest.raises(LoaderError):
         MemoryLayout.from_memsize(3 * MiB)
+
+
+def test_no_zero_length_entry_is_kept_not_even_the_last_one() -> None:
+    """acrn-dm's removal loop never looks at its last slot, so without highmem it reports a
+    zero-length reserved entry at 4 GiB; pyacrn follows the spec (every zero-length entry removed),
+    as docs/differences.md records."""
+    for lowmem, highmem in ((16 * MiB, 0), (2 * GiB, 0), (2 * GiB, 2 * MiB)):
+        table = acrn_e820(lowmem, highmem)
+        assert all(e.length for e in table)
+        assert (table[-1].base == 4 * GiB) == (highmem > 0)
+    assert len(acrn_e820(2 * GiB)) == 3 and acrn_e820(2 * GiB)[1] == E820Entry(
+        1 * MiB, 2 * GiB - 1 * MiB, RAM
+    )

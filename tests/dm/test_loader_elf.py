@@ -101,3 +101,34 @@ def test_elf64_and_non_elf_are_refused() -> None:
         _load(bytes(img))
     with pytest.raises(LoaderError, match="not an ELF"):
         _load(b"MZ" + bytes(100))
+
+
+def test_multiboot_info_block_is_cleared_to_its_68_bytes_and_sits_at_0x20000_not_scaled() -> None:
+    """acrn-dm memsets sizeof(struct multiboot_info) = 68 bytes; the project puts the block where EBX
+    points (0x20000, the spec's rule), not at acrn-dm's pointer-scaled 0x20000 * 68 (docs/differences.md)."""
+    mem = SparseMemory(MemoryLayout(LOWMEM))
+    mem.write(0x20000, b"\xee" * 0x60)
+    mem.write(0x20000 * 68, b"\xee" * 16)
+    load_elf(mem, MemoryLayout(LOWMEM), elf32([(0x400000, b"\xf4", 1)], multiboot_flags=0x2))
+    assert mem.read(0x20000 + 12, 68 - 12) == bytes(68 - 12)
+    assert mem.read(0x20000 + 68, 0x60 - 68) == b"\xee" * (0x60 - 68)
+    assert mem.read(0x20000 * 68, 16) == b"\xee" * 16
+
+
+def test_no_multiboot_info_without_a_valid_header() -> None:
+    mem = SparseMemory(MemoryLayout(LOWMEM))
+    mem.write(0x20000, b"\xee" * 12)
+    res = load_elf(mem, MemoryLayout(LOWMEM), elf32([(0x400000, b"\xf4", 1)]))
+    assert res.regs.rbx == 0 and res.regs.rax == 0x2BADB002
+    assert mem.read(0x20000, 12) == b"\xee" * 12
+
+
+def test_multiboot_flags_with_memory_bit_and_more_fail_even_with_a_valid_checksum() -> None:
+    for flags in (0x0, 0x1, 0x3, 0x10002):
+        with pytest.raises(LoaderError, match="multiboot header flags"):
+            _load(elf32([(0x400000, b"\xf4", 1)], multiboot_flags=flags))
+
+
+def test_segment_ending_exactly_at_lowmem_loads() -> None:
+    mem, _ = _load(elf32([(LOWMEM - 32, b"\x90" * 8, 32)]))
+    assert mem.read(LOWMEM - 32, 32) == b"\x90" * 8 + bytes(24)
