@@ -115,3 +115,41 @@ def test_memsegs_are_lowmem_then_bios_then_highmem_and_only_vcpu_0_gets_regs(
     assert len(regs) == 1 and regs[0].startswith("{vcpu_id=0,")
     # No ioreq client and no START before the vm_loop runs (acrn-dm's add_cpu comes last).
     assert not calls.names({"CREATE_IOREQ_CLIENT", "START_VM"})
+
+
+# inc dword [0x9000]; cmp dword [0x9000], 2; je done; mov al, 0xfe; out 0x64, al; hlt;
+# done: mov al, 0x2a; out 0xf4, al; hlt       (resets once through the i8042, then exits)
+RESET_ONCE = bytes.fromhex("ff0500900000833d00900000027405b0fee664f4b02ae6f4f4")
+
+
+@pytest.mark.soft
+@pytest.mark.parametrize("fast", [False, True], ids=["faithful", "fast"])
+def test_guest_reset_holds_the_notify_back_and_runs_acrn_dm_sequence(
+    calls: Calls, machine: Machine, fast: bool
+) -> None:
+    # Spec 5.6 step 3: while the reset is pending the request that asked for it is not notified;
+    # PAUSE, CLEAR_VM_IOREQ and RESET_VM complete it, then the reload and START (vm_system_reset).
+    spec = ImageSpec(elf=elf32(RESET_ONCE))
+    with VmSession(
+        mem_size=spec.layout(16 * MiB).lowmem,
+        device=EmulatedDevice(machine),
+        accel="soft",
+        cpu_affinity=0b10,
+        fast_path=fast,
+    ) as s:
+        prepare_boot(s, spec, 16 * MiB)
+        result = s.run(timeout=60)
+        resets = s.resets
+    assert (result.reason, result.status, resets) == ("debugexit", (0x2A << 1) | 1, 1)
+    keep = {"NOTIFY_REQUEST_FINISH", "PAUSE_VM", "CLEAR_VM_IOREQ", "RESET_VM", "SET_VCPU_REGS", "START_VM"}
+    names = calls.names(keep)
+    first = names.index("START_VM")
+    second = names.index("START_VM", first + 1)
+    # The first boot's only I/O is the 0xFE write: not a single NOTIFY before the reset sequence.
+    assert names[first + 1 : second + 1] == [
+        "PAUSE_VM",
+        "CLEAR_VM_IOREQ",
+        "RESET_VM",
+        "SET_VCPU_REGS",
+        "START_VM",
+    ]

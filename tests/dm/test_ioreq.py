@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import threading
+import time
 
 import pytest
 
@@ -230,9 +231,35 @@ def test_notify_postponed_while_reset_pending() -> None:
     c.batches = [[(0, PROCESSING)]]
     loop = IoreqLoop(c, bus)
     loop.notify_postponed = True
-    loop.run()
+    t = threading.Thread(target=loop.run)
+    t.start()
+    deadline = time.monotonic() + 10
+    while loop.handled == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(0.05)
     assert c.buf.req_slot[0].reqs.pio_request.value == 9  # emulated...
     assert c.notified == []  # ...but not completed
+    assert c.attaches == 1 and t.is_alive()  # no ATTACH (and no second look) until the reset is done
+    loop.notify_postponed = False
+    t.join(10)
+    assert not t.is_alive() and c.attaches == 2  # attached again (the fake then ends with ENODEV)
+    assert c.notified == []
+
+
+def test_stop_releases_a_loop_held_by_a_postponed_notify() -> None:
+    c = FakeClient()
+    pio(c, 0, 0x80, 1, WRITE)
+    c.batches = [[(0, PROCESSING)], [(0, PROCESSING)]]
+    loop = IoreqLoop(c, IoBus())
+    loop.notify_postponed = True
+    t = threading.Thread(target=loop.run)
+    t.start()
+    deadline = time.monotonic() + 10
+    while loop.handled == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    loop.stop()
+    t.join(10)
+    assert not t.is_alive() and c.attaches == 1
 
 
 def test_stop_ends_run_after_the_current_scan() -> None:

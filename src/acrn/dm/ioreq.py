@@ -97,10 +97,9 @@ class IoreqLoop:
         self.client = client
         self.bus = bus
         self.pci: PciConfigHandler = pci if pci is not None else NoPciDevices()
-        #: While True, requests are emulated but NOTIFY is held back, as acrn-dm does while a guest
-        #: system reset or suspend is pending (spec 5.6 step 3); CLEAR_VM_IOREQ and RESET_VM then
-        #: complete them.
-        self.notify_postponed = False
+        # Set unless NOTIFY is postponed (see notify_postponed).
+        self._resumed = threading.Event()
+        self._resumed.set()
         #: Requests emulated so far, and requests whose type the loop does not know.
         self.handled = 0
         self.bad_requests = 0
@@ -115,11 +114,27 @@ class IoreqLoop:
         self._last_slot: uapi.acrn_io_request | None = None
         self._last_pio: uapi.acrn_pio_request | None = None
 
+    @property
+    def notify_postponed(self) -> bool:
+        """While True, requests are emulated but NOTIFY is held back, as acrn-dm does while a guest
+        system reset or suspend is pending (spec 5.6 step 3); CLEAR_VM_IOREQ and RESET_VM then
+        complete them.  :meth:`run` does not ATTACH again until it is False: acrn-dm's loop thread
+        runs the reset itself right after that scan, so it never sees the held request twice."""
+        return not self._resumed.is_set()
+
+    @notify_postponed.setter
+    def notify_postponed(self, value: bool) -> None:
+        if value:
+            self._resumed.clear()
+        else:
+            self._resumed.set()
+
     def stop(self) -> None:
-        """Ask :meth:`run` to return after the current scan.  It does not interrupt a blocked
-        ATTACH: destroy the ioreq client for that (acrn-dm's order: PAUSE_VM, then
-        DESTROY_IOREQ_CLIENT, which makes ATTACH fail with ENODEV)."""
+        """Ask :meth:`run` to return after the current scan (or a postponement).  It does not
+        interrupt a blocked ATTACH: destroy the ioreq client for that (acrn-dm's order: PAUSE_VM,
+        then DESTROY_IOREQ_CLIENT, which makes ATTACH fail with ENODEV)."""
         self._stop.set()
+        self._resumed.set()
 
     @property
     def stopped(self) -> bool:
@@ -137,6 +152,7 @@ class IoreqLoop:
                     log.warning("ioreq loop: ATTACH failed: %s", e)
                 return
             self.scan()
+            self._resumed.wait()  # a guest reset is under way: ATTACH again once it is done
 
     def scan(self) -> int:
         """One pass over the slots: emulate and notify every request owned by userspace.

@@ -172,29 +172,24 @@ class VmSession:
             why = "--no-reboot" if self.no_reboot else "no loader to re-run"
             self.request_stop("reset", 0, f"guest reset ({why})")
             return
+        # acrn-dm holds NOTIFY back from here on (the request that asked for the reset included):
+        # CLEAR_VM_IOREQ and RESET_VM complete what is outstanding (spec 5.6 step 3, 5.5).
+        if self._loop is not None:
+            self._loop.notify_postponed = True
         self._reset_requested = True
         self._stop_event.set()
-
-    def _wait_ioreq_idle(self, timeout: float = 2.0) -> None:
-        """Let the request that asked for the reset be completed (NOTIFY) before slots are cleared."""
-        deadline = time.monotonic() + timeout
-        buf = self.vm.ioreq_buffer()
-        busy = (uapi.ACRN_IOREQ_STATE_PROCESSING, uapi.ACRN_IOREQ_STATE_COMPLETE)
-        while any(buf.req_slot[i].processed in busy for i in range(self.vm.vcpu_num)):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.001)
 
     def _guest_reset(self) -> None:
         """acrn-dm's ``vm_system_reset``: PAUSE, CLEAR_VM_IOREQ, RESET_VM, reload, SET_VCPU_REGS, START."""
         assert self.reload is not None
         self.vm.pause()
-        self._wait_ioreq_idle()
         self.vm.clear_vm_ioreq()
         self.vm.reset()
         regs = self.reload()
         self.vm.set_vcpu_regs(regs)
         self.resets += 1
+        if self._loop is not None:
+            self._loop.notify_postponed = False
         self._start()
 
     def set_regs(self, regs: VcpuRegs, *, strict: bool = False) -> None:
@@ -259,7 +254,8 @@ class VmSession:
 
             def fast(vcpu_id: int, slot: uapi.acrn_io_request) -> None:
                 loop.handle_slot(slot)
-                self.vm.notify_request_finish(vcpu_id)
+                if not loop.notify_postponed:  # a guest reset is pending (see request_reset)
+                    self.vm.notify_request_finish(vcpu_id)
 
             self.runtime.set_fast_handler(self.vm.vmid, fast)
             self._start()
