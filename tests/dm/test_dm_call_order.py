@@ -98,6 +98,9 @@ def test_normal_boot_ioctl_order(calls: Calls, machine: Machine) -> None:
         "START_VM",
     ]
     assert _memsegs(calls) == [(7, 0, 16 * MiB)]
+    # Teardown (spec 5.6 step 4): PAUSE, DESTROY_IOREQ_CLIENT (ends ATTACH), PAUSE again, DESTROY_VM.
+    tail = calls.names({"PAUSE_VM", "DESTROY_IOREQ_CLIENT", "DESTROY_VM"})
+    assert tail[-4:] == ["PAUSE_VM", "DESTROY_IOREQ_CLIENT", "PAUSE_VM", "DESTROY_VM"]
 
 
 @pytest.mark.soft

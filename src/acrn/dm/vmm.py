@@ -315,7 +315,8 @@ class VmSession:
         result.output = bytes(self.output)
 
     def close(self) -> None:
-        """Tear down as acrn-dm does: PAUSE, DESTROY_IOREQ_CLIENT, join the loop, DESTROY_VM, close."""
+        """Tear down as acrn-dm does (spec 5.6 step 4): PAUSE, DESTROY_IOREQ_CLIENT, join the loop,
+        PAUSE again, DESTROY_VM, close."""
         if self._closed:
             return
         self._closed = True
@@ -325,6 +326,7 @@ class VmSession:
                 if self._loop_thread is not None:
                     self.vm.destroy_ioreq_client()
                     self._loop_thread.join(timeout=10)
+                self.vm.pause()  # acrn-dm's vm_pause before vm_destroy (a no-op on a paused VM)
                 self.vm.destroy()
         finally:
             if self.runtime is not None:
