@@ -99,6 +99,8 @@ def test_normal_boot_ioctl_order(calls: Calls, machine: Machine) -> None:
     ]
     assert _memsegs(calls) == [(7, 0, 16 * MiB)]
     # Teardown (spec 5.6 step 4): PAUSE, DESTROY_IOREQ_CLIENT (ends ATTACH), PAUSE again, DESTROY_VM.
+    loop = calls.names({"CREATE_IOREQ_CLIENT", "START_VM", "ATTACH_IOREQ_CLIENT"})
+    assert loop[:3] == ["CREATE_IOREQ_CLIENT", "START_VM", "ATTACH_IOREQ_CLIENT"]  # vm_loop's order
     tail = calls.names({"PAUSE_VM", "DESTROY_IOREQ_CLIENT", "DESTROY_VM"})
     assert tail[-4:] == ["PAUSE_VM", "DESTROY_IOREQ_CLIENT", "PAUSE_VM", "DESTROY_VM"]
 

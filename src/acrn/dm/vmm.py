@@ -260,14 +260,20 @@ class VmSession:
             self.runtime.set_fast_handler(self.vm.vmid, fast)
             self._start()
         else:
-            if self._loop_thread is None:  # the client outlives guest resets, as in acrn-dm
+            # acrn-dm's vm_loop thread: CREATE_IOREQ_CLIENT, START_VM, then ATTACH (spec 5.6, 7.1
+            # step 7); the thread starts after START so that its first ATTACH follows it too.  The
+            # client outlives guest resets, as in acrn-dm.
+            new_thread = self._loop_thread is None
+            if new_thread:
                 self.vm.create_ioreq_client()
                 self._loop = IoreqLoop(self.vm, self.bus, self.pci)
                 self._loop_thread = threading.Thread(
                     target=self._serve, args=(self._loop,), name="acrn-dm-ioreq", daemon=True
                 )
-                self._loop_thread.start()
             self._start()
+            if new_thread:
+                assert self._loop_thread is not None
+                self._loop_thread.start()
         self._started = True
         deadline = None if timeout is None else t0 + timeout
         while True:
