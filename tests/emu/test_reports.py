@@ -10,7 +10,7 @@ from acrn import HsmError
 from acrn.arch import CR0_PE, CR0_PG, CR4_LA57, CR4_PAE, EFER_LMA, CpuState, Segment
 from acrn.device import EmulatedDevice
 from acrn.dm.vmm import VmSession
-from acrn.emu.guestmem import code_at_rip, disassemble, linear_to_gpa
+from acrn.emu.guestmem import code_at_rip, disassemble, linear_to_gpa, read_linear
 from acrn.emu.machine import Machine
 from acrn.guests import GUESTS
 from acrn.hsm import Hsm
@@ -113,6 +113,17 @@ def test_page_walk_follows_2m_and_4k_pages() -> None:
     assert linear_to_gpa(st, 0x205678, read) == 0x7678
     assert linear_to_gpa(st, 0x206000, read) is None  # PT[6] not present
     assert linear_to_gpa(st, 1 << 39, read) is None  # PML4[1] not present
+
+
+def test_read_linear_crosses_pages_and_needs_every_byte_mapped() -> None:
+    mem, st = _long_mode_memory()
+    mem[0x201FFE:0x202002] = b"ABCD"  # the last 2 bytes of one 4 KiB page, the first 2 of the next
+
+    def read(gpa: int, size: int) -> bytes | None:
+        return bytes(mem[gpa : gpa + size]) if gpa + size <= len(mem) else None
+
+    assert read_linear(st, 0x1FFE, 4, read) == b"ABCD"
+    assert read_linear(st, 0x205FFE, 4, read) is None  # 0x206000 (PT[6]) is not mapped
 
 
 def test_page_walk_with_five_levels_when_cr4_la57() -> None:

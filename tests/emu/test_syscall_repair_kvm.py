@@ -78,6 +78,6 @@ def test_the_probe_reports_this_host_and_leaks_nothing() -> None:
     fds = set(os.listdir("/proc/self/fd"))
     result = probe.__wrapped__()
     assert set(os.listdir("/proc/self/fd")) <= fds
-    assert result.output.startswith("#BP\n") or result.int3_exits
-    assert result.needed == (result.int3_exits and result.syscall_keeps_user_cs)
+    # Either int3 stopped the vCPU, or the guest's own #BP handler ran and printed.
+    assert result.int3_exits != result.output.startswith("#BP\n")
     assert result == probe.__wrapped__()  # the same answer each time

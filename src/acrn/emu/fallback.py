@@ -150,22 +150,25 @@ class FallbackStats:
 
 
 class _SoftSide:
-    """The soft accelerator VM that mirrors the wrapper's memory slots, created on first use."""
+    """The soft accelerator VM that mirrors the wrapper's memory slots, created on first use.
 
-    def __init__(self) -> None:
+    The slots themselves are kept in ``memory`` (also what the SYSCALL repair reads and patches).
+    """
+
+    def __init__(self, memory: SlotMemory) -> None:
         self._vm: AccelVm | None = None
-        self._slots: dict[tuple[int, int], tuple[int, bool]] = {}
+        self.memory = memory
         self._lock = threading.Lock()
 
     def map(self, gpa: int, size: int, host: int, writable: bool) -> None:
         with self._lock:
-            self._slots[(gpa, size)] = (host, writable)
+            self.memory.map(gpa, size, host, writable)
             if self._vm is not None:
                 self._vm.map_memory(gpa, size, host, writable=writable)
 
     def unmap(self, gpa: int, size: int) -> None:
         with self._lock:
-            self._slots.pop((gpa, size), None)
+            self.memory.unmap(gpa, size)
             if self._vm is not None:
                 self._vm.unmap_memory(gpa, size)
 
@@ -175,7 +178,7 @@ class _SoftSide:
                 from acrn.emu.accel import get_accelerator
 
                 self._vm = get_accelerator("soft").create_vm()
-                for (gpa, size), (host, writable) in sorted(self._slots.items()):
+                for gpa, size, host, writable in self.memory.slots():
                     self._vm.map_memory(gpa, size, host, writable=writable)
             return self._vm.create_vcpu(vcpu_id)
 
@@ -433,10 +436,9 @@ class FallbackVm:
     def __init__(self, primary: AccelVm, stats: FallbackStats, *, repair: bool = False) -> None:
         self.primary = primary
         self.stats = stats
-        self.soft = _SoftSide()
+        self.soft = _SoftSide(SlotMemory())
         self.name = primary.name
-        self._memory = SlotMemory()
-        self.repair = SyscallRepair(self._memory) if repair else None
+        self.repair = SyscallRepair(self.soft.memory) if repair else None
 
     def __getattr__(self, name: str) -> Any:
         # Interrupt controllers and the VM fd are the KVM VM's (acrn.emu.irq reaches them here).
@@ -445,12 +447,10 @@ class FallbackVm:
     def map_memory(self, gpa: int, size: int, host_addr: int, *, writable: bool = True) -> None:
         self.primary.map_memory(gpa, size, host_addr, writable=writable)
         self.soft.map(gpa, size, host_addr, writable)
-        self._memory.map(gpa, size, host_addr, writable)
 
     def unmap_memory(self, gpa: int, size: int) -> None:
         self.primary.unmap_memory(gpa, size)
         self.soft.unmap(gpa, size)
-        self._memory.unmap(gpa, size)
 
     def create_vcpu(self, vcpu_id: int) -> AccelVcpu:
         return FallbackVcpu(self, self.primary.create_vcpu(vcpu_id))

@@ -86,6 +86,20 @@ def linear_to_gpa(state: CpuState, linear: int, read: Reader) -> int | None:
     return None if pte is None else (pte & 0xFFFFF000) | (linear & 0xFFF)
 
 
+def read_linear(state: CpuState, linear: int, size: int, read: Reader) -> bytes | None:
+    """``size`` bytes at a linear address through the guest's page tables (None unless all map)."""
+    out = b""
+    while len(out) < size:
+        gpa = linear_to_gpa(state, linear + len(out), read)
+        if gpa is None:
+            return None
+        data = read(gpa, min(size - len(out), 0x1000 - (gpa & 0xFFF)))
+        if data is None:
+            return None
+        out += data
+    return out
+
+
 def code_at_rip(state: CpuState, read: Reader, size: int = 16) -> bytes | None:
     """The bytes at CS:RIP (shortened at a page boundary that does not translate)."""
     linear = (state.cs.base + state.rip) & 0xFFFFFFFFFFFFFFFF

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from acrn.arch import CR0_PG, EFER_LMA, CpuState, Segment
-from acrn.emu.guestmem import linear_to_gpa
+from acrn.emu.guestmem import linear_to_gpa, read_linear
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,11 @@ class SlotMemory:
         with self._lock:
             if self._slots.get(gpa, (None,))[0] == size:
                 del self._slots[gpa]
+
+    def slots(self) -> list[tuple[int, int, int, bool]]:
+        """(gpa, size, host address, writable) of every slot, by GPA."""
+        with self._lock:
+            return sorted((gpa, size, host, w) for gpa, (size, host, w) in self._slots.items())
 
     def _host(self, gpa: int, size: int, write: bool) -> int | None:
         with self._lock:
@@ -203,7 +208,7 @@ class SyscallRepair:
             return
         if st.idtr.limit < VECTOR_PF * 16 + 15:
             return
-        gate = self._read_linear(st, st.idtr.base + VECTOR_PF * 16, 16)
+        gate = read_linear(st, st.idtr.base + VECTOR_PF * 16, 16, self.memory.read)
         if gate is None or not gate[5] & 0x80:
             return
         lo, mid, hi = struct.unpack_from("<H", gate, 0)[0], struct.unpack_from("<H", gate, 6)[0], gate[8:12]
@@ -220,18 +225,6 @@ class SyscallRepair:
             self._trap = _Trap(handler, gpa, original)
         log.info("syscall repair: trap on the #PF handler at %#x (gpa %#x)", handler, gpa)
 
-    def _read_linear(self, st: CpuState, linear: int, size: int) -> bytes | None:
-        out = b""
-        while len(out) < size:
-            gpa = linear_to_gpa(st, linear + len(out), self.memory.read)
-            if gpa is None:
-                return None
-            data = self.memory.read(gpa, min(size - len(out), 0x1000 - (gpa & 0xFFF)))
-            if data is None:
-                return None
-            out += data
-        return out
-
     def owns(self, rip: int) -> bool:
         """Whether an int3 emulation failure at ``rip`` is this trap's."""
         trap = self._trap
@@ -245,7 +238,7 @@ class SyscallRepair:
 
     def handle(self, vcpu: MsrVcpu, st: CpuState) -> Outcome:
         """The vCPU stopped on the trap with state ``st``: repair, or pass the genuine fault on."""
-        frame = self._read_linear(st, st.rsp, _FRAME.size)
+        frame = read_linear(st, st.rsp, _FRAME.size, self.memory.read)
         if frame is not None:
             _err, rip, cs, rflags, rsp, _ss = _FRAME.unpack(frame)
             if cs & 3 == 3:
