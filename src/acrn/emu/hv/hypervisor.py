@@ -325,9 +325,8 @@ class Hypervisor:
                 or vm.ioreq_buffer is None
             ):
                 return _NOTIFY_RULE.error
-            ret = self._notify_request_finish(vm, param2)
-            log.debug("hypercall %#x(%#x, %#x) -> %d", uapi.HC_NOTIFY_REQUEST_FINISH, param1, param2, ret)
-            return ret
+            # No debug log here, unlike the other hypercalls: this one runs on every I/O exit.
+            return self._notify_request_finish(vm, param2)
 
     def vm(self, rel_vmid: int) -> Vm | None:
         """The live VM with this relative id (the Service VM is 0 by default), or None."""
