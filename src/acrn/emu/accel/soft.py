@@ -122,6 +122,20 @@ _QUIT: Final = "quit"
 _layout_problem: str | None = None
 
 
+def _release_freed_heap() -> None:
+    """Give the C heap's free memory back to the system (glibc ``malloc_trim``; elsewhere a no-op).
+
+    A unicorn engine frees about 1 MiB of malloc'd state when it closes, which glibc keeps for
+    reuse: without this a process that ran 100 soft VMs stays ~100 MiB larger after destroying
+    them (measured), which looks like a leak to anyone watching RSS.  The call takes ~0.1 ms.
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return
+    trim(0)
+
+
 def _unicorn() -> Any:
     """The unicorn module, imported on first use (pyacrn must import without it); typed Any."""
     return importlib.import_module("unicorn")
@@ -504,6 +518,7 @@ class SoftVcpu:
         self._uc = None
         if finalizer is not None:
             finalizer()  # uc_close now, rather than whenever the cyclic GC runs
+            _release_freed_heap()
         self._vm._forget(self)
 
     def _check_open(self) -> None:
