@@ -75,7 +75,8 @@ def batch_scheduling() -> None:
     A woken SCHED_BATCH thread does not preempt the thread that woke it.  The vCPU that posts a
     request blocks right after waking this thread; preempting it would only make this thread
     block on the GIL the vCPU still holds (three context switches per hand-over instead of one).
-    The runtime's vCPU threads do the same (``acrn.emu.runtime.batch_scheduling``).
+    The vCPU threads stay in the normal policy: a batch AP woken to poll for its SIPI would not
+    preempt a spinning BSP (benchmarks/README.md).
     """
     setter = getattr(os, "sched_setscheduler", None)
     if setter is None:
