@@ -259,11 +259,11 @@ def _run_script(
 @needs_atheris
 def test_libfuzzer_short_run_prints_its_counts(tmp_path: Path) -> None:
     """CI: a short coverage-guided run of the script; it exits 0 and prints what it executed."""
-    proc, out = _run_script(tmp_path, 3000, 256, 300)
+    proc, out = _run_script(tmp_path, 2000, 256, 300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = re.search(r"atheris_hsm: (\d+) inputs, (\d+) operations, (\d+) ioctls", out)
     assert m is not None, out
-    assert int(m[1]) >= 3000  # libFuzzer's own first empty input comes on top
+    assert int(m[1]) >= 2000  # libFuzzer's own first empty input comes on top
     assert int(m[3]) > 1000
     assert "errno: EINVAL" in out
     assert "instrumented" in proc.stderr and "DONE" in proc.stderr
