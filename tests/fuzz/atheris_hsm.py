@@ -131,7 +131,7 @@ class Stats:
     inputs: int = 0
     ioctls: int = 0
     refused: int = 0
-    #: Operations run, by name (see ``Session.OPS``).
+    #: Operations run, by name (see ``OP_NAMES``).
     ops: Counter[str] = field(default_factory=Counter)
     #: Successful ioctls by name (``ACRN_IOCTL_...``, or the hex number of an unknown command).
     succeeded: Counter[str] = field(default_factory=Counter)
@@ -222,7 +222,7 @@ class Session:
         # so that pointer + any write-back (at most a page) stays inside the scratch mapping.
         self.lo = self.pool.page(0)
         self.hi = self.lo + AddressPool.SCRATCH_PAGES * PAGE
-        self.OPS: list[tuple[str, Callable[[], None]]] = [(n, getattr(self, f"op_{n}")) for n in OP_NAMES]
+        self.ops: list[tuple[str, Callable[[], None]]] = [(n, getattr(self, f"op_{n}")) for n in OP_NAMES]
 
     # ------------------------------------------------------------------ reading the input
     def u(self, size: int) -> int:
@@ -692,7 +692,7 @@ class Session:
         for _ in range(MAX_OPS):
             if self.src.remaining_bytes() == 0:
                 break
-            name, op = self.OPS[self.u(1) % len(self.OPS)]
+            name, op = self.ops[self.u(1) % len(self.ops)]
             STATS.ops[name] += 1
             op()
             check_invariants(self.machine, self.files, self.accel)

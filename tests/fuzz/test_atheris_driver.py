@@ -9,6 +9,7 @@ short libFuzzer run in a subprocess.  The long run is on demand:
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import random
@@ -172,8 +173,6 @@ def test_raw_pointers_never_leave_the_pool() -> None:
     session = atheris_hsm.Session(ByteReader(b""))
     try:
         heap = bytearray(64)
-        import ctypes
-
         addr = ctypes.addressof((ctypes.c_char * 64).from_buffer(heap))
         assert session._in_scratch(session.safe_ptr(addr), 4096)
         assert session.safe_ptr(0xFFFF_8000_0000_0000) == 0xFFFF_8000_0000_0000
