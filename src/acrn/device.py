@@ -76,6 +76,14 @@ class Device:
         """
         return self.ioctl(uapi.ACRN_IOCTL_NOTIFY_REQUEST_FINISH, uapi.acrn_ioreq_notify(vmid, 0, vcpu))
 
+    def attach_ioreq_client(self) -> int:
+        """ACRN_IOCTL_ATTACH_IOREQ_CLIENT: the faithful ioreq loop's blocking call, once per scan.
+
+        As for :meth:`notify_request_finish`, transports may take a shorter route with the same
+        effect; this one issues the ioctl.
+        """
+        return self.ioctl(uapi.ACRN_IOCTL_ATTACH_IOREQ_CLIENT)
+
     def fileno(self) -> int | None:
         return None
 
@@ -159,6 +167,14 @@ class EmulatedDevice(Device):
         if f is None or trace.isEnabledFor(logging.DEBUG):
             return super().notify_request_finish(vmid, vcpu)
         return f.notify_request_finish(vcpu & 0xFFFFFFFF)
+
+    def attach_ioreq_client(self) -> int:
+        """The driver's ATTACH_IOREQ_CLIENT without the generic ioctl entry (same checks and
+        errors, :meth:`HsmFile.attach_ioreq_client`); the traced ioctl while ``acrn.trace`` logs."""
+        f = self.file
+        if f is None or trace.isEnabledFor(logging.DEBUG):
+            return super().attach_ioreq_client()
+        return f.attach_ioreq_client()
 
     @property
     def vmid(self) -> int:

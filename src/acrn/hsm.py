@@ -263,7 +263,14 @@ class Vm:
 
     def attach_ioreq_client(self) -> None:
         """ACRN_IOCTL_ATTACH_IOREQ_CLIENT: block until a request is pending (0 also on a signal)."""
-        self.hsm.ioctl(uapi.ACRN_IOCTL_ATTACH_IOREQ_CLIENT)
+        try:
+            self.hsm.device.attach_ioreq_client()
+        except OSError as e:
+            if isinstance(e, HsmError):
+                raise
+            raise HsmError(
+                e.errno or errno.EIO, uapi.IOCTL_NAMES[uapi.ACRN_IOCTL_ATTACH_IOREQ_CLIENT]
+            ) from None
 
     # The acrn.dm ioreq loop's client protocol uses this name.
     attach = attach_ioreq_client

@@ -234,3 +234,73 @@ def test_ioreq_event_set_from_another_thread_wakes_the_waiter() -> None:
     t.start()
     assert c.wait(10)
     t.join()
+
+
+# ---------------------------------------------------------------------- the in-process ATTACH
+def test_in_process_attach_returns_at_once_with_a_request_pending(client_env: Env) -> None:
+    env = client_env
+    assert env.pio(0, 0x80, 1, W, 1) == 0
+    assert env.dev.attach_ioreq_client() == 0
+    assert env.slot(0).processed == PROCESSING  # ATTACH only waits; the slot is the loop's
+
+
+def test_in_process_attach_is_released_by_destroying_the_client_with_enodev(client_env: Env) -> None:
+    env = client_env
+    result: list[int] = []
+
+    def attach() -> None:
+        try:
+            env.dev.attach_ioreq_client()
+            result.append(0)
+        except OSError as e:
+            result.append(e.errno or 0)
+
+    t = threading.Thread(target=attach)
+    t.start()
+    f = env.dev.file
+    assert f is not None and f.vm.default_client is not None
+    client = f.vm.default_client
+    while client.waiters == 0 and t.is_alive():
+        threading.Event().wait(0.001)
+    env.dev.ioctl(uapi.ACRN_IOCTL_DESTROY_IOREQ_CLIENT, 0)
+    t.join(10)
+    assert not t.is_alive() and result == [errno.ENODEV]
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [("no vm", errno.EINVAL), ("no client", errno.ENODEV), ("closed", errno.EBADF)],
+)
+def test_in_process_attach_fails_as_the_ioctl_does(env: Env, state: str, expected: int) -> None:
+    if state != "no vm":
+        env.create()
+    f = env.dev.file
+    assert f is not None
+    if state == "closed":
+        f.release()
+    with pytest.raises(OSError) as shortcut:
+        f.attach_ioreq_client()
+    with pytest.raises(OSError) as ioctl:
+        f.ioctl(uapi.ACRN_IOCTL_ATTACH_IOREQ_CLIENT, 0)
+    assert shortcut.value.errno == ioctl.value.errno == expected
+
+
+def test_attach_goes_through_the_traced_ioctl_while_tracing(
+    client_env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = client_env
+    assert env.pio(0, 0x80, 1, W, 1) == 0
+    with caplog.at_level(logging.DEBUG, logger="acrn.trace"):
+        assert env.dev.attach_ioreq_client() == 0
+    assert any("ATTACH_IOREQ_CLIENT" in r.getMessage() for r in caplog.records)
+
+
+def test_client_attach_raises_hsm_error_naming_the_ioctl(env: Env) -> None:
+    from acrn import HsmError
+    from acrn.hsm import Hsm
+
+    hsm = Hsm(env.dev)
+    vm = hsm.create_vm("")
+    with pytest.raises(HsmError) as e:
+        vm.attach_ioreq_client()  # no ioreq client yet
+    assert e.value.errno == errno.ENODEV and "ATTACH_IOREQ_CLIENT" in str(e.value)

@@ -160,6 +160,28 @@ class HsmFile:
             raise OSError(-ret, f"{name}: {_strerror(-ret)}")
         return ret
 
+    def attach_ioreq_client(self) -> int:
+        """ATTACH_IOREQ_CLIENT for an in-process device model: the ioctl without the generic entry.
+
+        Same checks and effects as ``ioctl(ACRN_IOCTL_ATTACH_IOREQ_CLIENT)`` (closed fd, the spec
+        1.2 preamble, no default client -> ENODEV, then the wait of spec 5.3); the argument is
+        ignored by the driver, so only the wrapping of it is skipped.  Errors raise OSError.
+        """
+        if self.closed:
+            raise OSError(errno.EBADF, "file is closed")
+        vm = self.vm
+        client = vm.default_client
+        if not vm.valid:
+            ret = -errno.EINVAL
+        elif client is None:
+            ret = -errno.ENODEV
+        else:
+            ret = client.wait()
+        if ret < 0:
+            name = uapi.IOCTL_NAMES[uapi.ACRN_IOCTL_ATTACH_IOREQ_CLIENT]
+            raise OSError(-ret, f"{name}: {_strerror(-ret)}")
+        return ret
+
     def interrupt_attach(self) -> None:
         """Emulate a signal to threads blocked in ATTACH_IOREQ_CLIENT: they return 0 (spec 12.14)."""
         client = self.vm.default_client
