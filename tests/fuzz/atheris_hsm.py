@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from acrn import uapi
-from acrn.emu.hostmem import is_mapped
 from acrn.emu.hsm import HsmFile
 from acrn.emu.hv import VmState
 from acrn.emu.machine import Machine
@@ -45,6 +44,8 @@ try:
     from .harness import (
         IOCTLS,
         PAGE,
+        PAGE_MASK,
+        U64,
         UNKNOWN_IOCTLS,
         AddressPool,
         NullAccelerator,
@@ -58,6 +59,8 @@ except ImportError:  # run as a script: the package is tests/fuzz, imported as p
     from fuzz.harness import (
         IOCTLS,
         PAGE,
+        PAGE_MASK,
+        U64,
         UNKNOWN_IOCTLS,
         AddressPool,
         NullAccelerator,
@@ -72,8 +75,6 @@ try:
 except ImportError:  # the driver runs without it (ByteReader); only main() needs it
     atheris = None
 
-U64 = (1 << 64) - 1
-PAGE_MASK = U64 & ~(PAGE - 1)
 #: Operations per input at most, so that one input stays fast whatever its length.
 MAX_OPS = 96
 MAX_FDS = 3
@@ -196,9 +197,6 @@ _IO_CMDS = [
 _STRUCT_CMDS = [c for c in IOCTLS if isinstance(uapi.IOCTL_ARG.get(c), type)]
 _ANY_CMDS = IOCTLS + UNKNOWN_IOCTLS
 _S = ctypes.sizeof
-_IOREQ_BUF = slice(uapi.acrn_vm_creation.ioreq_buf.offset, uapi.acrn_vm_creation.ioreq_buf.offset + 8)
-_VMA_BASE = slice(uapi.acrn_vm_memmap.vma_base.offset, uapi.acrn_vm_memmap.vma_base.offset + 8)
-_MEM_LEN = slice(uapi.acrn_vm_memmap.len.offset, uapi.acrn_vm_memmap.len.offset + 8)
 
 
 def _name(cmd: int) -> str:
@@ -214,14 +212,12 @@ class Session:
         self.accel = NullAccelerator()
         self.machine = Machine(accel="soft")
         self.machine.runtime.set_accelerator(self.accel)
-        self.pool = AddressPool()
         self.files: list[HsmFile] = []
+        # Every address the input makes goes through the pool's make_safe/place/safe_monitor (the
+        # harness' memory safety: see AddressPool).
+        self.pool = AddressPool(self.machine, self.files)
         self.eventfds: list[int] = []
         self.other_fd = -1
-        # Where a struct may be written back without leaving the pool: the first 7 scratch pages,
-        # so that pointer + any write-back (at most a page) stays inside the scratch mapping.
-        self.lo = self.pool.page(0)
-        self.hi = self.lo + AddressPool.SCRATCH_PAGES * PAGE
         self.ops: list[tuple[str, Callable[[], None]]] = [(n, getattr(self, f"op_{n}")) for n in OP_NAMES]
 
     # ------------------------------------------------------------------ reading the input
@@ -249,150 +245,6 @@ class Session:
             return self._open()
         return live[self.u(1) % len(live)]
 
-    # ------------------------------------------------------------------ memory safety of the harness
-    # The emulator writes through user addresses (copy_to_user, the pinned ioreq and monitor pages)
-    # exactly as the kernel would; in this process that is real memory.  A random value that happens
-    # to point into the interpreter's own heap would corrupt it, so every such address the input
-    # makes is moved into the pool's scratch pages unless the kernel would refuse it anyway
-    # (unmapped, read-only, kernel or non-canonical).  Coverage guidance can learn mapped addresses
-    # from the comparisons in is_mapped(), which is why this is not left to chance.
-    #
-    # Inside the pool, the pages keep the roles acrn-dm gives them: the driver never writes struct
-    # bytes into a live ioreq page, a new ioreq page starts zeroed (acrn-dm allocates it so) and is
-    # never a live monitor page, and the monitor page is never a live ioreq page.  Otherwise the
-    # slot states would be whatever the input wrote, and check_invariants (spec 5.2) would report
-    # the harness, not the emulator.
-    def _in_scratch(self, addr: int, size: int) -> bool:
-        return self.lo <= addr and addr + size <= self.hi
-
-    def _pages(self) -> tuple[set[int], set[int]]:
-        """The live ioreq pages and monitor pages (the hypervisor's view and the driver's)."""
-        ioreq: set[int] = set()
-        monitor: set[int] = set()
-        for vm in self.machine.hv.vms():
-            if vm.ioreq_buffer is not None:
-                ioreq.add(vm.ioreq_buffer & PAGE_MASK)
-            if vm.intr_monitor_page is not None:
-                monitor.add(vm.intr_monitor_page & PAGE_MASK)
-        for f in self.files:
-            if f.vm.ioreq_buf is not None:
-                ioreq.add(f.vm.ioreq_buf)
-            if f.vm.monitor_page is not None:
-                monitor.add(f.vm.monitor_page)
-        return ioreq, monitor
-
-    def _free_scratch(self, near: int, avoid: set[int], pages: int) -> int | None:
-        """A scratch page (the first of ``pages`` consecutive ones) outside ``avoid``, or None."""
-        n = AddressPool.SCRATCH_PAGES
-        for i in range(n - pages + 1):
-            first = self.pool.page((near + i) % (n - pages + 1))
-            if all(first + k * PAGE not in avoid for k in range(pages)):
-                return first
-        return None
-
-    def safe_ptr(self, addr: int) -> int:
-        """A struct pointer: in the scratch area clear of ioreq pages, the read-only page, or unmapped."""
-        addr &= U64
-        if not self._in_scratch(addr, PAGE):
-            ro = self.pool.ro_page
-            if ro <= addr <= ro + PAGE - 512 or not is_mapped(addr, 1):
-                return addr
-        ioreq, _ = self._pages()
-        page = addr & PAGE_MASK
-        if self._in_scratch(addr, PAGE) and not {page, page + PAGE} & ioreq:
-            return addr
-        # The pointer and a page-long write-back after it: two pages clear of every ioreq page.
-        first = self._free_scratch(addr // PAGE, ioreq, 2)
-        return self.pool.none_page if first is None else first + addr % PAGE
-
-    def safe_monitor(self, addr: int) -> int:
-        """VM_INTR_MONITOR's page (pinned; the hypervisor writes it): never a live ioreq page."""
-        addr &= U64
-        page = addr & PAGE_MASK
-        if not self._in_scratch(page, PAGE) and not is_mapped(page, PAGE, write=True):
-            return addr  # the pin fails: EFAULT
-        ioreq, _ = self._pages()
-        if self._in_scratch(page, PAGE) and page not in ioreq:
-            return addr
-        first = self._free_scratch(page // PAGE, ioreq, 1)
-        return self.pool.none_page if first is None else first + addr % PAGE
-
-    def safe_ioreq_buf(self, addr: int, struct_at: int | None) -> int:
-        """CREATE_VM's ioreq_buf: a scratch page that is no live monitor page and not where the
-        struct itself lies; zeroed unless it already is a live ioreq page (then it is shared)."""
-        addr &= U64
-        page = addr & PAGE_MASK
-        if not self._in_scratch(page, PAGE) and not is_mapped(page, PAGE, write=True):
-            return addr  # the pin fails: EFAULT
-        ioreq, monitor = self._pages()
-        avoid = set(monitor)
-        if struct_at is not None:
-            avoid |= {struct_at & PAGE_MASK, (struct_at + PAGE - 1) & PAGE_MASK}
-        if not self._in_scratch(page, PAGE) or page in avoid:
-            first = self._free_scratch(page // PAGE, avoid, 1)
-            if first is None:
-                return self.pool.none_page
-            page, addr = first, first + addr % PAGE
-        if page not in ioreq:
-            ctypes.memset(page, 0, PAGE)
-        return addr
-
-    def safe_range(self, vma: int, length: int) -> int:
-        """SET_MEMSEG's vma_base: the pinned range [page of vma, + whole pages of length)."""
-        base, size = vma & PAGE_MASK, (length >> 12) * PAGE
-        if size == 0 or self._in_scratch(base, size) or not is_mapped(base, size, write=True):
-            return vma
-        return self.pool.page(base // PAGE) + vma % PAGE
-
-    def sanitize(self, cmd: int, data: bytes, at: int | None = None) -> bytes:
-        """The struct bytes with their pinned user addresses made safe (CREATE_VM, SET_MEMSEG);
-        ``at`` is where they will lie in scratch memory, if they are passed by pointer."""
-        if cmd == uapi.ACRN_IOCTL_CREATE_VM and len(data) >= _IOREQ_BUF.stop:
-            buf = int.from_bytes(data[_IOREQ_BUF], "little")
-            safe = self.safe_ioreq_buf(buf, at)
-            if safe != buf:
-                data = data[: _IOREQ_BUF.start] + safe.to_bytes(8, "little") + data[_IOREQ_BUF.stop :]
-        if cmd == uapi.ACRN_IOCTL_SET_MEMSEG and len(data) >= _MEM_LEN.stop:
-            vma = int.from_bytes(data[_VMA_BASE], "little")
-            safe = self.safe_range(vma, int.from_bytes(data[_MEM_LEN], "little"))
-            if safe != vma:
-                data = data[: _VMA_BASE.start] + safe.to_bytes(8, "little") + data[_VMA_BASE.stop :]
-        return data
-
-    def place(self, cmd: int, data: bytes, addr: int) -> int:
-        """Put struct bytes at a (made safe) raw pointer; return the pointer to pass."""
-        addr = self.safe_ptr(addr)
-        if self._in_scratch(addr, PAGE):
-            data = self.sanitize(cmd, data[:PAGE], at=addr)
-            ctypes.memmove(addr, data, len(data))
-        return addr
-
-    def make_safe(self, cmd: int, arg: object) -> object:
-        cmd &= 0xFFFFFFFF
-        kind = uapi.IOCTL_ARG.get(cmd)
-        if cmd == uapi.ACRN_IOCTL_VM_INTR_MONITOR:
-            # The argument is the page itself (pinned, written by the hypervisor); a Python buffer
-            # lives in the heap, so it is replaced by a pool page.
-            if not isinstance(arg, int):
-                return self.safe_monitor(self.pool.page(len(arg)))  # type: ignore[arg-type]
-            return self.safe_monitor(arg)
-        if not (isinstance(kind, type) or kind == "u64ptr"):
-            return arg  # _IO and by-value commands, and unknown ones: nothing is dereferenced
-        if isinstance(arg, int):
-            ptr = self.safe_ptr(arg)
-            if self._in_scratch(ptr, PAGE) and cmd in (uapi.ACRN_IOCTL_CREATE_VM, uapi.ACRN_IOCTL_SET_MEMSEG):
-                # What the kernel will read there may be left from an earlier operation.
-                self.place(cmd, ctypes.string_at(ptr, 48), ptr)
-            return ptr
-        if isinstance(arg, bytearray):
-            arg[:] = self.sanitize(cmd, bytes(arg))
-            return arg
-        if isinstance(arg, bytes):
-            return self.sanitize(cmd, arg)
-        if isinstance(arg, ctypes.Structure):
-            ctypes.memmove(ctypes.addressof(arg), self.sanitize(cmd, bytes(arg)), _S(arg))
-        return arg
-
     # ------------------------------------------------------------------ the checked call
     def ioctl(self, f: HsmFile, cmd: int, arg: object) -> int | None:
         """One ioctl: its result, or None when refused with an errno the spec allows for it."""
@@ -403,7 +255,7 @@ class Session:
 
     def _checked(self, f: HsmFile, cmd: int, arg: object, racing_close: bool = False) -> int | None:
         cmd32 = cmd & 0xFFFFFFFF
-        arg = self.make_safe(cmd32, arg)
+        arg = self.pool.make_safe(cmd32, arg)
         has_vm = f.vm.valid
         STATS.ioctls += 1
         STATS.tried.add(cmd32)
@@ -444,7 +296,7 @@ class Session:
         if form == 2:
             return bytes(data)  # immutable: a temporary copy, never written back
         if form in (3, 4):
-            return self.place(cmd, data.ljust(size, b"\0"), self.pool.pick(self.u(1), self.u(2)))
+            return self.pool.place(cmd, data.ljust(size, b"\0"), self.pool.pick(self.u(1), self.u(2)))
         if form == 5:
             return self.pool.bad[self.u(1) % len(self.pool.bad)]
         if form == 6:
@@ -568,8 +420,8 @@ class Session:
     def op_intr_monitor(self) -> None:
         """VM_INTR_MONITOR: the page (any pool address) carries a command word and a count."""
         f = self.fd()
-        addr = self.safe_monitor(self.pool.pick(self.u(1), self.u(2)))
-        if self._in_scratch(addr & PAGE_MASK, PAGE):
+        addr = self.pool.safe_monitor(self.pool.pick(self.u(1), self.u(2)))
+        if self.pool.in_scratch(addr & PAGE_MASK, PAGE):
             word = self.u(1) % 4 | (self.u(1) % 21 * 3) << 32
             ctypes.memmove(addr & PAGE_MASK, word.to_bytes(8, "little"), 8)
         self.ioctl(f, uapi.ACRN_IOCTL_VM_INTR_MONITOR, addr)

@@ -74,13 +74,15 @@ class HsmFuzz(RuleBasedStateMachine):
         self.accel = NullAccelerator()
         self.machine = Machine(accel="soft")
         self.machine.runtime.set_accelerator(self.accel)  # type: ignore[arg-type]
-        self.pool = AddressPool()
         self.files: list[HsmFile] = []
+        # Every argument goes through pool.make_safe (see AddressPool): writes stay in scratch.
+        self.pool = AddressPool(self.machine, self.files)
         self.eventfds: list[int] = []
         STATS["sequences"] += 1
 
     # ------------------------------------------------------------------ the checked call
     def ioctl(self, f: HsmFile, cmd: int, arg: object) -> int | None:
+        arg = self.pool.make_safe(cmd, arg)
         has_vm = f.vm.valid
         STATS["ioctls"] += 1
         try:
@@ -94,12 +96,13 @@ class HsmFuzz(RuleBasedStateMachine):
         SUCCEEDED[uapi.IOCTL_NAMES.get(cmd & 0xFFFFFFFF, hex(cmd))] += 1
         return ret
 
-    def arg_form(self, data: bytes, form: int, size: int) -> object:
+    def arg_form(self, cmd: int, data: bytes, form: int, size: int) -> object:
         """The same bytes as a buffer, a raw pointer into scratch memory, short, or a bad pointer."""
         if form == 0:
             return bytearray(data)
         if form == 1:
-            return self.pool.scratch_ptr(data.ljust(size, b"\0"), slot=7)
+            # Scratch page 7, moved by the pool when a write-back could reach a live ioreq page.
+            return self.pool.place(cmd, data.ljust(size, b"\0"), self.pool.page(7))
         if form == 2:
             return bytearray(data[: max(0, size - 1 - (len(data) % 7))])
         if form == 3:
@@ -168,7 +171,9 @@ class HsmFuzz(RuleBasedStateMachine):
         req.cpu_affinity = affinity
         req.vm_flag = flag
         req.ioreq_buf = self.pool.pick(page, offset)
-        self.ioctl(f, uapi.ACRN_IOCTL_CREATE_VM, self.arg_form(bytes(req), form, _S(req)))
+        self.ioctl(
+            f, uapi.ACRN_IOCTL_CREATE_VM, self.arg_form(uapi.ACRN_IOCTL_CREATE_VM, bytes(req), form, _S(req))
+        )
 
     @rule(f=fds, cmd=st.sampled_from(_IO_CMDS), arg=st.one_of(st.just(0), u64))
     def io_ioctl(self, f: HsmFile, cmd: int, arg: int) -> None:
@@ -187,7 +192,7 @@ class HsmFuzz(RuleBasedStateMachine):
     def random_struct(self, f: HsmFile, cmd: int, data: bytes, form: int) -> None:
         ctype = uapi.IOCTL_ARG[cmd]
         assert isinstance(ctype, type)
-        self.ioctl(f, cmd, self.arg_form(data, form, _S(ctype)))
+        self.ioctl(f, cmd, self.arg_form(cmd, data, form, _S(ctype)))
 
     @rule(
         f=fds,
@@ -209,7 +214,11 @@ class HsmFuzz(RuleBasedStateMachine):
         r.vcpu_regs.rflags = rflags
         r.vcpu_regs.cs_ar = 0xC09B
         r.vcpu_regs.cs_limit = 0xFFFFFFFF
-        self.ioctl(f, uapi.ACRN_IOCTL_SET_VCPU_REGS, self.arg_form(bytes(r), form, _S(r)))
+        self.ioctl(
+            f,
+            uapi.ACRN_IOCTL_SET_VCPU_REGS,
+            self.arg_form(uapi.ACRN_IOCTL_SET_VCPU_REGS, bytes(r), form, _S(r)),
+        )
 
     @rule(
         f=fds,
@@ -231,8 +240,8 @@ class HsmFuzz(RuleBasedStateMachine):
 
     @rule(f=fds, page=st.integers(0, 40), offset=st.integers(0, 4095), cmd=st.integers(0, 3), cnt=small)
     def intr_monitor(self, f: HsmFile, page: int, offset: int, cmd: int, cnt: int) -> None:
-        addr = self.pool.pick(page, offset)
-        if addr >= self.pool.page(0) and addr < self.pool.page(0) + self.pool.SCRATCH_PAGES * 4096:
+        addr = self.pool.safe_monitor(self.pool.pick(page, offset))
+        if self.pool.in_scratch(addr):
             base = addr & ~0xFFF
             ctypes.memmove(base, (cmd | (cnt * 3) << 32).to_bytes(8, "little"), 8)
         self.ioctl(f, uapi.ACRN_IOCTL_VM_INTR_MONITOR, addr)
