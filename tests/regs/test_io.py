@@ -111,3 +111,32 @@ def test_validate_and_show_accept_any_state_and_name_real_fields(r: VcpuRegs) ->
         assert all(p in paths for p in f.fields), f.fields
     assert show.format_regs(r)
     assert show.format_state(show.effective_state(r))
+
+
+def _too_wide_cases() -> list[tuple[str, int]]:
+    cases = [(n, 64) for n in GPR_NAMES] + [(n, 64) for n in U64_NAMES] + [(n, 16) for n in SELECTOR_NAMES]
+    return [*cases, ("vcpu_id", 16), ("cs_ar", 32), ("cs_limit", 32), ("gdt.limit", 16), ("idt.base", 64)]
+
+
+@pytest.mark.parametrize(("field", "bits"), _too_wide_cases())
+def test_encode_refuses_a_value_wider_than_its_field_and_names_it(field: str, bits: int) -> None:
+    r = VcpuRegs()
+    obj, _, name = field.rpartition(".")
+    target = getattr(r, obj) if obj else r
+    setattr(target, name, (1 << bits) - 1)
+    r.to_struct()  # the widest value that fits is accepted
+    setattr(target, name, 1 << bits)
+    with pytest.raises(RegsFormatError, match=rf"{name}: 0x[0-9a-f]+ does not fit in {bits} bits"):
+        r.to_struct()
+
+
+@pytest.mark.parametrize("field", ["reserved", "reserved_64", "reserved_32"])
+def test_encode_refuses_a_reserved_list_of_the_wrong_length_or_a_bool(field: str) -> None:
+    r = VcpuRegs()
+    good = list(getattr(r, field))
+    setattr(r, field, [*good, 0])
+    with pytest.raises(RegsFormatError, match=rf"{field}: expected a list of {len(good)} integers"):
+        r.to_struct()
+    setattr(r, field, [True, *good[1:]])
+    with pytest.raises(RegsFormatError, match="expected an integer, got a boolean"):
+        r.to_struct()

@@ -227,6 +227,9 @@ class VcpuRegs:
 
     def validate_ranges(self) -> None:
         """Check every value fits its C field (the JSON parser already does; this guards code)."""
+        if self._ranges_fit():
+            return
+        # Something does not fit: the same checks again, field by field, for the error message.
         _int(self.vcpu_id, "vcpu_id", 16)
         _ints(self.reserved, "reserved", 16, 3)
         for n in GPR_NAMES:
@@ -244,6 +247,26 @@ class VcpuRegs:
         _ints(self.reserved_32, "vcpu_regs.reserved_32", 32, 3)
         for n in SELECTOR_NAMES:
             _int(getattr(self, n), f"vcpu_regs.{n}", 16)
+
+    def _ranges_fit(self) -> bool:
+        """Whether every field holds an int (not a bool) that fits, and every list its length;
+        the quick test :meth:`validate_ranges` makes before building any message."""
+        lists = (self.reserved, self.gdt.reserved, self.idt.reserved, self.reserved_64, self.reserved_32)
+        if [len(x) if type(x) is list else -1 for x in lists] != [3, 3, 3, 4, 3]:
+            return False
+        widths = (
+            (16, (self.vcpu_id, *self.reserved, self.gdt.limit, *self.gdt.reserved, self.idt.limit,
+                  *self.idt.reserved, *(getattr(self, n) for n in SELECTOR_NAMES))),
+            (32, (self.cs_ar, self.cs_limit, *self.reserved_32)),
+            (64, (*(getattr(self, n) for n in GPR_NAMES), self.gdt.base, self.idt.base,
+                  *(getattr(self, n) for n in U64_NAMES), *self.reserved_64)),
+        )  # fmt: skip
+        for bits, values in widths:
+            limit = 1 << bits
+            for v in values:
+                if type(v) is not int or not 0 <= v < limit:
+                    return False
+        return True
 
     def copy(self) -> VcpuRegs:
         return dataclasses.replace(
