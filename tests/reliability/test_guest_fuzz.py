@@ -606,14 +606,15 @@ class Baseline:
         return Baseline(set(os.listdir("/proc/self/fd")), set(threading.enumerate()))
 
 
-def check_released(machine: Machine, base: Baseline) -> None:
+def check_released(machine: Machine, base: Baseline, *, join_timeout: float = 10.0) -> None:
+    """Nothing of the examples is left: VMs, files, pins, memory registrations, threads, fds."""
     assert machine.hv.vms() == [], machine.hv.vms()
     assert machine.hsm.vms == [] and machine.hsm.open_files == set()
     assert machine.hsm.pins.count() == 0
     assert machine.runtime.vms == {}
     assert machine.memory._starts == [], "Service VM memory registrations left behind"
     for t in set(threading.enumerate()) - base.threads:
-        t.join(timeout=10)  # vCPU and ioreq threads end once DESTROY/close returned
+        t.join(timeout=join_timeout)  # vCPU and ioreq threads end once DESTROY/close returned
         assert not t.is_alive(), f"thread left running: {t.name}"
     leaked = set(os.listdir("/proc/self/fd")) - base.fds
     assert not leaked, f"fds leaked: {sorted(leaked)}"
@@ -712,7 +713,31 @@ def test_snippets_encode_the_instruction_they_name() -> None:
     assert osz("protected", 2) == b"\x66" and osz("real", 2) == b"" and osz("long", 8) == b"\x48"
     assert mov64(EAX, 1 << 40) == b"\x48\xb8" + (1 << 40).to_bytes(8, "little")
     prog = Program("protected", (Snippet("a", b"\x90"), Snippet("b", b"\xfa\xf4")))
-    assert prog.code() == b"\x90\xfa\xf4" and "fa f4".replace(" ", "") in repr(prog)
+    assert prog.code() == b"\x90\xfa\xf4" and "90faf4" in repr(prog)
+
+
+def test_checks_catch_what_they_look_for() -> None:
+    # The per-example checks must be able to fail: an exception in a vCPU thread, a status that
+    # does not go with the reason, a fault without registers, and a thread left running.
+    with pytest.raises(AssertionError, match="exception reached a vCPU thread"):
+        check_result(RunResult("error", STATUS_FAULT, "RuntimeError: boom"))
+    with pytest.raises(AssertionError):
+        check_result(RunResult("halt", STATUS_FAULT))
+    with pytest.raises(AssertionError, match="fault without a report"):
+        check_result(RunResult("shutdown", STATUS_FAULT, "triple fault"))
+    assert "timeout" in check_result(RunResult("timeout", STATUS_TIMEOUT, "no stop within 0.1 s"))
+    machine = Machine(accel="soft")
+    base = Baseline.now()
+    release = threading.Event()
+    t = threading.Thread(target=release.wait, name="leaked")
+    t.start()
+    try:
+        with pytest.raises(AssertionError, match="thread left running: leaked"):
+            check_released(machine, Baseline(base.fds, base.threads), join_timeout=0.01)
+    finally:
+        release.set()
+        t.join()
+    check_released(machine, base)
 
 
 # --------------------------------------------------------------------------- CI and long runs
