@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import struct
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -158,3 +159,42 @@ def test_guest_reset_holds_the_notify_back_and_runs_acrn_dm_sequence(
         "SET_VCPU_REGS",
         "START_VM",
     ]
+
+
+@pytest.mark.soft
+@pytest.mark.parametrize("fast", [False, True], ids=["faithful", "fast"])
+def test_reset_finished_while_its_request_is_emulated_still_holds_that_notify_back(
+    calls: Calls, machine: Machine, fast: bool
+) -> None:
+    # The reset sequence runs on the session's thread; here it is over before the 0xFE write that
+    # asked for it returns.  That request must still not be notified (CLEAR_VM_IOREQ completed
+    # it): a NOTIFY now would complete a slot of the restarted guest (a found race: the restarted
+    # guest then ran on from the old HLT).
+    spec = ImageSpec(elf=elf32(RESET_ONCE))
+    with VmSession(
+        mem_size=spec.layout(16 * MiB).lowmem,
+        device=EmulatedDevice(machine),
+        accel="soft",
+        cpu_affinity=0b10,
+        fast_path=fast,
+    ) as s:
+        request_reset = s.request_reset
+        waited: list[bool] = []
+
+        def reset_and_wait_for_it() -> None:
+            request_reset()
+            deadline = time.monotonic() + 30
+            while s.resets == 0 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            waited.append(s.resets == 1)
+
+        s.request_reset = reset_and_wait_for_it  # type: ignore[method-assign]
+        prepare_boot(s, spec, 16 * MiB)
+        result = s.run(timeout=60)
+    assert waited == [True]
+    assert (result.reason, result.status) == ("debugexit", (0x2A << 1) | 1)
+    names = calls.names({"NOTIFY_REQUEST_FINISH", "START_VM"})
+    second = names.index("START_VM", names.index("START_VM") + 1)
+    assert "NOTIFY_REQUEST_FINISH" not in names[:second]
+    # After the restart: at most the NOTIFY of the debug-exit write, never one for the 0xFE write.
+    assert names[second + 1 :].count("NOTIFY_REQUEST_FINISH") <= 1

@@ -345,3 +345,56 @@ def test_run_on_a_thread_ends_when_client_is_destroyed(no_leaks: None) -> None:
     t.join(10)
     assert not t.is_alive()
     assert loop.exit_error is not None and loop.exit_error.errno == errno.ENODEV
+
+
+class ResetDuring:
+    """A device whose write asks for a guest reset that is over before the write returns, as when
+    the reset sequence runs on another thread while the request is still being emulated."""
+
+    def __init__(self) -> None:
+        self.loop: IoreqLoop | None = None
+
+    def read(self, offset: int, size: int) -> int:
+        return 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        assert self.loop is not None
+        self.loop.notify_postponed = True  # request_reset
+        self.loop.notify_postponed = False  # ... and the reset sequence is done
+
+
+def test_a_request_whose_emulation_overlapped_a_reset_is_not_notified() -> None:
+    # Spec 5.6 step 3: the request that asked for the reset is completed by CLEAR_VM_IOREQ; a
+    # NOTIFY after the reset would complete a slot of the restarted guest.
+    c, bus, dev = FakeClient(), IoBus(), ResetDuring()
+    bus.register_pio(0x64, 1, dev)
+    loop = dev.loop = IoreqLoop(c, bus)
+    pio(c, 0, 0x64, 1, WRITE, 0xFE)
+    c.buf.req_slot[0].processed = PROCESSING
+    loop.complete(0, c.buf.req_slot[0])
+    assert loop.handled == 1 and c.notified == []
+    # The next request, after the reset, is notified again.
+    pio(c, 0, 0x80, 1, WRITE, 1)
+    c.buf.req_slot[0].processed = PROCESSING
+    loop.complete(0, c.buf.req_slot[0])
+    assert c.notified == [0]
+
+
+class FailingNotify(FakeClient):
+    def notify_request_finish(self, vcpu: int) -> None:
+        self.notified.append(vcpu)
+        raise OSError(errno.EPERM, "ACRN_IOCTL_NOTIFY_REQUEST_FINISH")
+
+
+def test_a_failed_notify_is_logged_and_the_loop_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    # acrn-dm's vm_notify_request_done logs the failure and returns; the loop keeps serving (a
+    # NOTIFY fails when the VM is torn down under a request in flight).
+    c = FailingNotify()
+    pio(c, 0, 0x80, 1, WRITE, 1)
+    pio(c, 1, 0x80, 1, WRITE, 2)
+    c.batches = [[(0, PROCESSING), (1, PROCESSING)]]
+    loop = IoreqLoop(c, IoBus())
+    loop.run()  # returns on the fake's ENODEV, not on the failed NOTIFY
+    assert c.notified == [0, 1] and loop.notify_errors == 2 and c.attaches == 2
+    assert loop.exit_error is not None and loop.exit_error.errno == errno.ENODEV
+    assert "NOTIFY_REQUEST_FINISH of vCPU 0 failed" in caplog.text

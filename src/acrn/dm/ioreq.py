@@ -12,7 +12,8 @@ Unclaimed reads get acrn-dm's all-ones values: ``0xFFFFFFFF`` for PIO and PCI co
 
 The client is anything with the :class:`IoreqClient` shape: the HSM client of ``acrn.hsm`` for a
 real or emulated VM, or a fake in tests.  :meth:`IoreqLoop.handle_slot` emulates one slot without
-notifying, for a fast path that completes requests on the vCPU thread itself.
+notifying; :meth:`IoreqLoop.complete` emulates and notifies one slot, for a fast path that completes
+requests on the vCPU thread itself.
 """
 
 from __future__ import annotations
@@ -101,6 +102,13 @@ class IoreqLoop:
         # Set unless NOTIFY is postponed (see notify_postponed).
         self._resumed = threading.Event()
         self._resumed.set()
+        # Bumped each time NOTIFY is postponed, under _notify_lock, which is also held from the
+        # decision to NOTIFY to the NOTIFY itself: a request whose emulation overlapped a reset
+        # request is never notified, not even when the reset is over by the time it is done.
+        self._epoch = 0
+        self._notify_lock = threading.Lock()
+        #: NOTIFY_REQUEST_FINISH calls that failed (logged; acrn-dm goes on as well).
+        self.notify_errors = 0
         #: Requests emulated so far, and requests whose type the loop does not know.
         self.handled = 0
         self.bad_requests = 0
@@ -126,7 +134,9 @@ class IoreqLoop:
     @notify_postponed.setter
     def notify_postponed(self, value: bool) -> None:
         if value:
-            self._resumed.clear()
+            with self._notify_lock:  # waits for a NOTIFY already decided on
+                self._epoch += 1
+                self._resumed.clear()
         else:
             self._resumed.set()
 
@@ -173,11 +183,29 @@ class IoreqLoop:
             # PROCESSING after filling the slot, so the request body is complete once we see it.
             if slot.processed != uapi.ACRN_IOREQ_STATE_PROCESSING or slot.kernel_handled != 0:
                 continue
-            self.handle_slot(slot)
+            self.complete(i, slot)
             count += 1
-            if not self.notify_postponed:
-                self.client.notify_request_finish(i)
         return count
+
+    def complete(self, vcpu: int, slot: uapi.acrn_io_request) -> None:
+        """Emulate ``vcpu``'s request (``slot``) and NOTIFY it, as acrn-dm's ``handle_vmexit`` does.
+
+        No NOTIFY while a guest reset is pending, nor when one was requested while the request
+        was being emulated (the reset sequence completes it: CLEAR_VM_IOREQ, spec 5.5, 5.6 step
+        3); a NOTIFY after the reset would complete a slot of the restarted guest.  A failed
+        NOTIFY is logged and the loop goes on (acrn-dm's ``vm_notify_request_done``): it fails
+        when the VM is torn down under a request in flight.
+        """
+        epoch = self._epoch
+        self.handle_slot(slot)
+        with self._notify_lock:
+            if epoch != self._epoch or not self._resumed.is_set():
+                return
+            try:
+                self.client.notify_request_finish(vcpu)
+            except OSError as e:
+                self.notify_errors += 1
+                log.warning("ioreq: NOTIFY_REQUEST_FINISH of vCPU %d failed: %s", vcpu, e)
 
     def handle_slot(self, slot: uapi.acrn_io_request) -> None:
         """Emulate one request in place (the value of a read is written into the slot).

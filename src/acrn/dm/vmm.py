@@ -252,12 +252,8 @@ class VmSession:
                 self._loop = IoreqLoop(self.vm, self.bus, self.pci)
             loop = self._loop
 
-            def fast(vcpu_id: int, slot: uapi.acrn_io_request) -> None:
-                loop.handle_slot(slot)
-                if not loop.notify_postponed:  # a guest reset is pending (see request_reset)
-                    self.vm.notify_request_finish(vcpu_id)
-
-            self.runtime.set_fast_handler(self.vm.vmid, fast)
+            # The loop's own emulate-and-NOTIFY step, NOTIFY held back around a guest reset.
+            self.runtime.set_fast_handler(self.vm.vmid, loop.complete)
             self._start()
         else:
             # acrn-dm's vm_loop thread: CREATE_IOREQ_CLIENT, START_VM, then ATTACH (spec 5.6, 7.1
