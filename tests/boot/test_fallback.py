@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import struct
+import types
 from collections.abc import Iterator
 
 import pytest
 
+from acrn.arch import CpuState
 from acrn.dm.setup import preset_regs
 from acrn.emu.accel.base import AccelVcpu, HaltExit, PioExit, ShutdownExit, VmExit
 from acrn.emu.fallback import (
     FallbackAccelerator,
+    FallbackVcpu,
     HybridAccelerator,
     mnemonic,
     soft_exception_vector,
+    software_interrupt_length,
 )
 from acrn.emu.hv.landing import land_vcpu_regs
 from acrn.memory import HostMemory
@@ -128,6 +132,77 @@ def test_soft_exception_reports_parse() -> None:
     assert soft_exception_vector(ShutdownExit("exception #GP at rip=0x8000")) == (13, 0x8000)
     assert soft_exception_vector(ShutdownExit("exception #DB at rip=0x10")) == (1, 0x10)
     assert soft_exception_vector(ShutdownExit("triple fault")) is None
+    # INT n with a vector the soft CPU has no name for (it used to end the VM in 'shutdown').
+    assert soft_exception_vector(ShutdownExit("exception vector 128 at rip=0xc00a")) == (128, 0xC00A)
+    assert soft_exception_vector(ShutdownExit("exception vector x at rip=0x1")) is None
+
+
+@pytest.mark.parametrize(
+    ("before", "vector", "length"),
+    [
+        (b"\x90\xcc", 3, 1),  # int3
+        (b"\xcd\x03", 3, 2),  # int 3: two bytes, not the one of int3
+        (b"\x90\xce", 4, 1),  # into
+        (b"\xcd\x80", 0x80, 2),  # int 0x80
+        (b"\xcd\xcc", 0xCC, 2),  # int 0xcc (its last byte looks like an int3)
+        (b"\x0f\x0b", 6, 0),  # ud2: a fault, RIP already at the instruction
+        (b"\xcd\x80", 0x81, 0),  # not this vector's instruction
+        (b"\xcd\x0e", 14, 0),  # a #PF after bytes that read "int 0xe" is taken for the fault it likely is
+        (b"", 3, 0),  # nothing readable before RIP
+    ],
+)
+def test_software_interrupt_length_from_the_bytes_before_rip(before: bytes, vector: int, length: int) -> None:
+    assert software_interrupt_length(before, vector) == length
+
+
+class _RecordingKvm:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, int | None]] = []
+        self.state: CpuState | None = None
+
+    def set_state(self, st: CpuState) -> None:
+        self.state = st.copy()
+
+    def inject_exception(self, vector: int, error_code: int | None = None) -> None:
+        self.calls.append(("exception", vector, error_code))
+
+    def inject_interrupt(self, vector: int) -> None:
+        self.calls.append(("interrupt", vector, None))
+
+
+def _int_n_at_cpl(cpl: int, gate_dpl: int, *, limit: int = 0x7FF) -> _RecordingKvm:
+    """FallbackVcpu._software_interrupt for INT 0x80 stepped at CPL ``cpl`` (RIP past it), with a
+    32-bit IDT whose gate 0x80 has DPL ``gate_dpl``."""
+    idt = bytearray(0x800)
+    gate = struct.pack("<HHBBH", 0x9000, 0x08, 0, 0x8E | (gate_dpl << 5), 0)
+    idt[0x80 * 8 : 0x80 * 8 + 8] = gate
+    st = CpuState(cr0=0x11, rip=0x1002)
+    st.cs.selector = 0x1B if cpl == 3 else 0x08
+    st.idtr.base, st.idtr.limit = 0x6000, limit
+
+    def read(gpa: int, size: int) -> bytes | None:
+        off = gpa - 0x6000
+        return bytes(idt[off : off + size]) if off >= 0 and off + size <= len(idt) else None
+
+    kvm = _RecordingKvm()
+    vcpu = types.SimpleNamespace(kvm=kvm, _vm=types.SimpleNamespace(soft=types.SimpleNamespace(
+        memory=types.SimpleNamespace(read=read))))  # fmt: skip
+    vcpu._inject = lambda vector, error_code=None: FallbackVcpu._inject(vcpu, vector, error_code)  # type: ignore[arg-type]
+    FallbackVcpu._software_interrupt(vcpu, st, 0x80)  # type: ignore[arg-type]
+    return kvm
+
+
+def test_int_n_is_injected_as_an_interrupt_when_the_gate_dpl_allows_it() -> None:
+    assert _int_n_at_cpl(0, 0).calls == [("interrupt", 0x80, None)]
+    assert _int_n_at_cpl(3, 3).calls == [("interrupt", 0x80, None)]
+
+
+def test_int_n_through_a_gate_below_cpl_is_gp_with_the_vector_in_the_error_code() -> None:
+    # SDM INT n: "IF software interrupt and gate DPL < CPL THEN #GP(vector * 8 + 2)", a fault:
+    # RIP back at the two-byte instruction.
+    kvm = _int_n_at_cpl(3, 0)
+    assert kvm.calls == [("exception", 13, 0x80 * 8 + 2)]
+    assert kvm.state is not None and kvm.state.rip == 0x1000
 
 
 def test_mnemonics_of_the_quick_instructions() -> None:

@@ -806,7 +806,13 @@ IDTR_GPA: Final = 0x1FF0
 HANDLER_GPA: Final = CODE_GPA + 0x100
 
 
-def run_int_through_idt(accel: str, insn: bytes, vector: int) -> tuple[RunResult, list[int]]:
+HALTING_HANDLER: Final = b"\xb0\x42\xe6\x80\xfa\xf4"  # mov al,0x42; out 0x80,al; cli; hlt
+RETURNING_HANDLER: Final = b"\xb0\x42\xe6\x80\xcf"  # mov al,0x42; out 0x80,al; iretd
+
+
+def run_int_through_idt(
+    accel: str, insn: bytes, vector: int, handler: bytes = HALTING_HANDLER
+) -> tuple[RunResult, list[int]]:
     """Protected mode with a 256-entry IDT whose ``vector`` gate writes 0x42 to port 0x80 and halts;
     the program loads it, executes ``insn`` and, if that returns, writes 0x11 and halts."""
     g = GUESTS["hello_protected"]
@@ -821,7 +827,7 @@ def run_int_through_idt(accel: str, insn: bytes, vector: int) -> tuple[RunResult
             s.load(IDT_GPA + 8 * vector, gate)
             s.load(IDTR_GPA, struct.pack("<HI", 256 * 8 - 1, IDT_GPA))
             s.load(CODE_GPA, code)
-            s.load(HANDLER_GPA, b"\xb0\x42\xe6\x80\xfa\xf4")
+            s.load(HANDLER_GPA, handler)
             s.set_regs(program_regs(g))
             log = PortLog()
             s.bus.register_pio(0x80, 1, log)
@@ -837,52 +843,13 @@ _KVM_AND_SOFT: Final = [pytest.mark.kvm, pytest.mark.soft]
 @pytest.mark.parametrize(
     ("accel", "insn", "vector"),
     [
-        pytest.param("fallback", b"\xcc", 3, marks=_KVM_AND_SOFT, id="fallback-int3"),
-        pytest.param("fallback", b"\xcd\x03", 3, marks=_KVM_AND_SOFT, id="fallback-int_3"),
-        pytest.param(
-            "fallback",
-            b"\xcd\x80",
-            0x80,
-            id="fallback-int_0x80",
-            marks=[
-                *_KVM_AND_SOFT,
-                # Not strict: a KVM that executes INT n itself never calls the fallback.
-                pytest.mark.xfail(
-                    strict=False,
-                    reason="finding: the fallback steps INT n on the soft CPU, whose 'exception vector "
-                    "128' it does not map back to a vector: the VM ends in 'shutdown' instead",
-                ),
-            ],
-        ),
-        pytest.param("hybrid", b"\xcc", 3, marks=_KVM_AND_SOFT, id="hybrid-int3"),
-        pytest.param(
-            "hybrid",
-            b"\xcd\x03",
-            3,
-            id="hybrid-int_3",
-            marks=[
-                *_KVM_AND_SOFT,
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="finding: the hybrid rewinds a soft-CPU #BP by one byte, the length of "
-                    "0xCC; after the two-byte CD 03 KVM resumes inside the instruction",
-                ),
-            ],
-        ),
-        pytest.param(
-            "hybrid",
-            b"\xcd\x80",
-            0x80,
-            id="hybrid-int_0x80",
-            marks=[
-                *_KVM_AND_SOFT,
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="finding: the hybrid switches to KVM past an INT n the soft CPU reported "
-                    "as a trap, without delivering it: the interrupt is silently skipped",
-                ),
-            ],
-        ),
+        pytest.param(accel, insn, vector, marks=_KVM_AND_SOFT, id=f"{accel}-{name}")
+        for accel in ("fallback", "hybrid")
+        for name, insn, vector in (
+            ("int3", b"\xcc", 3),
+            ("int_3", b"\xcd\x03", 3),
+            ("int_0x80", b"\xcd\x80", 0x80),
+        )
     ],
 )
 def test_software_interrupt_is_delivered_through_the_guest_idt(accel: str, insn: bytes, vector: int) -> None:
@@ -890,3 +857,16 @@ def test_software_interrupt_is_delivered_through_the_guest_idt(accel: str, insn:
     # (SDM vol. 2 INT n); the handler halts, so the code after the instruction never runs.
     result, writes = run_int_through_idt(accel, insn, vector)
     assert result.reason == "halt" and writes == [0x42], (result.summary(), writes)
+
+
+@pytest.mark.kvm
+@pytest.mark.soft
+@pytest.mark.parametrize("accel", ["fallback", "hybrid"])
+@pytest.mark.parametrize(("insn", "vector"), [(b"\xcc", 3), (b"\xcd\x03", 3), (b"\xcd\x80", 0x80)])
+def test_software_interrupt_handler_returns_past_the_instruction(
+    accel: str, insn: bytes, vector: int
+) -> None:
+    # INT n / INT3 are traps: the return address pushed is the next instruction, so IRET
+    # continues with the code after it (0x11), once.
+    result, writes = run_int_through_idt(accel, insn, vector, RETURNING_HANDLER)
+    assert result.reason == "halt" and writes == [0x42, 0x11], (result.summary(), writes)

@@ -12,7 +12,9 @@ emulator lacks (``KVM_EXIT_INTERNAL_ERROR``, suberror 1): a stock kernel stops i
    registers: the state is loaded with RFLAGS.TF set, the soft CPU runs until the single-step trap
    after that one instruction, and the resulting state goes back to KVM;
 3. injects the exception the instruction raised when it faults on the soft CPU (an invalid
-   opcode is #UD, as on hardware), instead of executing it;
+   opcode is #UD, as on hardware), instead of executing it; ``INT n`` with n >= 32 (which this KVM
+   cannot emulate either) is injected as an interrupt with RIP past it, after the check INT n
+   makes and an external interrupt does not (gate DPL < CPL is #GP(n * 8 + 2));
 4. resumes under KVM.  Port I/O or MMIO done by the stepped instruction is reported to the caller
    like any exit (the step finishes at the next ``run``).
 
@@ -33,7 +35,9 @@ fallback) for good at the first event the soft CPU cannot handle: an exception (
 delivery), an instruction it does not know, a HLT with interrupts enabled, or any interrupt line or
 MSI driven for the VM (it has no interrupt controller).  For a bzImage the decompressor, which
 this KVM runs very slowly (about 85 s, spec kvm-and-boot.md 1), then runs at the soft CPU's speed.
-Application processors start on KVM (INIT/SIPI needs its local APICs).
+Application processors start on KVM (INIT/SIPI needs its local APICs).  An ``INT3``, ``INTO`` or
+``INT n`` the soft CPU stops after is rewound (by its length: 1 or 2 bytes), so that KVM, and the
+fallback, execute it again and deliver it.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from acrn.arch import RFLAGS_TF, CpuState, FpuState
+from acrn.arch import CR0_PE, EFER_LMA, RFLAGS_TF, CpuState, FpuState
 from acrn.emu.accel.base import (
     Accelerator,
     AccelVcpu,
@@ -58,14 +62,21 @@ from acrn.emu.accel.base import (
     ShutdownExit,
     VmExit,
 )
+from acrn.emu.guestmem import read_linear
 from acrn.emu.syscall_repair import Outcome, SlotMemory, SyscallRepair, probe
 
 log = logging.getLogger(__name__)
 
 RFLAGS_AC: Final = 1 << 18
+RFLAGS_VM: Final = 1 << 17
+_U64: Final = (1 << 64) - 1
 VECTOR_DB: Final = 1
 VECTOR_BP: Final = 3
+VECTOR_OF: Final = 4
 VECTOR_UD: Final = 6
+VECTOR_GP: Final = 13
+#: Vectors from 32 up are interrupts: delivered with KVM's interrupt injection, not as exceptions.
+FIRST_INTERRUPT_VECTOR: Final = 32
 #: Exceptions that push an error code (0 is given: the soft CPU does not report it).
 ERROR_CODE_VECTORS: Final = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
 #: Soft-CPU exception names (soft.EXCEPTION_NAMES) back to vectors.
@@ -81,19 +92,42 @@ INSN_STAC: Final = b"\x0f\x01\xcb"
 
 
 def soft_exception_vector(ex: VmExit) -> tuple[int, int] | None:
-    """(vector, rip) of a soft-CPU exception report ``ShutdownExit("exception #GP at rip=0x...")``."""
+    """(vector, rip) of a soft-CPU exception report: ``ShutdownExit("exception #GP at rip=0x...")``,
+    or ``"exception vector 128 at rip=0x..."`` for a vector without a name (an ``INT n``)."""
     if not isinstance(ex, ShutdownExit) or not ex.detail.startswith("exception "):
         return None
     parts = ex.detail.split()
-    if len(parts) < 4 or not parts[3].startswith("rip="):
-        return None
-    vector = _VECTORS.get(parts[1])
-    if vector is None:
+    if len(parts) == 5 and parts[1] == "vector" and parts[2].isdigit():
+        vector: int | None = int(parts[2])
+        parts = parts[:1] + parts[2:]
+    else:
+        vector = _VECTORS.get(parts[1]) if len(parts) > 1 else None
+    if vector is None or len(parts) < 4 or not parts[3].startswith("rip="):
         return None
     try:
         return vector, int(parts[3][4:], 16)
     except ValueError:
         return None
+
+
+def software_interrupt_length(code_before: bytes, vector: int) -> int:
+    """The length of the instruction that raised ``vector`` as a trap, from the (up to) two bytes
+    before the RIP the soft CPU reports after it: ``INT3`` (CC) and ``INTO`` (CE) 1, ``INT n``
+    (CD n) 2; 0 when they are not such an instruction (a fault: RIP is at the instruction).
+
+    Only #BP, #OF and vectors from 32 up are taken for traps: the soft CPU reports INT n and a
+    fault of the same vector alike, and a #GP or #PF at an instruction that happens to follow
+    the bytes CD 0D or CD 0E is far likelier than an INT 13 or INT 14.
+    """
+    if vector not in (VECTOR_BP, VECTOR_OF) and vector < FIRST_INTERRUPT_VECTOR:
+        return 0
+    if vector == VECTOR_BP and code_before[-1:] == b"\xcc":
+        return 1
+    if vector == VECTOR_OF and code_before[-1:] == b"\xce":
+        return 1
+    if code_before[-2:] == bytes((0xCD, vector)):
+        return 2
+    return 0
 
 
 def mnemonic(insn: bytes) -> str:
@@ -336,7 +370,10 @@ class FallbackVcpu:
             if not self._step_tf:
                 st.rflags &= ~RFLAGS_TF
             self.kvm.set_state(st)
-            self._inject(vector)
+            if vector >= FIRST_INTERRUPT_VECTOR:
+                self._software_interrupt(st, vector)
+            else:
+                self._inject(vector)
             stats.count(self._step_what, _name(vector))
             return None
         if isinstance(ex, EmulationFailureExit):
@@ -350,11 +387,36 @@ class FallbackVcpu:
             return failure
         return ex
 
-    def _inject(self, vector: int) -> None:
+    def _inject(self, vector: int, error_code: int | None = None) -> None:
         inject = getattr(self.kvm, "inject_exception", None)
         if inject is None:
             raise RuntimeError("the primary accelerator cannot inject exceptions")
-        inject(vector, 0 if vector in ERROR_CODE_VECTORS else None)
+        if error_code is None and vector in ERROR_CODE_VECTORS:
+            error_code = 0
+        inject(vector, error_code)
+
+    def _software_interrupt(self, st: CpuState, vector: int) -> None:
+        """``INT n`` (n >= 32) the soft CPU stopped after (``st``: RIP past it): deliver it on KVM.
+
+        KVM injects it as an interrupt, which skips the one check INT n makes that an external
+        interrupt does not: outside real mode a gate with DPL < CPL is #GP(n * 8 + 2), raised at
+        the instruction.  That check is made here from the guest's IDT.
+        """
+        if st.cr0 & CR0_PE and not st.rflags & RFLAGS_VM:
+            entry = 16 if st.efer & EFER_LMA else 8
+            gate = None
+            if vector * entry + entry - 1 <= st.idtr.limit:
+                gate = read_linear(st, st.idtr.base + vector * entry, 8, self._vm.soft.memory.read)
+            cpl = st.cs.selector & 3
+            if gate is not None and (gate[5] >> 5) & 3 < cpl:
+                st.rip -= 2  # a fault: back at the CD n
+                self.kvm.set_state(st)
+                self._inject(VECTOR_GP, vector * 8 + 2)
+                return
+        inject = getattr(self.kvm, "inject_interrupt", None)
+        if inject is None:
+            raise RuntimeError("the primary accelerator cannot inject interrupts")
+        inject(vector)
 
 
 def fpu_from_kvm(fpu: Any) -> FpuState:
@@ -563,8 +625,12 @@ class HybridVcpu(FallbackVcpu):
                 return ex
             exc = soft_exception_vector(ex)
             rewind = 0
-            if exc is not None and exc[0] == VECTOR_BP:
-                rewind = 1  # int3 reported past itself: let KVM (and the fallback) redo it
+            if exc is not None:
+                # INT3, INTO and INT n are reported past themselves: KVM (and the fallback)
+                # redoes them; a fault's RIP is already at its instruction.
+                st = soft.get_state()
+                before = read_linear(st, (st.cs.base + st.rip - 2) & _U64, 2, self._vm.soft.memory.read)
+                rewind = software_interrupt_length(before or b"", exc[0])
             self._switch(rewind)
         return super().run()
 

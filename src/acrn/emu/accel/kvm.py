@@ -1154,6 +1154,23 @@ class KvmVcpu:
         ev.flags = 0
         ki.set_vcpu_events(self._fd, ev)
 
+    def inject_interrupt(self, vector: int) -> None:
+        """Deliver interrupt ``vector`` through the guest's IDT at the next ``run``, whatever IF.
+
+        ``KVM_SET_VCPU_EVENTS`` with ``interrupt.injected`` (not ``soft``: the return address
+        pushed is the current RIP, which the caller sets past an ``INT n``; a soft injection
+        would add an instruction length userspace cannot set).  The gate's DPL is not checked,
+        as for any external interrupt: :mod:`acrn.emu.fallback` checks it before, as INT n does.
+        """
+        self._check_open()
+        self._flush_completion()
+        ev = ki.get_vcpu_events(self._fd)
+        ev.interrupt.injected = 1
+        ev.interrupt.nr = vector & 0xFF
+        ev.interrupt.soft = 0
+        ev.flags = 0
+        ki.set_vcpu_events(self._fd, ev)
+
     def kick(self) -> None:
         """Thread-safe: make the current ``run`` (or the next one) return :class:`KickExit`.
 
