@@ -198,3 +198,29 @@ def test_reset_finished_while_its_request_is_emulated_still_holds_that_notify_ba
     assert "NOTIFY_REQUEST_FINISH" not in names[:second]
     # After the restart: at most the NOTIFY of the debug-exit write, never one for the 0xFE write.
     assert names[second + 1 :].count("NOTIFY_REQUEST_FINISH") <= 1
+
+
+@pytest.mark.soft
+def test_close_ends_the_ioreq_thread_while_a_reset_it_waits_for_never_runs(
+    machine: Machine, no_leaks: None
+) -> None:
+    # The run can end (a stop requested, a timeout) between the guest's reset request and the
+    # reset sequence; the ioreq thread then waits for a reset that never comes.  close() must
+    # still end it (found by the guest-code fuzzer: the thread outlived close()).
+    spec = ImageSpec(elf=elf32(RESET_ONCE))
+    s = VmSession(
+        mem_size=spec.layout(16 * MiB).lowmem, device=EmulatedDevice(machine), accel="soft", cpu_affinity=0b10
+    )
+    request_reset = s.request_reset
+
+    def stop_then_reset() -> None:
+        s.request_stop("poweroff", 0, "a stop that wins over the reset")
+        request_reset()
+
+    s.request_reset = stop_then_reset  # type: ignore[method-assign]
+    prepare_boot(s, spec, 16 * MiB)
+    result = s.run(timeout=60)
+    assert result.reason == "poweroff" and s.resets == 0
+    t0 = time.monotonic()
+    s.close()
+    assert time.monotonic() - t0 < 5  # not the 10 s join timeout

@@ -326,6 +326,11 @@ class VmSession:
             if self._started:
                 self.vm.pause()
                 if self._loop_thread is not None:
+                    # The loop may wait for a reset the run ended before (a stop or a timeout
+                    # right after the guest asked for it): stop() releases that wait, and
+                    # DESTROY_IOREQ_CLIENT a blocked ATTACH.
+                    if self._loop is not None:
+                        self._loop.stop()
                     self.vm.destroy_ioreq_client()
                     self._loop_thread.join(timeout=10)
                 self.vm.pause()  # acrn-dm's vm_pause before vm_destroy (a no-op on a paused VM)
