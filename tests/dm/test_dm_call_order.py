@@ -126,6 +126,19 @@ def test_memsegs_are_lowmem_then_bios_then_highmem_and_only_vcpu_0_gets_regs(
 # inc dword [0x9000]; cmp dword [0x9000], 2; je done; mov al, 0xfe; out 0x64, al; hlt;
 # done: mov al, 0x2a; out 0xf4, al; hlt       (resets once through the i8042, then exits)
 RESET_ONCE = bytes.fromhex("ff0500900000833d00900000027405b0fee664f4b02ae6f4f4")
+RESET_ONCE_SPEC = ImageSpec(elf=elf32(RESET_ONCE))
+
+
+def reset_once_session(machine: Machine, fast: bool = False) -> VmSession:
+    """A soft session for RESET_ONCE, not yet booted (prepare_boot wires the reset devices to
+    the session's ``request_reset`` as it is then, so tests may wrap it first)."""
+    return VmSession(
+        mem_size=RESET_ONCE_SPEC.layout(16 * MiB).lowmem,
+        device=EmulatedDevice(machine),
+        accel="soft",
+        cpu_affinity=0b10,
+        fast_path=fast,
+    )
 
 
 @pytest.mark.soft
@@ -135,15 +148,8 @@ def test_guest_reset_holds_the_notify_back_and_runs_acrn_dm_sequence(
 ) -> None:
     # Spec 5.6 step 3: while the reset is pending the request that asked for it is not notified;
     # PAUSE, CLEAR_VM_IOREQ and RESET_VM complete it, then the reload and START (vm_system_reset).
-    spec = ImageSpec(elf=elf32(RESET_ONCE))
-    with VmSession(
-        mem_size=spec.layout(16 * MiB).lowmem,
-        device=EmulatedDevice(machine),
-        accel="soft",
-        cpu_affinity=0b10,
-        fast_path=fast,
-    ) as s:
-        prepare_boot(s, spec, 16 * MiB)
+    with reset_once_session(machine, fast) as s:
+        prepare_boot(s, RESET_ONCE_SPEC, 16 * MiB)
         result = s.run(timeout=60)
         resets = s.resets
     assert (result.reason, result.status, resets) == ("debugexit", (0x2A << 1) | 1, 1)
@@ -170,14 +176,7 @@ def test_reset_finished_while_its_request_is_emulated_still_holds_that_notify_ba
     # asked for it returns.  That request must still not be notified (CLEAR_VM_IOREQ completed
     # it): a NOTIFY now would complete a slot of the restarted guest (a found race: the restarted
     # guest then ran on from the old HLT).
-    spec = ImageSpec(elf=elf32(RESET_ONCE))
-    with VmSession(
-        mem_size=spec.layout(16 * MiB).lowmem,
-        device=EmulatedDevice(machine),
-        accel="soft",
-        cpu_affinity=0b10,
-        fast_path=fast,
-    ) as s:
+    with reset_once_session(machine, fast) as s:
         request_reset = s.request_reset
         waited: list[bool] = []
 
@@ -189,7 +188,7 @@ def test_reset_finished_while_its_request_is_emulated_still_holds_that_notify_ba
             waited.append(s.resets == 1)
 
         s.request_reset = reset_and_wait_for_it  # type: ignore[method-assign]
-        prepare_boot(s, spec, 16 * MiB)
+        prepare_boot(s, RESET_ONCE_SPEC, 16 * MiB)
         result = s.run(timeout=60)
     assert waited == [True]
     assert (result.reason, result.status) == ("debugexit", (0x2A << 1) | 1)
@@ -207,10 +206,7 @@ def test_close_ends_the_ioreq_thread_while_a_reset_it_waits_for_never_runs(
     # The run can end (a stop requested, a timeout) between the guest's reset request and the
     # reset sequence; the ioreq thread then waits for a reset that never comes.  close() must
     # still end it (found by the guest-code fuzzer: the thread outlived close()).
-    spec = ImageSpec(elf=elf32(RESET_ONCE))
-    s = VmSession(
-        mem_size=spec.layout(16 * MiB).lowmem, device=EmulatedDevice(machine), accel="soft", cpu_affinity=0b10
-    )
+    s = reset_once_session(machine)
     request_reset = s.request_reset
 
     def stop_then_reset() -> None:
@@ -218,7 +214,7 @@ def test_close_ends_the_ioreq_thread_while_a_reset_it_waits_for_never_runs(
         request_reset()
 
     s.request_reset = stop_then_reset  # type: ignore[method-assign]
-    prepare_boot(s, spec, 16 * MiB)
+    prepare_boot(s, RESET_ONCE_SPEC, 16 * MiB)
     result = s.run(timeout=60)
     assert result.reason == "poweroff" and s.resets == 0
     t0 = time.monotonic()

@@ -58,6 +58,8 @@ from acrn.guests import GUESTS, Guest
 from acrn.regs.model import VcpuRegs
 from acrn.regs.show import format_state
 
+from .test_guest_faults import PortLog
+
 MODES: Final = ("real", "protected", "long")
 #: The guest whose image (GDT, page tables) and register preset each mode borrows.
 HOST_GUESTS: Final = {"real": "hello_real", "protected": "hello_protected", "long": "hello_long"}
@@ -788,19 +790,6 @@ def test_replay(no_leaks: None, hang_guard: None) -> None:
 
 
 # --------------------------------------------------------------------------- findings, pinned
-class PortLog:
-    """A bus device recording every write."""
-
-    def __init__(self) -> None:
-        self.writes: list[int] = []
-
-    def read(self, offset: int, size: int) -> int:
-        return 0
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        self.writes.append(value)
-
-
 IDT_GPA: Final = 0x2000
 IDTR_GPA: Final = 0x1FF0
 HANDLER_GPA: Final = CODE_GPA + 0x100
