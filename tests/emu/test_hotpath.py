@@ -14,6 +14,7 @@ import ctypes
 import errno
 import logging
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -260,8 +261,10 @@ def test_in_process_attach_is_released_by_destroying_the_client_with_enodev(clie
     f = env.dev.file
     assert f is not None and f.vm.default_client is not None
     client = f.vm.default_client
-    while client.waiters == 0 and t.is_alive():
-        threading.Event().wait(0.001)
+    deadline = time.monotonic() + 10
+    while client.waiters == 0 and t.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert client.waiters == 1  # blocked in ATTACH, not returned early
     env.dev.ioctl(uapi.ACRN_IOCTL_DESTROY_IOREQ_CLIENT, 0)
     t.join(10)
     assert not t.is_alive() and result == [errno.ENODEV]
