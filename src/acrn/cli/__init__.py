@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from acrn import __version__
 
 #: Subcommand modules, in help order.
-COMMANDS = ("info", "regs", "run", "demo")
+COMMANDS = ("info", "regs", "run", "demo", "hv", "exec", "ps")
 
 
 class CliError(Exception):

@@ -1,0 +1,156 @@
+"""``acrn exec``: run an unmodified program with ``/dev/acrn_hsm`` leading to the hypervisor service."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+from acrn.cli import CliError
+from acrn.cli.hv import add_machine_options
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "exec",
+        help="run a program (e.g. acrn-dm) with /dev/acrn_hsm served by pyacrn's hypervisor",
+        description="Run PROGRAM so that /dev/acrn_hsm exists for it and its children and leads to the "
+        "pyacrn hypervisor service: the one given with --hv, else the one at the default socket, else a "
+        "private one started for the program's lifetime. The program must be dynamically linked (a "
+        "preload library makes the device exist). Its exit status is passed through.",
+        epilog="examples:\n  acrn exec -- ./vm-sample\n  acrn exec --hybrid -- acrn-dm -m 256M -s 0:0,hostbridge "
+        "-s 1:0,lpc -l com1,stdio --cpu_affinity 1 -k vmlinuz vm1\n  acrn hv & acrn exec --hv /run/pyacrn-hv.sock -- ./my-dm",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--hv", metavar="SOCKET", help="use the running service at SOCKET")
+    add_machine_options(p)
+    p.add_argument("program", metavar="PROGRAM", help="the program to run")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="its arguments")
+    p.set_defaults(func=run)
+
+
+def check_program(program: str) -> str:
+    """The program's path, or CliError saying why the preload library cannot enter it."""
+    path = shutil.which(program) if os.sep not in program else program
+    if path is None or not os.path.exists(path):
+        raise CliError(f"{program}: no such program (not a path, and not found in $PATH)", 127)
+    if not os.access(path, os.X_OK) or os.path.isdir(path):
+        raise CliError(f"{path}: not an executable file", 126)
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:2] == b"#!":
+            return path  # a script: its interpreter is what runs, and gets the library
+        if head[:4] != b"\x7fELF":
+            raise CliError(f"{path}: not an ELF program or a script", 126)
+        if not _has_interp(f, head):
+            raise CliError(
+                f"{path} is statically linked: the preload library that makes /dev/acrn_hsm exist cannot "
+                "enter it; link it dynamically", 126
+            )  # fmt: skip
+    return path
+
+
+def _has_interp(f: object, head: bytes) -> bool:
+    """Whether the ELF has a PT_INTERP program header (i.e. is dynamically linked)."""
+    import struct
+
+    assert hasattr(f, "seek") and hasattr(f, "read")
+    is64 = head[4] == 2
+    little = head[5] == 1
+    e = "<" if little else ">"
+    if is64:
+        phoff, = struct.unpack_from(e + "Q", head, 0x20)
+        phentsize, phnum = struct.unpack_from(e + "HH", head, 0x36)
+    else:
+        phoff, = struct.unpack_from(e + "I", head, 0x1C)
+        phentsize, phnum = struct.unpack_from(e + "HH", head, 0x2A)
+    for i in range(min(phnum, 256)):
+        f.seek(phoff + i * phentsize)
+        ptype, = struct.unpack(e + "I", f.read(4))
+        if ptype == 3:  # PT_INTERP
+            return True
+    return False
+
+
+def run(args: argparse.Namespace) -> int:
+    from acrn.service.client import PreloadMissing, preload_library
+    from acrn.service.server import HvService, ServiceError, _live, default_socket_path
+
+    argv = list(args.args)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    program = check_program(args.program)
+    try:
+        lib = str(preload_library())
+    except PreloadMissing as e:
+        raise CliError(str(e)) from None
+    machine_opts = args.accel != "auto" or args.hybrid or args.no_fallback
+    service: HvService | None = None
+    tmpdir: str | None = None
+    if args.hv:
+        if not _live(args.hv):
+            raise CliError(f"--hv {args.hv}: no pyacrn hypervisor service answers there; start one with `acrn hv`")
+        if machine_opts:
+            raise CliError("--accel/--hybrid/--no-fallback configure a private service; the one at --hv has its own", 2)
+        path = args.hv
+    elif not machine_opts and _live(default_socket_path()):
+        path = default_socket_path()
+    else:
+        from acrn.cli.hv import make_machine
+        from acrn.emu.machine import Machine
+
+        machine = make_machine(args)
+        assert isinstance(machine, Machine)
+        tmpdir = tempfile.mkdtemp(prefix="acrn-exec-")
+        path = os.path.join(tmpdir, "hv.sock")
+        service = HvService(machine, path)
+        try:
+            service.start()
+        except ServiceError as e:
+            raise CliError(str(e)) from None
+    env = dict(os.environ)
+    preload = env.get("LD_PRELOAD", "")
+    env["LD_PRELOAD"] = lib + (" " + preload if preload else "")
+    env["ACRN_HV_SOCKET"] = path
+    if args.verbose:
+        env["ACRN_EXEC_TRACE"] = "1"
+    try:
+        return _run_child([program, *argv], env)
+    finally:
+        if service is not None:
+            service.stop()
+            service.machine.runtime.close()
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _run_child(argv: list[str], env: dict[str, str]) -> int:
+    """Run the program as a shell would: Ctrl-C reaches it (and not us); SIGTERM/SIGHUP to us are
+    passed on; its exit status, or 128 + the signal that ended it, is ours."""
+    try:
+        child = subprocess.Popen(argv, env=env)
+    except OSError as e:
+        raise CliError(f"{argv[0]}: cannot run: {e.strerror}", 126) from None
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP)}
+
+    def forward(signum: int, frame: object) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGHUP, forward)
+    try:
+        rc = child.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if rc < 0:
+        print(f"acrn exec: {argv[0]} ended by signal {-rc}", file=sys.stderr)
+        return 128 - rc
+    return rc
