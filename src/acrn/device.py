@@ -203,22 +203,32 @@ class EmulatedDevice(Device):
 
 
 def open_device(kind: str = "auto", **kwargs: Any) -> Device:
-    """Open an HSM: ``"kernel"`` (/dev/acrn_hsm), ``"emulated"``, or ``"auto"`` (kernel if present).
+    """Open an HSM: ``"kernel"`` (/dev/acrn_hsm), ``"emulated"`` (in this process), ``"service"``
+    (the host's ``acrn hv``), or ``"auto"`` (kernel if present, else the emulator).
 
-    Keyword arguments go to the chosen class: ``path`` for the kernel, ``machine`` for the emulator.
+    Keyword arguments go to the chosen class: ``path`` for the kernel, ``machine`` for the emulator,
+    ``socket`` for the service (default ``$ACRN_HV_SOCKET`` or the service's default path).
     """
     if kind == "auto":
         path = kwargs.get("path", DEFAULT_PATH)
-        kind = "kernel" if os.path.exists(path) else "emulated"
-        if kind == "emulated":
-            kwargs.pop("path", None)
+        if os.path.exists(path):
+            kind = "kernel"
+        elif kwargs.get("socket") or os.environ.get("ACRN_HV_SOCKET"):
+            kind = "service"
         else:
-            kwargs.pop("machine", None)
+            kind = "emulated"
+        for key, users in (("path", "kernel"), ("machine", "emulated"), ("socket", "service")):
+            if kind != users:
+                kwargs.pop(key, None)
     if kind == "kernel":
         return KernelDevice(**kwargs)
     if kind == "emulated":
         return EmulatedDevice(**kwargs)
-    raise ValueError(f"unknown device kind {kind!r} (choose auto, kernel or emulated)")
+    if kind == "service":
+        from acrn.service.client import ServiceDevice
+
+        return ServiceDevice(**kwargs)
+    raise ValueError(f"unknown device kind {kind!r} (choose auto, kernel, emulated or service)")
 
 
 def _describe(cmd: int, arg: Any) -> str:

@@ -139,9 +139,17 @@ static int (*real_euidaccess)(const char *, int);
 
 #define RESOLVE(var, name) (var = dlsym(RTLD_NEXT, name))
 
-static char svc_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+#define SUN_LEN_MAX sizeof(((struct sockaddr_un *)0)->sun_path)
+#define MAX_SERVICES 8
+/* The service /dev/acrn_hsm leads to ($ACRN_HV_SOCKET), and every other one a Python caller
+ * opened with acrn_preload_open: an HSM fd is recognised by its peer being one of them. */
+static char svc_paths[MAX_SERVICES][SUN_LEN_MAX];
+static int nsvc;
+static pthread_mutex_t svc_lock = PTHREAD_MUTEX_INITIALIZER;
+#define svc_path svc_paths[0]
 static char dev_path[256] = "/dev/acrn_hsm";
 static int active;      /* a service socket is configured */
+static int from_env;    /* ... by $ACRN_HV_SOCKET: /dev/acrn_hsm exists (acrn exec) */
 static int trace;       /* ACRN_EXEC_TRACE: log forwarded ioctls on stderr */
 
 __attribute__((constructor)) static void preload_init(void)
@@ -173,9 +181,11 @@ __attribute__((constructor)) static void preload_init(void)
 	RESOLVE(real_faccessat, "faccessat");
 	RESOLVE(real_euidaccess, "euidaccess");
 	const char *s = getenv("ACRN_HV_SOCKET");
-	if (s && *s && strlen(s) < sizeof(svc_path)) {
-		strcpy(svc_path, s);
+	if (s && *s && strlen(s) < SUN_LEN_MAX && !nsvc) {
+		strcpy(svc_paths[0], s);
+		nsvc = 1;
 		active = 1;
+		from_env = 1;
 	}
 	const char *d = getenv("ACRN_HSM_PATH");
 	if (d && *d && strlen(d) < sizeof(dev_path))
@@ -217,7 +227,10 @@ static int peer_is_service(int fd)
 	memset(&sa, 0, sizeof(sa));
 	if (getpeername(fd, (struct sockaddr *)&sa, &len) < 0 || sa.sun_family != AF_UNIX)
 		return 0;
-	return strncmp(sa.sun_path, svc_path, sizeof(sa.sun_path)) == 0;
+	for (int i = 0; i < nsvc && i < MAX_SERVICES; i++)
+		if (strncmp(sa.sun_path, svc_paths[i], sizeof(sa.sun_path)) == 0)
+			return 1;
+	return 0;
 }
 
 /* The socket inode if `fd` is an open HSM file, else 0.  An fd inherited across exec is
@@ -273,7 +286,7 @@ static ssize_t recv_all(int sock, void *buf, size_t len)
 	return r;
 }
 
-static int connect_service(int cloexec)
+static int connect_service(const char *path, int cloexec)
 {
 	int s = socket(AF_UNIX, SOCK_SEQPACKET | (cloexec ? SOCK_CLOEXEC : 0), 0);
 	if (s < 0)
@@ -281,7 +294,7 @@ static int connect_service(int cloexec)
 	struct sockaddr_un sa;
 	memset(&sa, 0, sizeof(sa));
 	sa.sun_family = AF_UNIX;
-	memcpy(sa.sun_path, svc_path, sizeof(sa.sun_path));
+	strncpy(sa.sun_path, path, sizeof(sa.sun_path) - 1);
 	int r;
 	do
 		r = connect(s, (struct sockaddr *)&sa, sizeof(sa));
@@ -296,11 +309,11 @@ static int connect_service(int cloexec)
 }
 
 /* open("/dev/acrn_hsm"): one connection = one open file. */
-static int hsm_open(int flags)
+static int hsm_open(const char *path, int flags)
 {
-	int s = connect_service(flags & O_CLOEXEC);
+	int s = connect_service(path, flags & O_CLOEXEC);
 	if (s < 0) {
-		say("cannot reach the pyacrn hypervisor service at %s: %s (start it with `acrn hv`)", svc_path,
+		say("cannot reach the pyacrn hypervisor service at %s: %s (start it with `acrn hv`)", path,
 		    strerror(errno));
 		errno = ENOENT;
 		return -1;
@@ -309,7 +322,7 @@ static int hsm_open(int flags)
 	struct acrn_svc_hello_reply rep;
 	if (send_fds(s, &h, sizeof(h), NULL, 0) != (ssize_t)sizeof(h) ||
 	    recv_all(s, &rep, sizeof(rep)) != (ssize_t)sizeof(rep) || rep.magic != ACRN_SVC_HELLO_MAGIC) {
-		say("the service at %s did not answer the open of %s", svc_path, dev_path);
+		say("the service at %s did not answer the open of %s", path, dev_path);
 		real_close(s);
 		errno = EIO;
 		return -1;
@@ -804,7 +817,7 @@ out:
 /* ---------------------------------------------------------------- interposed functions */
 static int is_dev(const char *path)
 {
-	return active && path && strcmp(path, dev_path) == 0;
+	return from_env && path && strcmp(path, dev_path) == 0;
 }
 
 static int is_dev_at(int dirfd, const char *path)
@@ -864,7 +877,7 @@ EXPORT int open(const char *path, int flags, ...)
 	if (!real_open)
 		preload_init();
 	if (is_dev(path))
-		return hsm_open(flags);
+		return hsm_open(svc_path, flags);
 	OPEN_BODY(real_open(path, flags, mode))
 }
 
@@ -873,7 +886,7 @@ EXPORT int open64(const char *path, int flags, ...)
 	if (!real_open64)
 		preload_init();
 	if (is_dev(path))
-		return hsm_open(flags);
+		return hsm_open(svc_path, flags);
 	OPEN_BODY(real_open64(path, flags, mode))
 }
 
@@ -882,7 +895,7 @@ EXPORT int openat(int dirfd, const char *path, int flags, ...)
 	if (!real_openat)
 		preload_init();
 	if (is_dev_at(dirfd, path))
-		return hsm_open(flags);
+		return hsm_open(svc_path, flags);
 	OPEN_BODY(real_openat(dirfd, path, flags, mode))
 }
 
@@ -891,28 +904,28 @@ EXPORT int openat64(int dirfd, const char *path, int flags, ...)
 	if (!real_openat64)
 		preload_init();
 	if (is_dev_at(dirfd, path))
-		return hsm_open(flags);
+		return hsm_open(svc_path, flags);
 	OPEN_BODY(real_openat64(dirfd, path, flags, mode))
 }
 
 EXPORT int __open_2(const char *path, int flags)
 {
-	return is_dev(path) ? hsm_open(flags) : real_open_2(path, flags);
+	return is_dev(path) ? hsm_open(svc_path, flags) : real_open_2(path, flags);
 }
 
 EXPORT int __open64_2(const char *path, int flags)
 {
-	return is_dev(path) ? hsm_open(flags) : real_open64_2(path, flags);
+	return is_dev(path) ? hsm_open(svc_path, flags) : real_open64_2(path, flags);
 }
 
 EXPORT int __openat_2(int dirfd, const char *path, int flags)
 {
-	return is_dev_at(dirfd, path) ? hsm_open(flags) : real_openat_2(dirfd, path, flags);
+	return is_dev_at(dirfd, path) ? hsm_open(svc_path, flags) : real_openat_2(dirfd, path, flags);
 }
 
 EXPORT int __openat64_2(int dirfd, const char *path, int flags)
 {
-	return is_dev_at(dirfd, path) ? hsm_open(flags) : real_openat64_2(dirfd, path, flags);
+	return is_dev_at(dirfd, path) ? hsm_open(svc_path, flags) : real_openat64_2(dirfd, path, flags);
 }
 
 /* What stat() reports for the device: a root-owned 0600 misc character device, as the
@@ -1087,16 +1100,24 @@ EXPORT int acrn_preload_open(const char *socket_path, int flags)
 {
 	if (!real_ioctl)
 		preload_init();
-	if (!socket_path || strlen(socket_path) >= sizeof(svc_path)) {
+	if (!socket_path || !*socket_path || strlen(socket_path) >= SUN_LEN_MAX) {
 		errno = EINVAL;
 		return -1;
 	}
-	if (active && strcmp(svc_path, socket_path) != 0) {
-		/* One service per process: the library routes by the peer's path. */
-		errno = EBUSY;
-		return -1;
+	pthread_mutex_lock(&svc_lock);
+	int known = 0;
+	for (int i = 0; i < nsvc; i++)
+		known |= strcmp(svc_paths[i], socket_path) == 0;
+	if (!known) {
+		if (nsvc >= MAX_SERVICES) {
+			pthread_mutex_unlock(&svc_lock);
+			errno = EMFILE;
+			return -1;
+		}
+		strcpy(svc_paths[nsvc], socket_path);
+		__atomic_store_n(&nsvc, nsvc + 1, __ATOMIC_RELEASE);
 	}
-	strcpy(svc_path, socket_path);
 	active = 1;
-	return hsm_open(flags);
+	pthread_mutex_unlock(&svc_lock);
+	return hsm_open(socket_path, flags);
 }
