@@ -231,6 +231,11 @@ def open_device(kind: str = "auto", **kwargs: Any) -> Device:
     raise ValueError(f"unknown device kind {kind!r} (choose auto, kernel, emulated or service)")
 
 
+def describe_arg(cmd: int, arg: Any) -> str:
+    """An ioctl argument as the trace shows it (a decoded struct, a value, or a pointer)."""
+    return _describe(cmd, arg)
+
+
 def _describe(cmd: int, arg: Any) -> str:
     """The argument as strace would show it: a decoded struct, a value, or a pointer."""
     ctype = uapi.IOCTL_ARG.get(cmd)

@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     preload = env.get("LD_PRELOAD", "")
     env["LD_PRELOAD"] = lib + (" " + preload if preload else "")
     env["ACRN_HV_SOCKET"] = path
-    if args.verbose:
+    if args.verbose and not service:
+        # The service elsewhere logs the decoded calls; here only the library can say what it sent.
         env["ACRN_EXEC_TRACE"] = "1"
     try:
         return _run_child([program, *argv], env)

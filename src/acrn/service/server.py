@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from acrn.emu.machine import Machine
 
 log = logging.getLogger("acrn.service")
+trace = logging.getLogger("acrn.trace")
 
 #: Where the embedded user address of an ioctl sits in its argument (bytes), or "value".
 _EMBEDDED: dict[int, int | str] = {
@@ -337,13 +338,28 @@ class OpenFile:
         finally:
             if scratch is not None:
                 scratch.close()
+        if restore is not None:
+            # The client sees its own address where the driver saw the service's.
+            at, orig = restore
+            sent = sent[:at] + orig + sent[at + 8 :]
+            after = after[:at] + orig + after[at + 8 :]
         out = _changed_prefix(sent, after)
-        if restore is not None and len(out) > restore[0]:
-            o = bytearray(out)
-            end = min(len(o), restore[0] + 8)
-            o[restore[0] : end] = restore[1][: end - restore[0]]
-            out = bytes(o)
+        if trace.isEnabledFor(logging.DEBUG):
+            self._trace(cmd, req, arg, after, ret)
         return ret, out
+
+    def _trace(self, cmd: int, req: protocol.acrn_svc_req, arg: bytes, after: bytes, ret: int) -> None:
+        """The call as ``acrn -v`` shows in-process ones (acrn.device), with the client's pid and
+        its own addresses (the argument as the client sent it)."""
+        from acrn.device import describe_arg
+
+        name = uapi.IOCTL_NAMES.get(cmd, f"{cmd:#010x}")
+        shown: object = bytearray(arg) if req.flags & protocol.ARG_BUF else req.value
+        result = str(ret) if ret >= 0 else f"-1 {errno.errorcode.get(-ret, str(-ret))}"
+        back = ""
+        if ret >= 0 and uapi.ioc_dir(cmd) & 2 and req.flags & protocol.ARG_BUF:
+            back = " => " + describe_arg(cmd, bytearray(after))
+        trace.debug("[pid %d] %s(%s) = %s%s", self.pid, name, describe_arg(cmd, shown), result, back)
 
     def _translate(
         self, req: protocol.acrn_svc_req, mems: list[protocol.acrn_svc_mem], fds: list[int], client_addr: int
