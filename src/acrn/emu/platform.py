@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from acrn import uapi
+from acrn import rules, uapi
 
 LoadOrder = Literal["service", "pre", "post"]
 
@@ -103,13 +103,11 @@ class Platform:
     pcpu_num: int
     max_vm_num: int
     vm_configs: list[VmConfig]
-    # Typical Intel values (SDM Vol. 3 A.7/A.8): CR0 PE, NE and PG read as fixed to 1 (ACRN makes PE and
-    # PG flexible for unrestricted guests, so only NE stays required) and bits 63:32 fixed to 0; CR4 VMXE
-    # fixed to 1, and the bits a recent core supports (all of 0..24 except 15 and KL, bit 19) flexible.
-    vmx_cr0_fixed0: int = 0x80000021
-    vmx_cr0_fixed1: int = 0xFFFFFFFF
-    vmx_cr4_fixed0: int = 0x2000
-    vmx_cr4_fixed1: int = 0x1F77FFF
+    # Typical Intel values, defined once in acrn.rules (the register tools use the same ones).
+    vmx_cr0_fixed0: int = rules.DEFAULT_VMX_CR0_FIXED0
+    vmx_cr0_fixed1: int = rules.DEFAULT_VMX_CR0_FIXED1
+    vmx_cr4_fixed0: int = rules.DEFAULT_VMX_CR4_FIXED0
+    vmx_cr4_fixed1: int = rules.DEFAULT_VMX_CR4_FIXED1
     tsc_khz: int = 2_000_000
     cx_states: list[CxState] = field(default_factory=_default_cx)
     #: The upcall vector ACRN uses until HC_SET_CALLBACK_VECTOR changes it (HYPERVISOR_CALLBACK_VECTOR).
@@ -137,6 +135,13 @@ class Platform:
         return next(i for i, c in enumerate(self.vm_configs) if c.load_order == "service")
 
     @property
+    def cr_masks(self) -> rules.CrMasks:
+        """ACRN's CR0/CR4 masks for this board's VMX FIXED MSRs (``acrn.rules.CrMasks``)."""
+        return rules.CrMasks.from_vmx_fixed(
+            self.vmx_cr0_fixed0, self.vmx_cr0_fixed1, self.vmx_cr4_fixed0, self.vmx_cr4_fixed1
+        )
+
+    @property
     def all_pcpus(self) -> int:
         return (1 << self.pcpu_num) - 1
 
@@ -144,7 +149,7 @@ class Platform:
     def default(cls) -> Platform:
         """A small "shared"-scenario board, chosen so that every ACRN rule is reachable.
 
-        * 4 pCPUs: enough for multi-vCPU VMs and the "vcpu_id < pCPU count" rule (spec 4.1 step 3),
+        * 4 pCPUs (``acrn.rules.DEFAULT_PCPU_NUM``): enough for multi-vCPU VMs and the "vcpu_id < pCPU count" rule (spec 4.1 step 3),
           small enough that tests stay cheap.
         * CONFIG_MAX_VM_NUM 16, ACRN's usual value.
         * slot 0: the Service VM ("ACRN_Service_VM", all pCPUs), so relative == absolute vmid and the
@@ -166,4 +171,4 @@ class Platform:
             VmConfig("POST_RT_VM1", "post", static, 0b1000, SEVERITY_RTVM),
             VmConfig("PRE_STD_VM1", "pre", static, 0b1000, SEVERITY_STANDARD_VM),
         ]
-        return cls(pcpu_num=4, max_vm_num=16, vm_configs=configs)
+        return cls(pcpu_num=rules.DEFAULT_PCPU_NUM, max_vm_num=16, vm_configs=configs)

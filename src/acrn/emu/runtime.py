@@ -53,9 +53,9 @@ from acrn.emu.accel.base import (
     multiprocessor_vcpu,
     sync_io_vcpu,
 )
-from acrn.emu.hv.landing import first_entry_state
 from acrn.emu.hv.state import BSP_VCPU_ID
 from acrn.emu.irq import IrqRouter
+from acrn.rules import first_entry_state
 
 if TYPE_CHECKING:
     from acrn.emu.hv import Hypervisor, Vm

@@ -317,8 +317,8 @@ def probe() -> ProbeResult:
     """Run ``syscall_user`` once on bare KVM (no fallback, no repair); cached per process."""
     from acrn.emu.accel.base import EmulationFailureExit, PioExit
     from acrn.emu.accel.kvm import KvmAccelerator
-    from acrn.emu.hv.landing import land_vcpu_regs
     from acrn.guests import GUESTS
+    from acrn.rules import land_vcpu_regs
 
     guest = GUESTS["syscall_user"]
     out = bytearray()

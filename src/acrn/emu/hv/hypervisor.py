@@ -27,7 +27,6 @@ from typing import Any, Final, TypeVar
 from acrn import uapi
 from acrn.arch import CpuState
 from acrn.emu.hostmem import ServiceVmMemory
-from acrn.emu.hv.landing import is_valid_cr0_cr4, land_vcpu_regs, reset_vcpu_state
 from acrn.emu.hv.state import (
     BSP_VCPU_ID,
     EINVAL,
@@ -50,6 +49,7 @@ from acrn.emu.platform import (
     Platform,
     VmConfig,
 )
+from acrn.rules import is_valid_cr0_cr4, land_vcpu_regs, reset_vcpu_state
 
 log = logging.getLogger(__name__)
 
@@ -746,7 +746,7 @@ class Hypervisor:
         vcpu = vm.vcpu(vr.vcpu_id)
         if vcpu is None or vcpu.state == VcpuState.OFFLINE:
             return -1
-        if not is_valid_cr0_cr4(int(vr.vcpu_regs.cr0), int(vr.vcpu_regs.cr4), self.platform):
+        if not is_valid_cr0_cr4(int(vr.vcpu_regs.cr0), int(vr.vcpu_regs.cr4), self.platform.cr_masks):
             return -1
         if self.strict_arch and self._arch_errors(data):
             return -1  # emulator option, off by default: ACRN itself accepts these states

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 from acrn import uapi
 from acrn.arch import CpuState
-from acrn.emu.hv.landing import reset_vcpu_state
 from acrn.emu.hv.state import VcpuState, VmState
 from acrn.emu.platform import VmConfig
+from acrn.rules import reset_vcpu_state
 
 
 @dataclass(frozen=True)
