@@ -13,8 +13,8 @@ Sources, in ACRN (projectacrn/acrn-hypervisor):
   ``hypervisor/common/hypercall.c: hcall_set_vcpu_regs``);
 * ``hypervisor/arch/x86/guest/vcpu.c``: ``set_vcpu_regs`` (the landing) and ``realmode_init_vregs``
   (the reset template used by ``reset_vcpu_regs``);
-* ``hypervisor/arch/x86/guest/vmcs.c``: ``init_vmcs``, which applies the stored CR0/CR4 at the
-  vCPU's first entry.
+* ``hypervisor/arch/x86/guest/vmcs.c``: ``init_guest_state`` (called by ``init_vmcs``), which
+  applies the stored CR0/CR4 at the vCPU's first entry.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ LDTR_AR: Final = 0x0082
 TR_AR: Final = 0x008B
 #: The flags ``set_vcpu_regs`` clears from a non-zero RFLAGS (CF, PF, AF, ZF, SF, OF = 0x8D5).
 RFLAGS_CLEARED: Final = RFLAGS_CF | RFLAGS_PF | RFLAGS_AF | RFLAGS_ZF | RFLAGS_SF | RFLAGS_OF
-#: CR4 bits ``init_vmcs`` masks off when it applies the stored CR4 at the first entry.
+#: CR4 bits ``init_guest_state`` (from ``init_vmcs``) masks off when it applies the stored CR4 at the first entry.
 CR4_MASKED_AT_ENTRY: Final = CR4_VMXE | CR4_SMXE | CR4_MCE
 
 #: The six segment registers in the order of ACRN's internal array and of the UAPI selector fields:
@@ -242,15 +242,16 @@ def land_vcpu_regs(regs: uapi.acrn_regs, current: CpuState | None = None) -> Cpu
 
 def first_entry_state(stored: CpuState) -> CpuState:
     """The state a vCPU enters the guest with after START: the stored one with CR4 applied as
-    ``init_vmcs`` applies it, VMXE, SMXE and MCE masked off."""
+    ``init_guest_state`` applies it, VMXE, SMXE and MCE masked off."""
     st = stored.copy()
     st.cr4 &= ~CR4_MASKED_AT_ENTRY
     return st
 
 
 def reset_vcpu_state() -> CpuState:
-    """The architectural reset template ``realmode_init_vregs``; the context is all zero first
-    (so RDX is 0, not the CPUID signature)."""
+    """The architectural reset template ``realmode_init_vregs`` that ``reset_vcpu_regs`` applies
+    (``hypervisor/arch/x86/guest/vcpu.c``); the context is all zero first, so RDX is 0, not the
+    CPUID signature."""
     st = CpuState()
     st.cs = Segment(0xF000, 0xFFFF0000, 0xFFFF, REAL_MODE_CODE_SEG_AR)
     for name in ("ss", "ds", "es", "fs", "gs"):

@@ -287,7 +287,7 @@ STRUCTS: Final[dict[str, StructDoc]] = {
         },
     ),
     "acrn_vdev": StructDoc(
-        "Argument of CREATE_VDEV and DESTROY_VDEV (`hcall_create_vdev`, `hcall_destroy_vdev`): a "
+        "Argument of CREATE_VDEV and DESTROY_VDEV (`hcall_add_vdev`, `hcall_remove_vdev`): a "
         "virtual device the hypervisor emulates (ivshmem, MCS9900 vUART, virtual root port).",
         "No reserved fields.",
         {

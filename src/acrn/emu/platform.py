@@ -17,7 +17,7 @@ LoadOrder = Literal["service", "pre", "post"]
 
 # ACRN's VM severities (hypervisor vm_config.h ``enum acrn_vm_severity``; RTVM_SEVERITY_LEVEL is 0x30
 # in the generated configs).  A VM whose severity is above the Service VM's is protected from some
-# Service VM requests (spec 2 PAUSE, spec 3 table "severity pass").
+# Service VM requests (``is_severity_pass`` in ``hypervisor/common/hypercall.c``, e.g. ``hcall_pause_vm``).
 SEVERITY_SAFETY_VM: Final = 0x40
 SEVERITY_RTVM: Final = 0x30
 SEVERITY_SERVICE_VM: Final = 0x20
@@ -36,7 +36,7 @@ class VmConfig:
     """One ``struct acrn_vm_config`` slot.
 
     ``name == ""`` and no ``GUEST_FLAG_STATIC_VM`` makes a *dynamic* slot, which CREATE_VM fills
-    with the creator's name (spec 1.4).  ``cpu_affinity`` is a pCPU bitmap.  ``severity`` is compared
+    with the creator's name (``hcall_create_vm``).  ``cpu_affinity`` is a pCPU bitmap.  ``severity`` is compared
     with the Service VM's (``is_severity_pass``).  ``vhwp`` says whether the VM has vHWP (PM_GET_CPU_STATE
     PX_CNT answers 0 instead of -1); ``sworld`` whether secure-world memory was reserved for the slot
     (CREATE_VM with SECURE_WORLD_ENABLED fails without it, as ``get_sworld_vm_index`` < 0 does).
@@ -96,7 +96,7 @@ class Platform:
     """The board and scenario the emulated hypervisor runs on.
 
     ``vmx_cr*_fixed*`` are the IA32_VMX_CR0/CR4_FIXED0/1 MSR values ACRN derives its CR0/CR4 validity
-    masks from (spec 4.2).  ``vm_configs`` has exactly ``max_vm_num`` slots (CONFIG_MAX_VM_NUM);
+    masks from (``acrn.rules.CrMasks``).  ``vm_configs`` has exactly ``max_vm_num`` slots (CONFIG_MAX_VM_NUM);
     the absolute VM id is the slot index.
     """
 
@@ -131,7 +131,7 @@ class Platform:
 
     @property
     def service_vm_id(self) -> int:
-        """Absolute id of the Service VM; relative ids are counted from it (spec 1.4)."""
+        """Absolute id of the Service VM; relative ids are counted from it (``hypervisor/arch/x86/guest/vmcall.c: parse_target_vm``)."""
         return next(i for i, c in enumerate(self.vm_configs) if c.load_order == "service")
 
     @property
@@ -149,7 +149,7 @@ class Platform:
     def default(cls) -> Platform:
         """A small "shared"-scenario board, chosen so that every ACRN rule is reachable.
 
-        * 4 pCPUs (``acrn.rules.DEFAULT_PCPU_NUM``): enough for multi-vCPU VMs and the "vcpu_id < pCPU count" rule (spec 4.1 step 3),
+        * 4 pCPUs (``acrn.rules.DEFAULT_PCPU_NUM``): enough for multi-vCPU VMs and the "vcpu_id < pCPU count" rule of ``hcall_set_vcpu_regs``,
           small enough that tests stay cheap.
         * CONFIG_MAX_VM_NUM 16, ACRN's usual value.
         * slot 0: the Service VM ("ACRN_Service_VM", all pCPUs), so relative == absolute vmid and the

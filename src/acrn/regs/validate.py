@@ -4,11 +4,12 @@ The answer has three cumulative levels, each a table of small checks with a stab
 
 ``abi``
     What the HSM driver rejects with ``-EINVAL`` before any hypercall: the reserved fields, in the
-    driver's order (spec 2, SET_VCPU_REGS).
+    driver's order (``drivers/virt/acrn/hsm.c: acrn_dev_ioctl``).
 ``acrn``
     What the hypervisor rejects (``is_valid_cr0_cr4``, the vcpu_id bound: the hypercall returns -1,
-    errno EPERM; spec 4.1/4.2) as errors, and what it silently changes while landing the registers
-    (spec 4.3, 12.7-12.9) as warnings.
+    errno EPERM; ``hypervisor/common/hypercall.c: hcall_set_vcpu_regs``) as errors, and what it
+    silently changes while landing the registers (``hypervisor/arch/x86/guest/vcpu.c: set_vcpu_regs``)
+    as warnings.  The rules themselves are :mod:`acrn.rules`, shared with the emulated hypervisor.
 ``arch``
     The processor's VM-entry guest-state checks (Intel SDM Vol. 3 27.3.1, "Checks on Guest Register
     State") that ACRN does not make, applied to the state ACRN actually lands.  A state that fails
@@ -29,11 +30,11 @@ from acrn.regs.model import SELECTOR_NAMES, VcpuRegs
 LEVELS: Final = ("abi", "acrn", "arch")
 SEVERITIES: Final = ("error", "warning")
 
-SRC_HSM: Final = "HSM driver hsm.c (spec 2, SET_VCPU_REGS)"
-SRC_HC: Final = "ACRN hcall_set_vcpu_regs (spec 4.1)"
-SRC_CR: Final = "ACRN is_valid_cr0_cr4 (spec 4.2)"
-SRC_LAND: Final = "ACRN set_vcpu_regs (spec 4.3)"
-SRC_VMCS: Final = "ACRN init_vmcs (spec 4.3 step 7)"
+SRC_HSM: Final = "Linux drivers/virt/acrn/hsm.c: acrn_dev_ioctl"
+SRC_HC: Final = "ACRN hypervisor/common/hypercall.c: hcall_set_vcpu_regs"
+SRC_CR: Final = "ACRN hypervisor/arch/x86/guest/virtual_cr.c: is_valid_cr0_cr4"
+SRC_LAND: Final = "ACRN hypervisor/arch/x86/guest/vcpu.c: set_vcpu_regs"
+SRC_VMCS: Final = "ACRN hypervisor/arch/x86/guest/vmcs.c: init_guest_state"
 SDM_CR: Final = "Intel SDM 27.3.1.1"
 SDM_SEG: Final = "Intel SDM 27.3.1.2"
 SDM_DT: Final = "Intel SDM 27.3.1.3"
@@ -133,7 +134,7 @@ _U64: Final = (1 << 64) - 1
 
 
 def enters_ia32e(regs: VcpuRegs) -> bool:
-    """ACRN sets the "IA-32e mode guest" entry control iff EFER.LMA and CS.L (spec 4.3 step 8)."""
+    """ACRN sets the "IA-32e mode guest" entry control iff EFER.LMA and CS.L (``init_vmcs``)."""
     return bool(regs.ia32_efer & arch.EFER_LMA) and bool(regs.cs_ar & arch.AR_L)
 
 
@@ -212,7 +213,7 @@ def rule(rule_id: str, level: str, source: str) -> Callable[[Check], Check]:
     return deco
 
 
-# ---------------------------------------------------------------- abi: the HSM driver (spec 2)
+# ---------------------------------------------------------------- abi: the HSM driver
 def _nonzero(values: list[int], path: str) -> list[str]:
     return [f"{path}[{i}]" for i, v in enumerate(values) if v]
 
@@ -257,7 +258,7 @@ def _abi_descriptor_reserved(c: Context) -> Iterator[Hit]:
     yield from _abi_hit(fields, "GDT/IDT reserved word", values)
 
 
-# ---------------------------------------------------------------- acrn: the hypervisor (spec 4)
+# ---------------------------------------------------------------- acrn: the hypervisor
 @rule("acrn.vcpu_id", "acrn", SRC_HC)
 def _acrn_vcpu_id(c: Context) -> Iterator[Hit]:
     """vcpu_id must be below the platform's pCPU count (MAX_VCPUS_PER_VM), not the VM's vCPU count."""
@@ -365,7 +366,7 @@ def _acrn_cr4_fixed1(c: Context) -> Iterator[Hit]:
 
 @rule("acrn.rflags.masked", "acrn", SRC_LAND)
 def _acrn_rflags_masked(c: Context) -> Iterator[Hit]:
-    """A non-zero RFLAGS loses CF/PF/AF/ZF/SF/OF (spec 4.3 step 6)."""
+    """A non-zero RFLAGS loses CF/PF/AF/ZF/SF/OF (``acrn.rules.landed_rflags``)."""
     r = c.regs.rflags
     if r and r & rules.RFLAGS_CLEARED:
         yield Hit(
@@ -378,7 +379,7 @@ def _acrn_rflags_masked(c: Context) -> Iterator[Hit]:
 
 @rule("acrn.rflags.bit1", "acrn", SRC_LAND)
 def _acrn_rflags_bit1(c: Context) -> Iterator[Hit]:
-    """Only rflags == 0 becomes 0x2; a non-zero value without bit 1 stays invalid (spec 12.8)."""
+    """Only rflags == 0 becomes 0x2; a non-zero value without bit 1 stays invalid."""
     r = c.regs.rflags
     if r and not r & arch.RFLAGS_FIXED1:
         yield Hit(
@@ -407,7 +408,7 @@ def _acrn_segment_real_mode_base(c: Context) -> Iterator[Hit]:
 
 @rule("acrn.segment.forced", "acrn", SRC_LAND)
 def _acrn_segment_forced(c: Context) -> Iterator[Hit]:
-    """LDTR and TR land with base 0, limit 0xFFFF and fixed AR whatever the GDT says (spec 4.3 step 4)."""
+    """LDTR and TR land with base 0, limit 0xFFFF and fixed AR whatever the GDT says."""
     for n, what, ar in (("ldt_sel", "LDTR", rules.LDTR_AR), ("tr_sel", "TR", rules.TR_AR)):
         sel = getattr(c.regs, n)
         if sel:
@@ -540,7 +541,7 @@ def _arch_efer_reserved(c: Context) -> Iterator[Hit]:
 
 @rule("arch.efer.lma_ia32e", "arch", SDM_CR)
 def _arch_efer_lma_ia32e(c: Context) -> Iterator[Hit]:
-    """EFER.LMA must equal the IA-32e mode guest control, which ACRN sets only with CS.L (spec 4.3 step 8)."""
+    """EFER.LMA must equal the IA-32e mode guest control, which ACRN sets only with CS.L (``init_vmcs``)."""
     if c.regs.ia32_efer & arch.EFER_LMA and not enters_ia32e(c.regs):
         yield Hit(
             ["vcpu_regs.ia32_efer", "vcpu_regs.cs_ar"],
@@ -598,7 +599,7 @@ def _arch_cs_p(c: Context) -> Iterator[Hit]:
 
 @rule("arch.cs.reserved_11_8", "arch", SDM_SEG)
 def _arch_cs_reserved_11_8(c: Context) -> Iterator[Hit]:
-    """CS access-rights bits 11:8 are reserved (acrn-dm's ELF loader sets them: cs_ar 0xCF9B, spec 12.21)."""
+    """CS access-rights bits 11:8 are reserved (acrn-dm's ``acrn_sw_load_elf`` sets them: cs_ar 0xCF9B)."""
     if c.regs.cs_ar & arch.AR_RESERVED_11_8:
         yield Hit(["vcpu_regs.cs_ar"], f"cs_ar = {c.regs.cs_ar:#x} sets reserved bits 11:8 "
                   f"({(c.regs.cs_ar >> 8) & 0xF:#x}); a descriptor's limit 19:16 does not belong in the VMX "
@@ -758,7 +759,7 @@ def _arch_rflags_vm(c: Context) -> Iterator[Hit]:
     else:
         yield Hit(["vcpu_regs.rflags", "vcpu_regs.cs_ar"], f"rflags = {r:#x} sets VM (bit 17): virtual-8086 "
                   "entry needs every segment with AR 0xf3, limit 0xffff and base selector << 4, which ACRN "
-                  "cannot land (it forces the data segments, spec 4.3 step 1)")  # fmt: skip
+                  "cannot land (it forces the data segments)")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------
