@@ -1,7 +1,7 @@
 """The KVM emulation-failure fallback and the hybrid accelerator (acrn.emu.fallback).
 
-The guest executes, in 64-bit mode, the instructions this machine's KVM cannot emulate (spec
-kvm-and-boot.md 1): popcnt, clac, stac, lock cmpxchg16b, int3 (with an IDT whose #BP handler sets
+The guest executes, in 64-bit mode, the instructions this machine's KVM cannot emulate
+(README.md, "Booting Linux"): popcnt, clac, stac, lock cmpxchg16b, int3 (with an IDT whose #BP handler sets
 R8).  On a KVM that can run them natively the fallback is simply never used; the results must be
 the same either way.
 """

@@ -1,5 +1,5 @@
-"""Spec 4.2 (CR0/CR4 validity), 4.3 (register landing, checked against an independent table-driven
-statement of the rules written here) and 4.4 (the reset template)."""
+"""``is_valid_cr0_cr4`` (CR0/CR4 validity), ``set_vcpu_regs`` (register landing, checked against an
+independent table-driven statement of the rules written here) and the reset template."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ U64 = st.integers(0, (1 << 64) - 1)
 U32 = st.integers(0, (1 << 32) - 1)
 U16 = st.integers(0, 0xFFFF)
 
-# Spec 4.3, restated as data: (segment, selector field) in landing order; defaults by CR0.PE.
+# set_vcpu_regs, restated as data: (segment, selector field) in landing order; defaults by CR0.PE.
 SELECTORS = [
     ("cs", "cs_sel"),
     ("ss", "ss_sel"),
@@ -98,7 +98,7 @@ def test_reset_template_spec_4_4() -> None:
     assert s["mode"] == "real"
 
 
-# --- spec 4.2 ------------------------------------------------------------------------------
+# --- is_valid_cr0_cr4 ---------------------------------------------------------------------------
 def test_cr0_needs_ne() -> None:
     assert is_valid_cr0_cr4(0x30, 0, PLATFORM.cr_masks)
     assert is_valid_cr0_cr4(0x31, 0, PLATFORM.cr_masks)
