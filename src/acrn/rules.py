@@ -180,7 +180,8 @@ LDTR_AR: Final = 0x0082
 TR_AR: Final = 0x008B
 #: The flags ``set_vcpu_regs`` clears from a non-zero RFLAGS (CF, PF, AF, ZF, SF, OF = 0x8D5).
 RFLAGS_CLEARED: Final = RFLAGS_CF | RFLAGS_PF | RFLAGS_AF | RFLAGS_ZF | RFLAGS_SF | RFLAGS_OF
-#: CR4 bits ``init_guest_state`` (from ``init_vmcs``) masks off when it applies the stored CR4 at the first entry.
+#: CR4 bits ``init_guest_state`` (from ``init_vmcs``) masks off when it applies the stored CR4 at the first
+#: entry.
 CR4_MASKED_AT_ENTRY: Final = CR4_VMXE | CR4_SMXE | CR4_MCE
 
 #: The six segment registers in the order of ACRN's internal array and of the UAPI selector fields:

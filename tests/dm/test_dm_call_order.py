@@ -1,4 +1,5 @@
-"""acrn-dm's ioctl order for a normal boot (``devicemodel/core/main.c: main``), seen on the ``acrn.trace`` log.
+"""acrn-dm's ioctl order for a normal boot (``devicemodel/core/main.c: main``), seen on the ``acrn.trace``
+log.
 
 CREATE_VM, then SET_MEMSEG for lowmem at GPA 0, the BIOS region below 4 GiB and highmem at 4 GiB
 (in that order, attr 7), then SET_VCPU_REGS for vCPU 0 only, then CREATE_IOREQ_CLIENT and START_VM.

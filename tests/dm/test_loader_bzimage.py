@@ -1,4 +1,5 @@
-"""acrn-dm's bzImage loader (``devicemodel/core/sw_load_bzimage.c: acrn_sw_load_bzimage``): every placement and zero-page field.
+"""acrn-dm's bzImage loader (``devicemodel/core/sw_load_bzimage.c: acrn_sw_load_bzimage``): every placement
+and zero-page field.
 
 Each rule is checked on a synthetic bzImage built here and, when ``scripts/fetch-linux-guest.py``
 has cached one, on Debian's cloud kernel (its setup-header facts).

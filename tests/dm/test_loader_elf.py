@@ -105,7 +105,8 @@ def test_elf64_and_non_elf_are_refused() -> None:
 
 def test_multiboot_info_block_is_cleared_to_its_68_bytes_and_sits_at_0x20000_not_scaled() -> None:
     """acrn-dm memsets sizeof(struct multiboot_info) = 68 bytes; the project puts the block where EBX
-    points (0x20000, what acrn-dm means), not at acrn-dm's pointer-scaled 0x20000 * 68 (docs/differences.md)."""
+    points (0x20000, what acrn-dm means), not at acrn-dm's pointer-scaled 0x20000 * 68
+    (docs/differences.md)."""
     mem = SparseMemory(MemoryLayout(LOWMEM))
     mem.write(0x20000, b"\xee" * 0x60)
     mem.write(0x20000 * 68, b"\xee" * 16)

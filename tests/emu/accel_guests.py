@@ -130,7 +130,8 @@ def protected_mode_state(rip: int = CODE_GPA) -> CpuState:
 
 
 def long_mode_state(rip: int = CODE_GPA) -> CpuState:
-    """Firecracker-style 64-bit state (its ``setup_regs``/``setup_sregs``); needs :func:`write_page_tables`."""
+    """Firecracker-style 64-bit state (its ``setup_regs``/``setup_sregs``); needs
+    :func:`write_page_tables`."""
     st = CpuState()
     for n in ("ss", "ds", "es", "fs", "gs"):
         setattr(st, n, Segment(0x10, 0, 0xFFFFFFFF, 0xC093))

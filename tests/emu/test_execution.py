@@ -295,7 +295,8 @@ class _Recorder:
 
 @pytest.mark.parametrize("guest", ["pci_probe", "hello_protected"])
 def test_fast_path_applies_the_same_kernel_rules_as_the_faithful_path(machine: Machine, guest: str) -> None:
-    """CF8 stays in the kernel and CFC becomes PCICFG on both paths (handle_cf8cfc): the guest sees the same."""
+    """CF8 stays in the kernel and CFC becomes PCICFG on both paths (handle_cf8cfc): the guest sees the
+    same."""
     from acrn.guests import REPORT_PORT
 
     seen = []
@@ -311,7 +312,8 @@ def test_fast_path_applies_the_same_kernel_rules_as_the_faithful_path(machine: M
 
 
 def test_polling_mode_vm_completes_requests_without_notify(accel: str) -> None:
-    """IO_COMPLETION_POLLING: the vCPU polls its slot instead of waiting for HC_NOTIFY (ioreq_complete_request)."""
+    """IO_COMPLETION_POLLING: the vCPU polls its slot instead of waiting for HC_NOTIFY
+    (ioreq_complete_request)."""
     from acrn import uapi as u
 
     m = Machine(accel=accel)

@@ -1,5 +1,6 @@
-"""The hypercalls' state rules (``hypervisor/common/hypercall.c``): every lifecycle-relevant hypercall in every VM state, with arguments that are otherwise
-valid, so that only the state rule (and severity, for an RTVM) decides the result.
+"""The hypercalls' state rules (``hypervisor/common/hypercall.c``): every lifecycle-relevant hypercall in
+every VM state, with arguments that are otherwise valid, so that only the state rule (and severity, for an
+RTVM) decides the result.
 
 The expectations are written out from ACRN's handlers, not derived from ``HC_STATE_RULES``.
 """

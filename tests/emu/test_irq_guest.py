@@ -219,7 +219,8 @@ def test_set_irqline_gsi_48_fails(guest: IrqGuest) -> None:
     assert e.value.errno == 1
 
 
-# ---- INJECT_MSI (vlapic_inject_msi) ---------------------------------------------------------------------------
+# ---- INJECT_MSI (vlapic_inject_msi)
+# ---------------------------------------------------------------------------
 def test_inject_msi_vector_comes_from_data_bits_7_0(guest: IrqGuest) -> None:
     assert guest.step(lambda: guest.session.vm.inject_msi(MSI_ADDR, 0x37)) == [0x37]
 

@@ -222,7 +222,8 @@ def test_complete_read_without_a_read_exit_raises(vm: kvm.KvmVm, ram: g.GuestRam
 
 @pytest.mark.kvm
 def test_emulation_failure_reports_instruction_bytes(vm: kvm.KvmVm, ram: g.GuestRam) -> None:
-    # This machine's KVM cannot emulate cmpxchg16b (README.md, "Booting Linux"); on real hardware the guest halts.
+    # This machine's KVM cannot emulate cmpxchg16b (README.md, "Booting Linux"); on real hardware the guest
+    # halts.
     g.write_page_tables(ram)
     vcpu = _vcpu(vm, ram, g.LM_CMPXCHG16B, g.long_mode_state())
     e = vcpu.run()

@@ -88,7 +88,8 @@ def test_ap_reports_startup_exit_with_the_sipi_vector(smp_vm: SmpVm) -> None:
 
 @pytest.mark.kvm
 def test_sipi_sets_cs_selector_base_and_rip_only(smp_vm: SmpVm) -> None:
-    # vlapic_process_init_sipi: CS.selector = V << 8, CS.base = V << 12, RIP = 0; every other register is kept.
+    # vlapic_process_init_sipi: CS.selector = V << 8, CS.base = V << 12, RIP = 0; every other register is
+    # kept.
     smp_vm.run_bsp()
     smp_vm.ap.run()
     st = smp_vm.ap.get_state()

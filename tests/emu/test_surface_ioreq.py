@@ -73,7 +73,8 @@ def test_clear_vm_ioreq_completes_in_flight_request_with_the_value_in_the_slot(
     slot.reqs.pio_request.value = 0x5A5A  # a client that wrote a value and never notified
     raw.vm.clear_vm_ioreq()
     raw.attach()
-    # The read completed unhandled with what was in the slot; the guest reported it (acrn_ioreq_request_clear).
+    # The read completed unhandled with what was in the slot; the guest reported it
+    # (acrn_ioreq_request_clear).
     assert (slot.reqs.pio_request.address, slot.reqs.pio_request.value) == (REPORT_PORT, 0x5A5A)
     assert machine.hsm.vms[0].clearing is False
 
@@ -108,7 +109,8 @@ def test_destroy_ioreq_client_leaves_in_flight_request_processing(machine: Machi
 
 
 def test_notify_on_a_new_client_finishes_an_orphaned_request(machine: Machine, raw: RawVm) -> None:
-    # NOTIFY does not check that the slot is PROCESSING or was handed to this client (acrn_ioreq_request_default_complete).
+    # NOTIFY does not check that the slot is PROCESSING or was handed to this client
+    # (acrn_ioreq_request_default_complete).
     slot = blocked_on_read(raw)
     raw.vm.destroy_ioreq_client()
     raw.vm.create_ioreq_client()

@@ -514,8 +514,9 @@ class Session:
         """An ATTACH that would block, run on a thread and released by the input.
 
         The release is DESTROY_IOREQ_CLIENT or closing the fd (both wake the waiter with -ENODEV,
-        acrn_ioreq_client_destroy, acrn_vm_destroy), never a timed signal, so the outcome does not depend on scheduling: a
-        waiter that had not entered yet finds no client (ENODEV), a closed fd (EBADF) or no VM.
+        acrn_ioreq_client_destroy, acrn_vm_destroy), never a timed signal, so the outcome does not depend
+        on scheduling: a waiter that had not entered yet finds no client (ENODEV), a closed fd (EBADF) or
+        no VM.
         """
         result: list[int | None] = []
         failure: list[BaseException] = []

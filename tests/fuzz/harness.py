@@ -433,7 +433,8 @@ def _buffer_address(obj: object) -> int:
 
 # ------------------------------------------------------------------------------ invariants
 def check_invariants(machine: Machine, files: list[HsmFile], accel: NullAccelerator | None = None) -> None:
-    """Hold after every step: legal states, legal slot states, resources accounted (HC_STATE_RULES, the ioreq slot states)."""
+    """Hold after every step: legal states, legal slot states, resources accounted (HC_STATE_RULES, the
+    ioreq slot states)."""
     hv = machine.hv
     live = {vm.vmid: vm for vm in hv.vms()}
     for vm in live.values():

@@ -144,7 +144,8 @@ def test_unknown_command_is_einval_before_create_vm_and_enotty_after(stats: athe
 def test_blocking_attach_is_released_by_destroy_ioreq_client(
     stats: atheris_hsm.Stats, no_leaks: None
 ) -> None:
-    """ATTACH with nothing pending waits; DESTROY_IOREQ_CLIENT wakes it with ENODEV (acrn_ioreq_client_wait)."""
+    """ATTACH with nothing pending waits; DESTROY_IOREQ_CLIENT wakes it with ENODEV
+    (acrn_ioreq_client_wait)."""
     one_input(OPEN_VM + lifecycle(CREATE_CLIENT) + op("attach") + FD0 + u8(0))
     assert stats.succeeded["ACRN_IOCTL_CREATE_IOREQ_CLIENT"] == 1
     assert stats.succeeded["ACRN_IOCTL_DESTROY_IOREQ_CLIENT"] == 1

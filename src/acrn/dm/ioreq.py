@@ -1,7 +1,7 @@
 """acrn-dm's ioreq loop (``devicemodel/core/main.c: vm_loop``) over an abstract ioreq client.
 
-The loop is the default client's side of the protocol (``docs/architecture.md``): block in ATTACH until the HSM
-dispatcher has moved requests to PROCESSING, then for every slot ``i < vcpu_num`` that is
+The loop is the default client's side of the protocol (``docs/architecture.md``): block in ATTACH until the
+HSM dispatcher has moved requests to PROCESSING, then for every slot ``i < vcpu_num`` that is
 PROCESSING **and** not ``kernel_handled``, emulate the access, write the result of a read into the
 slot, and call NOTIFY_REQUEST_FINISH for ``i``.  Userspace never writes ``processed`` itself: the
 kernel completes the request on NOTIFY.  The loop ends when ATTACH fails (``-ENODEV`` after
@@ -192,9 +192,9 @@ class IoreqLoop:
 
         No NOTIFY while a guest reset is pending, nor when one was requested while the request
         was being emulated (the reset sequence completes it: CLEAR_VM_IOREQ,
-        ``acrn_ioreq_request_clear``); a NOTIFY after the reset would complete a slot of the restarted guest.  A failed
-        NOTIFY is logged and the loop goes on (acrn-dm's ``vm_notify_request_done``): it fails
-        when the VM is torn down under a request in flight.
+        ``acrn_ioreq_request_clear``); a NOTIFY after the reset would complete a slot of the
+        restarted guest.  A failed NOTIFY is logged and the loop goes on (acrn-dm's
+        ``vm_notify_request_done``): it fails when the VM is torn down under a request in flight.
         """
         epoch = self._epoch
         self.handle_slot(slot)

@@ -1,7 +1,7 @@
 """Interrupt routing: from the hypervisor's SET_IRQLINE / INJECT_MSI to an accelerator's irqchip.
 
-ACRN's hypervisor validates and records both hypercalls (:mod:`acrn.emu.hv`; ``hcall_set_irqline`` and ``hcall_inject_msi`` in
-``hypervisor/common/hypercall.c``)
+ACRN's hypervisor validates and records both hypercalls (:mod:`acrn.emu.hv`; ``hcall_set_irqline`` and
+``hcall_inject_msi`` in ``hypervisor/common/hypercall.c``)
 and this module delivers them, the way ACRN's vIOAPIC/vPIC/vLAPIC would, to the accelerator's
 interrupt controllers (:class:`~acrn.emu.accel.base.InterruptController`; the KVM accelerator's
 in-kernel irqchip).  Rules, each with a test in tests/emu/test_irq.py:
@@ -61,7 +61,8 @@ def irqline_levels(op: int) -> tuple[bool, ...]:
 
 
 def pic_pin(gsi: int) -> int | None:
-    """The vPIC input a GSI also drives, or None (GSI 2 -> PIC IRQ 0, ``hypervisor/dm/vpic.c: vpic_set_irqline``)."""
+    """The vPIC input a GSI also drives, or None (GSI 2 -> PIC IRQ 0, ``hypervisor/dm/vpic.c:
+    vpic_set_irqline``)."""
     if not 0 <= gsi < NR_VPIC_PINS_TOTAL:
         return None
     return 0 if gsi == PIT_GSI else gsi
@@ -74,7 +75,8 @@ def is_msi_address(address: int) -> bool:
 
 @dataclass(frozen=True)
 class MsiMessage:
-    """An MSI address/data pair decoded as ACRN's ``vlapic_inject_msi`` reads it (``hypervisor/arch/x86/guest/vlapic.c``)."""
+    """An MSI address/data pair decoded as ACRN's ``vlapic_inject_msi`` reads it
+    (``hypervisor/arch/x86/guest/vlapic.c``)."""
 
     dest_id: int
     logical: bool

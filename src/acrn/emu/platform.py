@@ -36,10 +36,10 @@ class VmConfig:
     """One ``struct acrn_vm_config`` slot.
 
     ``name == ""`` and no ``GUEST_FLAG_STATIC_VM`` makes a *dynamic* slot, which CREATE_VM fills
-    with the creator's name (``hcall_create_vm``).  ``cpu_affinity`` is a pCPU bitmap.  ``severity`` is compared
-    with the Service VM's (``is_severity_pass``).  ``vhwp`` says whether the VM has vHWP (PM_GET_CPU_STATE
-    PX_CNT answers 0 instead of -1); ``sworld`` whether secure-world memory was reserved for the slot
-    (CREATE_VM with SECURE_WORLD_ENABLED fails without it, as ``get_sworld_vm_index`` < 0 does).
+    with the creator's name (``hcall_create_vm``).  ``cpu_affinity`` is a pCPU bitmap.  ``severity`` is
+    compared with the Service VM's (``is_severity_pass``).  ``vhwp`` says whether the VM has vHWP
+    (PM_GET_CPU_STATE PX_CNT answers 0 instead of -1); ``sworld`` whether secure-world memory was reserved
+    for the slot (CREATE_VM with SECURE_WORLD_ENABLED fails without it, as ``get_sworld_vm_index`` < 0 does).
     """
 
     name: str
@@ -131,7 +131,8 @@ class Platform:
 
     @property
     def service_vm_id(self) -> int:
-        """Absolute id of the Service VM; relative ids are counted from it (``hypervisor/arch/x86/guest/vmcall.c: parse_target_vm``)."""
+        """Absolute id of the Service VM; relative ids are counted from it
+        (``hypervisor/arch/x86/guest/vmcall.c: parse_target_vm``)."""
         return next(i for i, c in enumerate(self.vm_configs) if c.load_order == "service")
 
     @property
@@ -149,8 +150,8 @@ class Platform:
     def default(cls) -> Platform:
         """A small "shared"-scenario board, chosen so that every ACRN rule is reachable.
 
-        * 4 pCPUs (``acrn.rules.DEFAULT_PCPU_NUM``): enough for multi-vCPU VMs and the "vcpu_id < pCPU count" rule of ``hcall_set_vcpu_regs``,
-          small enough that tests stay cheap.
+        * 4 pCPUs (``acrn.rules.DEFAULT_PCPU_NUM``): enough for multi-vCPU VMs and the "vcpu_id < pCPU
+          count" rule of ``hcall_set_vcpu_regs``, small enough that tests stay cheap.
         * CONFIG_MAX_VM_NUM 16, ACRN's usual value.
         * slot 0: the Service VM ("ACRN_Service_VM", all pCPUs), so relative == absolute vmid and the
           first User VM gets vmid 1, as on most shared-scenario boards.

@@ -7,8 +7,8 @@
   RAM the HSM pinned) and runs every vCPU the hypervisor has RUNNING on a thread of its own;
   ACRN starts only the BSP, so that is vCPU 0;
 * turns each port-I/O or MMIO exit into an I/O request in the vCPU's slot of the shared ioreq
-  page, exactly as ACRN's ``acrn_insert_request`` (``hypervisor/dm/io_req.c``) does, and waits for the hypervisor's
-  completion (HC_NOTIFY_REQUEST_FINISH) before resuming the vCPU with the value;
+  page, exactly as ACRN's ``acrn_insert_request`` (``hypervisor/dm/io_req.c``) does, and waits for the
+  hypervisor's completion (HC_NOTIFY_REQUEST_FINISH) before resuming the vCPU with the value;
 * on PAUSE, kicks every vCPU out of the guest and parks it before the PAUSE hypercall returns;
   on RESET, reloads the (reset) register state at the next START; on DESTROY, stops and joins every
   thread and closes the accelerator VM.
@@ -562,7 +562,8 @@ class VmRuntime:
             ):
                 fast(vid, slot)
         if ioreq.polling if ioreq is not None else self.hv_vm.is_polling_ioreq:
-            # IO_COMPLETION_POLLING: no notify hypercall; the hypervisor polls the slot (``ioreq_complete_request``).
+            # IO_COMPLETION_POLLING: no notify hypercall; the hypervisor polls the slot
+            # (``ioreq_complete_request``).
             while runner.run_allowed and hv.request_state(self.vmid, vid) != uapi.ACRN_IOREQ_STATE_COMPLETE:
                 completed.wait(POLL_INTERVAL)
         else:

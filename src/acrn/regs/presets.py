@@ -4,11 +4,12 @@ Each function returns the :class:`VcpuRegs` a loader passes to SET_VCPU_REGS (th
 functions of acrn-dm's ``devicemodel/core/sw_load_*.c``: every field they do not set is 0 and
 ``vcpu_id`` is 0), so the device-model loaders can call them with the real
 layout parameters.  Non-CS segments are only selectors here: ACRN derives their base, limit and
-access rights from CR0.PE (``acrn.rules.land_vcpu_regs``).  ``PRESETS`` maps a name to a function whose parameters all
-have defaults, so ``acrn regs preset NAME`` works without arguments.
+access rights from CR0.PE (``acrn.rules.land_vcpu_regs``).  ``PRESETS`` maps a name to a function whose
+parameters all have defaults, so ``acrn regs preset NAME`` works without arguments.
 
 Known quirks, reported by :mod:`acrn.regs.validate` on purpose:
-* ``elf``: cs_ar 0xCF9B sets the reserved access-rights bits 11:8 (``devicemodel/core/sw_load_elf.c: acrn_sw_load_elf``).
+* ``elf``: cs_ar 0xCF9B sets the reserved access-rights bits 11:8 (``devicemodel/core/sw_load_elf.c:
+  acrn_sw_load_elf``).
 * ``reset``, ``ovmf``, ``vsbl``: real mode (CR0.PE = 0) is only enterable with the unrestricted-guest
   VMX control, which ACRN always uses (a warning, not an error).
 """
@@ -32,7 +33,8 @@ LOWMEM_LIMIT: Final = 2 * GiB
 
 REAL_MODE_CODE_SEG_AR: Final = 0x009F
 PROTECTED_MODE_CODE_SEG_AR: Final = 0xC09B
-#: acrn-dm's ELF loader value: the GDT descriptor's flags byte (limit 19:16 included) used as AR (acrn_sw_load_elf).
+#: acrn-dm's ELF loader value: the GDT descriptor's flags byte (limit 19:16 included) used as AR
+#: (acrn_sw_load_elf).
 ELF_LOADER_CODE_SEG_AR: Final = 0xCF9B
 LONG_MODE_CODE_SEG_AR: Final = 0xA09B
 
@@ -68,7 +70,8 @@ def _real_mode(cs_sel: int, cs_base: int, rip: int, table_limit: int) -> VcpuReg
 
 
 def reset(vcpu_id: int = 0) -> VcpuRegs:
-    """The architectural reset state ACRN gives a new vCPU (``acrn.rules.reset_vcpu_state``), as a SET_VCPU_REGS input.
+    """The architectural reset state ACRN gives a new vCPU (``acrn.rules.reset_vcpu_state``), as a
+    SET_VCPU_REGS input.
 
     CS 0xF000 with base 0xFFFF0000 and IP 0xFFF0 (the reset vector at 4 GiB - 16), cs_ar 0x9F,
     CR0 0x30 (ET|NE), GDTR/IDTR limit 0xFFFF, RFLAGS 0x2, every GPR 0 (RDX too).
@@ -102,7 +105,8 @@ def bzimage_zero_page_gpa(lowmem: int) -> int:
 
 
 def bzimage(lowmem: int = DEFAULT_LOWMEM, setup_sects: int = 4, ramdisk_size: int = 0) -> VcpuRegs:
-    """acrn-dm's direct bzImage boot (``devicemodel/core/sw_load_bzimage.c: acrn_sw_load_bzimage``): 32-bit protected mode at the kernel's code32 entry.
+    """acrn-dm's direct bzImage boot (``devicemodel/core/sw_load_bzimage.c: acrn_sw_load_bzimage``): 32-bit
+    protected mode at the kernel's code32 entry.
 
     ``lowmem``: the guest's RAM below 4 GiB in bytes (2 MiB multiple, at most 2 GiB).
     ``setup_sects``: byte 0x1F1 of the bzImage (0 means 4); the entry is 16 MiB + (setup_sects+1)*512
@@ -133,7 +137,8 @@ def bzimage(lowmem: int = DEFAULT_LOWMEM, setup_sects: int = 4, ramdisk_size: in
 
 
 def ovmf() -> VcpuRegs:
-    """acrn-dm's OVMF boot (``sw_load_ovmf.c: acrn_sw_load_ovmf``): the reset vector with GDTR/IDTR limit 0 (the template has 0xFFFF).
+    """acrn-dm's OVMF boot (``sw_load_ovmf.c: acrn_sw_load_ovmf``): the reset vector with GDTR/IDTR limit 0
+    (the template has 0xFFFF).
 
     The image always ends at 4 GiB, so no parameter changes the registers.
     """
@@ -169,7 +174,8 @@ def elf(entry: int = DEFAULT_ELF_ENTRY, multiboot: bool = False, lowmem: int = D
 
 
 def vsbl(lowmem: int = DEFAULT_LOWMEM) -> VcpuRegs:
-    """acrn-dm's vSBL loader (``sw_load_vsbl.c: acrn_sw_load_vsbl``): real mode at 0xF000:0xFFF0 with CS base 0x03FF0000.
+    """acrn-dm's vSBL loader (``sw_load_vsbl.c: acrn_sw_load_vsbl``): real mode at 0xF000:0xFFF0 with CS
+    base 0x03FF0000.
 
     ``lowmem`` places the config page (vsbl_para) at lowmem - 4 KiB; RSI points at it.
     """

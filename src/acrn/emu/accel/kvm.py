@@ -4,8 +4,8 @@ What a guest sees (set up in this order, as Firecracker does): a VM with its TSS
 0xFFFBD000 and the EPT identity map at 0xFFFBC000 (both in the reserved hole below 4 GiB), no
 in-kernel irqchip unless asked for (without it HLT exits to userspace, which the emulated ACRN
 needs; with it HLT sleeps inside ``KVM_RUN``), CPUID taken from ``KVM_GET_SUPPORTED_CPUID`` minus
-the features this machine's KVM cannot run (CX16, XSAVE/OSXSAVE and the AVX family: README.md, "Booting Linux") and
-with ACRN's hypervisor leaves (signature "ACRNACRNACRN", max leaf 0x40000010, TSC kHz in
+the features this machine's KVM cannot run (CX16, XSAVE/OSXSAVE and the AVX family: README.md, "Booting
+Linux") and with ACRN's hypervisor leaves (signature "ACRNACRNACRN", max leaf 0x40000010, TSC kHz in
 0x40000010.EAX), Firecracker's small boot MSR list, and the x87/SSE reset state.
 
 Kicking a vCPU (:meth:`KvmVcpu.kick`) needs a real-time signal whose handler is a no-op, so that
@@ -371,7 +371,8 @@ class KvmAccelerator:
 
 
 class KvmVm:
-    """One KVM VM: its fd, memory slots and vCPUs.  Bring-up order: Firecracker's (TSS, identity map, irqchip, PIT, vCPUs)."""
+    """One KVM VM: its fd, memory slots and vCPUs.  Bring-up order: Firecracker's (TSS, identity map,
+    irqchip, PIT, vCPUs)."""
 
     name = "kvm"
 
@@ -436,10 +437,11 @@ class KvmVm:
         """One KVM GSI per irqchip input (IOAPIC pin n = GSI 32+n, PIC pin p = GSI 64+p).
 
         KVM's default table wires GSI n to PIC pin n *and* IOAPIC pin n; the caller needs to drive
-        each chip on its own (ACRN mirrors GSI 2 onto PIC pin 0, ``hypervisor/dm/vpic.c: vpic_set_irqline``).  GSI 0 is
-        what the in-kernel PIT raises: it goes to PIC pin 0 and IOAPIC pin 2, the PC wiring that
-        ACRN's vPIT uses too.  Those entries come last because KVM maps (chip, pin) back to the last
-        GSI routed to it, and the PIT's interrupt-acknowledge notifier looks its pin up that way.
+        each chip on its own (ACRN mirrors GSI 2 onto PIC pin 0, ``hypervisor/dm/vpic.c:
+        vpic_set_irqline``).  GSI 0 is what the in-kernel PIT raises: it goes to PIC pin 0 and IOAPIC pin
+        2, the PC wiring that ACRN's vPIT uses too.  Those entries come last because KVM maps (chip, pin)
+        back to the last GSI routed to it, and the PIT's interrupt-acknowledge notifier looks its pin up
+        that way.
         """
         routes: list[tuple[int, int, int]] = []
         for pin in range(ki.KVM_IOAPIC_NUM_PINS):
@@ -664,9 +666,9 @@ class KvmVcpu:
         """Local APIC and pending events as after creation; then runnable (BSP) or wait-for-SIPI (AP).
 
         KVM's own wait-for-SIPI would reset every register on the guest's INIT; ACRN does not reset
-        a vCPU that never ran (``hypervisor/arch/x86/guest/vlapic.c: vlapic_process_init_sipi``).  So an AP is kept out of ``KVM_RUN``
-        until it has been started: :meth:`run` consumes INITs through the vCPU events before KVM
-        processes them, then lets KVM deliver the SIPI, which sets only CS and RIP.
+        a vCPU that never ran (``hypervisor/arch/x86/guest/vlapic.c: vlapic_process_init_sipi``).  So an AP
+        is kept out of ``KVM_RUN`` until it has been started: :meth:`run` consumes INITs through the vCPU
+        events before KVM processes them, then lets KVM deliver the SIPI, which sets only CS and RIP.
         """
         self._check_open()
         if self._lapic_snapshot is None:
@@ -772,7 +774,8 @@ class KvmVcpu:
         return {indices[i]: struct.unpack_from("<Q", buf, head + i * esz + 8)[0] for i in range(got)}
 
     def _set_lint(self) -> None:
-        """LAPIC LVT LINT0 = ExtINT, LINT1 = NMI, so the in-kernel 8259 reaches the CPU (Firecracker's ``set_lint``)."""
+        """LAPIC LVT LINT0 = ExtINT, LINT1 = NMI, so the in-kernel 8259 reaches the CPU (Firecracker's
+        ``set_lint``)."""
         raw = bytearray(ctypes.sizeof(abi.kvm_lapic_state))
         _ioctl(self._fd, "KVM_GET_LAPIC", abi.KVM_GET_LAPIC, raw)
         for offset, mode in ((0x350, 7), (0x360, 4)):

@@ -16,9 +16,9 @@ Where the emulator knowingly differs from the Linux driver (all to avoid leaks o
 return codes are the same):
 
 * release of an fd whose VM could not be destroyed (not paused) or that lost track of
-  its VMs (a second CREATE_VM, see ``docs/differences.md``): ACRN leaks the hypervisor VM and frees the kernel object while it is still
-  listed; the emulator returns the same codes, then pauses and destroys those VMs in the
-  hypervisor and frees all kernel-side state.
+  its VMs (a second CREATE_VM, see ``docs/differences.md``): ACRN leaks the hypervisor VM and frees the
+  kernel object while it is still listed; the emulator returns the same codes, then pauses and destroys
+  those VMs in the hypervisor and frees all kernel-side state.
 * in-kernel ioreq clients run in the dispatcher pass, not on a kthread (``acrn.emu.hsm.ioreq``).
 * irqfd: closing the eventfd does not shut the irqfd down (``acrn.emu.hsm.eventfds``).
 * SET_MEMSEG: no VM_PFNMAP path (``acrn.emu.hsm.memseg``).
@@ -76,7 +76,8 @@ class HsmDriver:
         return f
 
     def dispatch(self) -> None:
-        """``ioreq_dispatcher`` (``drivers/virt/acrn/ioreq.c``): the upcall handler; stops at the first VM without buffer."""
+        """``ioreq_dispatcher`` (``drivers/virt/acrn/ioreq.c``): the upcall handler; stops at the first VM
+        without buffer."""
         with self._dispatch_lock, self.vm_list_lock:
             for vm in list(self.vms):
                 if vm.ioreq_buf is None:
@@ -168,8 +169,8 @@ class HsmFile:
         """ATTACH_IOREQ_CLIENT for an in-process device model: the ioctl without the generic entry.
 
         Same checks and effects as ``ioctl(ACRN_IOCTL_ATTACH_IOREQ_CLIENT)`` (closed fd,
-        ``acrn_dev_ioctl``'s preamble, no default client -> ENODEV, then ``acrn_ioreq_client_wait``); the argument is
-        ignored by the driver, so only the wrapping of it is skipped.  Errors raise OSError.
+        ``acrn_dev_ioctl``'s preamble, no default client -> ENODEV, then ``acrn_ioreq_client_wait``); the
+        argument is ignored by the driver, so only the wrapping of it is skipped.  Errors raise OSError.
         """
         if self.closed:
             raise OSError(errno.EBADF, "file is closed")
@@ -187,7 +188,8 @@ class HsmFile:
         return ret
 
     def interrupt_attach(self) -> None:
-        """Emulate a signal to threads blocked in ATTACH_IOREQ_CLIENT: they return 0 (``acrn_ioreq_client_wait``)."""
+        """Emulate a signal to threads blocked in ATTACH_IOREQ_CLIENT: they return 0
+        (``acrn_ioreq_client_wait``)."""
         client = self.vm.default_client
         if client is not None:
             client.interrupt()
@@ -371,7 +373,8 @@ def _create_vm(f: HsmFile, uarg: UserArg) -> int:
     try:
         uarg.copy_to_user(bytes(param))
     except Fault:
-        # The VM is CREATED, so this destroy is refused and the VM stays with the fd (acrn_vm_create's error path).
+        # The VM is CREATED, so this destroy is refused and the VM stays with the fd (acrn_vm_create's
+        # error path).
         vm_destroy(f.vm)
         return -errno.EFAULT
     return 0

@@ -1,4 +1,5 @@
-"""ioeventfd and irqfd (``drivers/virt/acrn/ioeventfd.c``, ``drivers/virt/acrn/irqfd.c``) with real eventfds of this process.
+"""ioeventfd and irqfd (``drivers/virt/acrn/ioeventfd.c``, ``drivers/virt/acrn/irqfd.c``) with real
+eventfds of this process.
 
 The kernel holds an ``eventfd_ctx``; the emulator holds a duplicate of the caller's fd, and
 identifies the eventfd by its ``eventfd-id`` from /proc/self/fdinfo, so two fds of the same
@@ -146,7 +147,8 @@ class IoeventfdSet:
             return -(e.errno or errno.EINVAL)
         try:
             with self.lock:
-                # The first entry with this eventfd, whatever its address, type or data (acrn_ioeventfd_deassign).
+                # The first entry with this eventfd, whatever its address, type or data
+                # (acrn_ioeventfd_deassign).
                 for i, p in enumerate(self.entries):
                     if p.ctx.ident == ctx.ident:
                         self.client.range_del(p.type, p.addr, p.addr + p.length - 1)

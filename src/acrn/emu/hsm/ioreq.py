@@ -3,9 +3,9 @@ combiner, clearing.
 
 The shared page is the caller's own memory (pinned at CREATE_VM); slots are read and written in
 place through ctypes, as the kernel reads them through ``page_address()``.  Slot ownership follows
-``Documentation/virt/acrn/io-request.rst``: the hypervisor writes PENDING, the dispatcher turns it into PROCESSING (or completes it in
-the kernel), a completion stores COMPLETE and, unless ``completion_polling`` was set, issues
-HC_NOTIFY_REQUEST_FINISH.
+``Documentation/virt/acrn/io-request.rst``: the hypervisor writes PENDING, the dispatcher turns it into
+PROCESSING (or completes it in the kernel), a completion stores COMPLETE and, unless
+``completion_polling`` was set, issues HC_NOTIFY_REQUEST_FINISH.
 
 Emulator difference: in-kernel clients (the ioeventfd client) run their handler synchronously in the
 dispatcher pass instead of on a kthread; the slot states they go through are the same.

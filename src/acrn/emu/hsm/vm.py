@@ -1,4 +1,5 @@
-"""``struct acrn_vm`` of the HSM driver: the per-fd state (one fd = one VM, ``drivers/virt/acrn/acrn_drv.h``)."""
+"""``struct acrn_vm`` of the HSM driver: the per-fd state (one fd = one VM,
+``drivers/virt/acrn/acrn_drv.h``)."""
 
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ class HsmVm:
         self.monitor_page: int | None = None
         self.ioeventfds: IoeventfdSet | None = None
         self.irqfds: IrqfdSet | None = None
-        #: Emulator only: hypervisor VMs this fd created and then lost (``docs/differences.md``); release tears
-        #: them down so that the emulator does not leak them.
+        #: Emulator only: hypervisor VMs this fd created and then lost (``docs/differences.md``); release
+        #: tears them down so that the emulator does not leak them.
         self.orphans: list[int] = []
 
     def hypercall(self, hcid: int, param1: int = 0, param2: int = 0) -> int:

@@ -281,9 +281,9 @@ class Hypervisor:
 
     # ------------------------------------------------------------------ public interface
     def hypercall(self, hcid: int, param1: int = 0, param2: int = 0) -> int:
-        """VMCALL from the Service VM at CPL 0: dispatch by ``hcid & 0xFF`` (``dispatch_hypercall``), resolve the
-        target VM (relative vmid; pre-launched or out of range -> -ENOTTY), run the handler under the
-        lock and return the signed RAX value."""
+        """VMCALL from the Service VM at CPL 0: dispatch by ``hcid & 0xFF`` (``dispatch_hypercall``),
+        resolve the target VM (relative vmid; pre-launched or out of range -> -ENOTTY), run the handler
+        under the lock and return the signed RAX value."""
         param1 &= (1 << 64) - 1
         param2 &= (1 << 64) - 1
         if hcid == uapi.HC_NOTIFY_REQUEST_FINISH:
@@ -371,7 +371,8 @@ class Hypervisor:
 
     def force_shutdown(self, rel_vmid: int) -> bool:
         """Emulator only: pause and destroy a VM whatever its severity (ACRN would leak it when its
-        fd is closed while it runs, see ``docs/differences.md``; the emulator frees it instead).  False if absent."""
+        fd is closed while it runs, see ``docs/differences.md``; the emulator frees it instead).  False if
+        absent."""
         with self.lock:
             vm = self.vm(rel_vmid)
             if vm is None:
@@ -431,7 +432,8 @@ class Hypervisor:
         value: int = 0,
         fast: bool = False,
     ) -> int:
-        """``acrn_insert_request`` (``hypervisor/dm/io_req.c``): put a request in the vCPU's slot and fire the upcall.
+        """``acrn_insert_request`` (``hypervisor/dm/io_req.c``): put a request in the vCPU's slot and fire
+        the upcall.
 
         Give either the 64-byte ``reqs`` union or the fields of a PIO/MMIO request.  Needs the
         buffer set and the slot FREE (else -EINVAL).  Writes type and reqs, completion_polling = 1

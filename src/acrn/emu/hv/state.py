@@ -63,8 +63,9 @@ _CREATED_PAUSED: Final = frozenset({_S.CREATED, _S.PAUSED})
 EINVAL: Final = -errno.EINVAL
 ENOTTY: Final = -errno.ENOTTY
 
-#: The hypercalls' state preconditions, keyed by the hypercall's dispatch index (``hcall_id & 0xFF``).  CREATE_VM's rule is
-#: about the *config slot* found by name.  Hypercalls missing here have no VM-state precondition.
+#: The hypercalls' state preconditions, keyed by the hypercall's dispatch index (``hcall_id & 0xFF``).
+#: CREATE_VM's rule is about the *config slot* found by name.  Hypercalls missing here have no VM-state
+#: precondition.
 HC_STATE_RULES: Final[dict[int, StateRule]] = {
     0x10: StateRule(frozenset({_S.POWERED_OFF}), -1),  # CREATE_VM
     0x11: StateRule(frozenset({_S.PAUSED}), -1),  # DESTROY_VM
@@ -94,7 +95,8 @@ HC_STATE_RULES: Final[dict[int, StateRule]] = {
 
 
 def check_state(hc_idx: int, state: VmState, severity_pass: bool, has_ioreq_buffer: bool) -> int | None:
-    """The error :data:`HC_STATE_RULES` gives for this call on a VM in ``state``, or None if it may proceed."""
+    """The error :data:`HC_STATE_RULES` gives for this call on a VM in ``state``, or None if it may
+    proceed."""
     rule = HC_STATE_RULES.get(hc_idx)
     if rule is None:
         return None
