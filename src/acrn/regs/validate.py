@@ -773,10 +773,10 @@ def validate(
 ) -> list[Finding]:
     """Every finding for ``regs`` at ``level`` and below ("arch" includes "acrn" includes "abi").
 
-    ``platform`` supplies the VMX fixed bits and pCPU count (default: ``Platform.default()`` of the
-    emulator when it exists, else common hardware values; or a :class:`VmxFacts`).  ``maxphyaddr``
-    (default 46) bounds CR3; ``unrestricted_guest`` (default True, as ACRN requires) relaxes the
-    real-mode and RPL rules.
+    ``platform`` supplies the VMX fixed bits and pCPU count (default: the default board of
+    :mod:`acrn.rules`, the same as the emulator's ``Platform.default()``; or a :class:`VmxFacts`).
+    ``maxphyaddr`` (default 46) bounds CR3; ``unrestricted_guest`` (default True, as ACRN requires)
+    relaxes the real-mode and RPL rules.
     """
     if level not in LEVELS:
         raise ValueError(f"level: {level!r} is not one of {', '.join(LEVELS)}")
