@@ -43,7 +43,7 @@ def test_errors_carry_errno_and_ioctl_name(machine: Machine) -> None:
     with Hsm(EmulatedDevice(machine)) as hsm:
         vm = hsm.create_vm("errs")
         with pytest.raises(HsmError) as e:
-            vm.reset()  # RESET needs PAUSED: hypervisor -1 -> EPERM (spec 3)
+            vm.reset()  # RESET needs PAUSED: hypervisor -1 -> EPERM (hcall_reset_vm)
         assert e.value.errno == errno.EPERM
         assert e.value.operation == "ACRN_IOCTL_RESET_VM"
         assert "ACRN_IOCTL_RESET_VM: EPERM" in str(e.value)
@@ -63,7 +63,7 @@ def test_set_vcpu_regs_lands_and_vcpu_state_reads_it_back(machine: Machine) -> N
         )
         st = vm.vcpu_state(0)
         assert (st.rip, st.rbx, st.cs.selector, st.mode) == (0x1000, 7, 0x10, "protected")
-        assert st.ds.limit == 0xFFFFFFFF and st.ds.ar == 0xC093  # spec 4.3 step 1
+        assert st.ds.limit == 0xFFFFFFFF and st.ds.ar == 0xC093  # set_vcpu_regs
 
 
 def test_set_vcpu_regs_vcpu_id_argument_overrides_without_mutating(machine: Machine) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -41,3 +42,47 @@ def test_cli_import_does_not_load_heavy_modules() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == ""
+
+
+#: Files whose references another engineer is rewriting in the same change; drop this list once
+#: that work is merged.
+_OUT_OF_TREE_REFS_PENDING: frozenset[str] = frozenset(
+    {
+        "src/acrn/cli/regs.py",
+        "src/acrn/cli/run.py",
+        "src/acrn/dm/loaders/__init__.py",
+        "src/acrn/dm/loaders/boot.py",
+        "src/acrn/dm/loaders/bzimage.py",
+        "src/acrn/dm/loaders/e820.py",
+        "src/acrn/dm/loaders/elf.py",
+        "src/acrn/dm/loaders/ovmf.py",
+        "src/acrn/dm/loaders/vmlinux.py",
+        "src/acrn/dm/loaders/zeropage.py",
+        "src/acrn/dm/vmm.py",
+        "src/acrn/dm/setup.py",
+        "src/acrn/hsm.py",
+        "src/acrn/device.py",
+    }
+)
+
+#: A reference a reader cannot follow from the repository: the project's old specification
+#: ("spec 4.3", "acrn-hsm.md 5.2", "§12"), or a path outside the repository.
+_OUT_OF_TREE_REF = re.compile(
+    r"\bspec(?:ification)?\s+(?:acrn-hsm\.md\s+|kvm-and-boot\.md\s+)?§?\d+(?:\.\d+)*"
+    r"|acrn-hsm\.md|kvm-and-boot\.md|\.\./shared|§\s?\d",
+    re.IGNORECASE,
+)
+
+
+def test_references_are_followable_from_the_repository() -> None:
+    """src/ and docs/ cite ACRN's or Linux's source (file and function) or the project's docs."""
+    found = []
+    for path in sorted([*(ROOT / "src").rglob("*.py"), *(ROOT / "docs").rglob("*.md")]):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in _OUT_OF_TREE_REFS_PENDING:
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            m = _OUT_OF_TREE_REF.search(line)
+            if m:
+                found.append(f"{rel}:{n}: {m.group(0)!r}")
+    assert not found, "references outside the repository:\n" + "\n".join(found)

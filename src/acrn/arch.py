@@ -208,7 +208,7 @@ class CpuState:
 
     @property
     def mode(self) -> str:
-        """The CPU mode as ACRN derives it (spec 4.3 step 8): EFER.LMA and CS.L, else CR0.PE."""
+        """The CPU mode as ACRN derives it (``set_vcpu_regs``' cpu_mode): EFER.LMA and CS.L, else CR0.PE."""
         if self.efer & EFER_LMA:
             return "long" if self.cs.ar & AR_L else "compat"
         return "protected" if self.cr0 & CR0_PE else "real"

@@ -512,7 +512,8 @@ ACRN_IOCTL_RESET_VM: Final = _IO(ACRN_IOCTL_TYPE, 0x15)
 ACRN_IOCTL_SET_VCPU_REGS: Final = _IOW(ACRN_IOCTL_TYPE, 0x16, acrn_vcpu_regs)
 
 ACRN_IOCTL_INJECT_MSI: Final = _IOW(ACRN_IOCTL_TYPE, 0x23, acrn_msi_entry)
-# Declared with `unsigned long` / `__u64`, but both take their argument by value (spec 2).
+# Declared with `unsigned long` / `__u64`, but both take their argument by value
+# (drivers/virt/acrn/hsm.c: acrn_dev_ioctl passes ioctl_param on as it is; docs/abi.md).
 ACRN_IOCTL_VM_INTR_MONITOR: Final = _IOW(ACRN_IOCTL_TYPE, 0x24, c_uint64)
 ACRN_IOCTL_SET_IRQLINE: Final = _IOW(ACRN_IOCTL_TYPE, 0x25, c_uint64)
 

@@ -1,4 +1,5 @@
-"""A stock Debian kernel booted through the HSM interface as acrn-dm boots it (spec acrn-hsm.md 7).
+"""A stock Debian kernel booted through the HSM interface as acrn-dm boots it
+(``devicemodel/core/sw_load_bzimage.c: acrn_sw_load_bzimage``).
 
 ``boot`` (runs in CI): the cloud bzImage with ``console=ttyS0 earlyprintk=serial,ttyS0`` must print
 its ``Linux version`` line through pyacrn's 16550 UART.  The hybrid accelerator runs the
@@ -30,7 +31,7 @@ BOOT_TIMEOUT = 240.0
 INIT_TIMEOUT = 3600.0
 #: The init test: crypto self-tests off, and CPU features whose instructions this KVM cannot emulate
 #: cleared (pclmulqdq, ssse3, sse4.1, sse4.2, popcnt, aes, smap: X86_FEATURE numbers), so that the
-#: kernel picks code paths that need no fallback (spec kvm-and-boot.md 1).
+#: kernel picks code paths that need no fallback (README.md, "Booting Linux").
 INIT_CMDLINE = "panic=-1 cryptomgr.notests clearcpuid=129,137,147,148,151,153,308"
 #: What the kernel prints when a user-mode SYSCALL arrived with CPL 3 (see the module doc).
 SYSCALL_FAULT = "RIP: 0033:entry_SYSCALL_64"

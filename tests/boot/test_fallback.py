@@ -1,7 +1,7 @@
 """The KVM emulation-failure fallback and the hybrid accelerator (acrn.emu.fallback).
 
-The guest executes, in 64-bit mode, the instructions this machine's KVM cannot emulate (spec
-kvm-and-boot.md 1): popcnt, clac, stac, lock cmpxchg16b, int3 (with an IDT whose #BP handler sets
+The guest executes, in 64-bit mode, the instructions this machine's KVM cannot emulate
+(README.md, "Booting Linux"): popcnt, clac, stac, lock cmpxchg16b, int3 (with an IDT whose #BP handler sets
 R8).  On a KVM that can run them natively the fallback is simply never used; the results must be
 the same either way.
 """
@@ -26,9 +26,9 @@ from acrn.emu.fallback import (
     soft_exception_vector,
     software_interrupt_length,
 )
-from acrn.emu.hv.landing import land_vcpu_regs
 from acrn.memory import HostMemory
 from acrn.regs.model import DescriptorPtr
+from acrn.rules import land_vcpu_regs
 
 ENTRY = 0x8000
 IDT = 0x6000

@@ -1,4 +1,5 @@
-"""acrn-dm's ioctl order for a normal boot (spec acrn-hsm.md 7.1), seen on the ``acrn.trace`` log.
+"""acrn-dm's ioctl order for a normal boot (``devicemodel/core/main.c: main``), seen on the ``acrn.trace``
+log.
 
 CREATE_VM, then SET_MEMSEG for lowmem at GPA 0, the BIOS region below 4 GiB and highmem at 4 GiB
 (in that order, attr 7), then SET_VCPU_REGS for vCPU 0 only, then CREATE_IOREQ_CLIENT and START_VM.
@@ -99,7 +100,7 @@ def test_normal_boot_ioctl_order(calls: Calls, machine: Machine) -> None:
         "START_VM",
     ]
     assert _memsegs(calls) == [(7, 0, 16 * MiB)]
-    # Teardown (spec 5.6 step 4): PAUSE, DESTROY_IOREQ_CLIENT (ends ATTACH), PAUSE again, DESTROY_VM.
+    # Teardown (acrn-dm's main): PAUSE, DESTROY_IOREQ_CLIENT (ends ATTACH), PAUSE again, DESTROY_VM.
     loop = calls.names({"CREATE_IOREQ_CLIENT", "START_VM", "ATTACH_IOREQ_CLIENT"})
     assert loop[:3] == ["CREATE_IOREQ_CLIENT", "START_VM", "ATTACH_IOREQ_CLIENT"]  # vm_loop's order
     tail = calls.names({"PAUSE_VM", "DESTROY_IOREQ_CLIENT", "DESTROY_VM"})
@@ -146,7 +147,7 @@ def reset_once_session(machine: Machine, fast: bool = False) -> VmSession:
 def test_guest_reset_holds_the_notify_back_and_runs_acrn_dm_sequence(
     calls: Calls, machine: Machine, fast: bool
 ) -> None:
-    # Spec 5.6 step 3: while the reset is pending the request that asked for it is not notified;
+    # vm_loop: while the reset is pending the request that asked for it is not notified;
     # PAUSE, CLEAR_VM_IOREQ and RESET_VM complete it, then the reload and START (vm_system_reset).
     with reset_once_session(machine, fast) as s:
         prepare_boot(s, RESET_ONCE_SPEC, 16 * MiB)

@@ -1,4 +1,4 @@
-"""IoreqLoop: acrn-dm's vm_loop (spec 5.6) against a fake client over a real ioreq page."""
+"""IoreqLoop: acrn-dm's vm_loop (``devicemodel/core/main.c``) against a fake client over a real ioreq page."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class FakeClient:
             self.buf.req_slot[i].processed = state
 
     def notify_request_finish(self, vcpu: int) -> None:
-        # What the kernel does on NOTIFY (spec 5.2 "Completion"): the slot becomes COMPLETE.
+        # What the kernel does on NOTIFY (ioreq_complete_request): the slot becomes COMPLETE.
         self.notified.append(vcpu)
         self.buf.req_slot[vcpu].processed = COMPLETE
 
@@ -364,7 +364,7 @@ class ResetDuring:
 
 
 def test_a_request_whose_emulation_overlapped_a_reset_is_not_notified() -> None:
-    # Spec 5.6 step 3: the request that asked for the reset is completed by CLEAR_VM_IOREQ; a
+    # vm_loop: the request that asked for the reset is completed by CLEAR_VM_IOREQ; a
     # NOTIFY after the reset would complete a slot of the restarted guest.
     c, bus, dev = FakeClient(), IoBus(), ResetDuring()
     bus.register_pio(0x64, 1, dev)

@@ -1,7 +1,8 @@
-"""acrn-dm's bzImage loader (spec acrn-hsm.md 7.3): every placement and zero-page field.
+"""acrn-dm's bzImage loader (``devicemodel/core/sw_load_bzimage.c: acrn_sw_load_bzimage``): every placement
+and zero-page field.
 
 Each rule is checked on a synthetic bzImage built here and, when ``scripts/fetch-linux-guest.py``
-has cached one, on Debian's cloud kernel (its header facts: spec kvm-and-boot.md, real guests 1).
+has cached one, on Debian's cloud kernel (its setup-header facts).
 """
 
 from __future__ import annotations

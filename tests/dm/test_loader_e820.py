@@ -1,4 +1,5 @@
-"""acrn-dm's e820 table (spec acrn-hsm.md 7.2) and acrn-dm's memory layout (7.1 step 4)."""
+"""acrn-dm's e820 table (``sw_load_common.c: acrn_create_e820_table``) and acrn-dm's memory
+layout (``devicemodel/core/main.c``)."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def test_layout_rejects_sizes_that_are_not_2_mib_multiples() -> None:
 
 def test_no_zero_length_entry_is_kept_not_even_the_last_one() -> None:
     """acrn-dm's removal loop never looks at its last slot, so without highmem it reports a
-    zero-length reserved entry at 4 GiB; pyacrn follows the spec (every zero-length entry removed),
+    zero-length reserved entry at 4 GiB; pyacrn follows the intent (every zero-length entry removed),
     as docs/differences.md records."""
     for lowmem, highmem in ((16 * MiB, 0), (2 * GiB, 0), (2 * GiB, 2 * MiB)):
         table = acrn_e820(lowmem, highmem)

@@ -1,4 +1,4 @@
-"""acrn-dm's ELF32 + multiboot loader (``-E``, spec acrn-hsm.md 7.3 and 12.21)."""
+"""acrn-dm's ELF32 + multiboot loader (``-E``, ``devicemodel/core/sw_load_elf.c: acrn_sw_load_elf``)."""
 
 from __future__ import annotations
 
@@ -105,7 +105,8 @@ def test_elf64_and_non_elf_are_refused() -> None:
 
 def test_multiboot_info_block_is_cleared_to_its_68_bytes_and_sits_at_0x20000_not_scaled() -> None:
     """acrn-dm memsets sizeof(struct multiboot_info) = 68 bytes; the project puts the block where EBX
-    points (0x20000, the spec's rule), not at acrn-dm's pointer-scaled 0x20000 * 68 (docs/differences.md)."""
+    points (0x20000, what acrn-dm means), not at acrn-dm's pointer-scaled 0x20000 * 68
+    (docs/differences.md)."""
     mem = SparseMemory(MemoryLayout(LOWMEM))
     mem.write(0x20000, b"\xee" * 0x60)
     mem.write(0x20000 * 68, b"\xee" * 16)

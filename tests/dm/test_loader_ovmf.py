@@ -1,4 +1,4 @@
-"""acrn-dm's OVMF loader (spec acrn-hsm.md 7.3): image ends at 4 GiB, reset-vector state."""
+"""acrn-dm's OVMF loader (``sw_load_ovmf.c: acrn_sw_load_ovmf``): image ends at 4 GiB, reset-vector state."""
 
 from __future__ import annotations
 

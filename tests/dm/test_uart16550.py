@@ -263,7 +263,7 @@ def test_output_sink_is_optional() -> None:
 
 # ---------------------------------------------------------------------- Linux 8250 sequences
 def test_linux_autoconfig_probe_finds_a_16550a(h: Harness) -> None:
-    """drivers/tty/serial/8250/8250_port.c autoconfig(), in order (spec kvm-and-boot.md 4)."""
+    """drivers/tty/serial/8250/8250_port.c autoconfig(), in order."""
     # IER test: 0 reads back 0, 0x0F reads back 0x0F.
     saved_ier = h.rd(u.IER)
     h.wr(u.IER, 0)

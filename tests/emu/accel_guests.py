@@ -114,7 +114,7 @@ def real_mode_state(rip: int = CODE_GPA) -> CpuState:
 
 
 def protected_mode_state(rip: int = CODE_GPA) -> CpuState:
-    """ACRN's bzImage entry state (spec kvm-and-boot.md 3.7): flat 4 GiB, CR0 = PE|ET|NE."""
+    """ACRN's bzImage entry state (acrn-dm's ``acrn_sw_load_bzimage``): flat 4 GiB, CR0 = PE|ET|NE."""
     st = CpuState()
     for n in ("ss", "ds", "es", "fs", "gs"):
         setattr(st, n, Segment(0x18, 0, 0xFFFFFFFF, 0xC093))
@@ -130,7 +130,8 @@ def protected_mode_state(rip: int = CODE_GPA) -> CpuState:
 
 
 def long_mode_state(rip: int = CODE_GPA) -> CpuState:
-    """Firecracker-style 64-bit state (spec 3.1); needs :func:`write_page_tables`."""
+    """Firecracker-style 64-bit state (its ``setup_regs``/``setup_sregs``); needs
+    :func:`write_page_tables`."""
     st = CpuState()
     for n in ("ss", "ds", "es", "fs", "gs"):
         setattr(st, n, Segment(0x10, 0, 0xFFFFFFFF, 0xC093))

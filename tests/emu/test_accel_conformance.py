@@ -3,7 +3,7 @@
 Parameterized over the accelerators whose module imports and whose ``available()`` is true
 (``kvm``, ``soft``); a missing one is skipped with its reason.  Guests and states come from
 :mod:`tests.emu.accel_guests`; they are tiny because this machine's /dev/kvm runs ~1M guest
-instructions per second (spec kvm-and-boot.md 1).
+instructions per second (README.md, "Booting Linux").
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ ACCELS = [
     pytest.param("kvm", marks=pytest.mark.kvm, id="kvm"),
     pytest.param("soft", marks=pytest.mark.soft, id="soft"),
 ]
-#: Generous: only a hung accelerator should ever hit it (no timing assertions, spec rule).
+#: Generous: only a hung accelerator should ever hit it (no timing assertions).
 JOIN_TIMEOUT = 60.0
 
 

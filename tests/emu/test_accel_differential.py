@@ -25,10 +25,10 @@ from acrn.arch import CpuState
 from acrn.dm.bus import IoBus
 from acrn.dm.devices import Uart16550
 from acrn.emu.accel.base import AccelVcpu, AccelVm, HaltExit, MmioExit, PioExit, VmExit
-from acrn.emu.hv import land_vcpu_regs
 from acrn.guests import GUESTS, Guest, compute_output
 from acrn.regs import VcpuRegs
 from acrn.regs.validate import validate
+from acrn.rules import land_vcpu_regs
 
 pytestmark = [pytest.mark.kvm, pytest.mark.soft]
 

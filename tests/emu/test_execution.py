@@ -62,7 +62,7 @@ def test_demo_guest_prints_and_halts(machine: Machine, guest: str, fast: bool) -
 
 
 EXPECTED_PROBE = {
-    # spec 4.3: non-CS selectors copied; rflags 0 -> 2; CR0/CR4/EFER raw; data limit from CR0.PE
+    # set_vcpu_regs: non-CS selectors copied; rflags 0 -> 2; CR0/CR4/EFER raw; data limit from CR0.PE
     "real": {"CR0": 0x30, "CR4": 0, "RFLAGS": 0x2, "CS": 0, "SS": 0, "DS": 0, "ES": 0, "FS": 0, "GS": 0,
              "DSLIMIT": "fault"},
     "protected": {"CR0": 0x31, "CR4": 0, "EFER": 0, "RFLAGS": 0x2, "CS": 0x10, "SS": 0x18, "DS": 0x18,
@@ -81,11 +81,11 @@ def test_probe_guest_reads_back_the_landed_state(machine: Machine, accel: str, m
     assert result.reason == "halt", result.summary()
     seen = parse_probe(result.output.decode())
     for key, want in EXPECTED_PROBE[mode].items():
-        assert seen.get(key) == want, f"{key}: guest saw {seen.get(key)!r}, spec says {want!r}"
+        assert seen.get(key) == want, f"{key}: guest saw {seen.get(key)!r}, ACRN lands {want!r}"
 
 
 def test_cr4_mce_vmxe_smxe_are_masked_at_first_entry_not_at_the_ioctl(machine: Machine) -> None:
-    # Spec 4.3 step 7 / 12.9: CR4 is stored raw by SET_VCPU_REGS and applied by init_vmcs with
+    # set_vcpu_regs / init_guest_state: CR4 is stored raw by SET_VCPU_REGS and applied by init_vmcs with
     # VMXE, SMXE and MCE masked off.  MCE passes is_valid_cr0_cr4, so it reaches the stored state.
     g = GUESTS["probe_long"]
     with VmSession(
@@ -160,7 +160,7 @@ def test_reset_then_start_reruns_from_the_new_registers(machine: Machine) -> Non
         s.vm.reset()
         vm = machine.hv.vm(s.vm.vmid)
         assert vm is not None and vm.state == VmState.CREATED
-        assert machine.hv.vcpu_state(s.vm.vmid, 0).cs.selector == 0xF000  # reset template, spec 4.4
+        assert machine.hv.vcpu_state(s.vm.vmid, 0).cs.selector == 0xF000  # reset template, reset_vcpu_regs
         s.output.clear()
         s.load(second.load_gpa, second.image())
         s.set_regs(second.regs())
@@ -264,7 +264,7 @@ def test_set_memseg_with_unmapped_vma_base_is_efault(machine: Machine) -> None:
 
 
 def test_ap_stays_in_init_after_start(machine: Machine) -> None:
-    """ACRN starts only the BSP; the other vCPUs wait for INIT/SIPI (spec 2 START); PAUSE zombies all."""
+    """ACRN starts only the BSP; the other vCPUs wait for INIT/SIPI (hcall_start_vm); PAUSE zombies all."""
     with session(machine, "spin") as s:
         assert s.vm.vcpu_num > 1
         s.vm.start()
@@ -295,7 +295,8 @@ class _Recorder:
 
 @pytest.mark.parametrize("guest", ["pci_probe", "hello_protected"])
 def test_fast_path_applies_the_same_kernel_rules_as_the_faithful_path(machine: Machine, guest: str) -> None:
-    """CF8 stays in the kernel and CFC becomes PCICFG on both paths (spec 5.4): the guest sees the same."""
+    """CF8 stays in the kernel and CFC becomes PCICFG on both paths (handle_cf8cfc): the guest sees the
+    same."""
     from acrn.guests import REPORT_PORT
 
     seen = []
@@ -311,7 +312,8 @@ def test_fast_path_applies_the_same_kernel_rules_as_the_faithful_path(machine: M
 
 
 def test_polling_mode_vm_completes_requests_without_notify(accel: str) -> None:
-    """IO_COMPLETION_POLLING: the vCPU polls its slot instead of waiting for HC_NOTIFY (spec 5.2)."""
+    """IO_COMPLETION_POLLING: the vCPU polls its slot instead of waiting for HC_NOTIFY
+    (ioreq_complete_request)."""
     from acrn import uapi as u
 
     m = Machine(accel=accel)

@@ -1,4 +1,5 @@
-"""The restructured I/O exit path keeps every slot state and every rule of spec 5 (no timings here).
+"""The restructured I/O exit path keeps every slot state and every rule of the ioreq protocol
+(``Documentation/virt/acrn/io-request.rst``; no timings here).
 
 Covers the parts the hot path rewrote: the request written in place by ``insert_request`` (the
 whole 64-byte union, zeros after the request), the cached slot views (a new page gets new views),
@@ -95,7 +96,7 @@ def test_slot_views_follow_a_new_ioreq_page(env: Env) -> None:
     assert env.hv.insert_request(dev2.vmid, 0, uapi.ACRN_IOREQ_TYPE_PORTIO, address=0x81, size=1) == 0
     new_slot = uapi.acrn_io_request.from_address(page2.addr)
     assert new_slot.reqs.pio_request.address == 0x81
-    assert new_slot.processed == PENDING  # no client: stays PENDING (spec 5.2 step 3)
+    assert new_slot.processed == PENDING  # no client: stays PENDING (acrn_ioreq_dispatch)
 
 
 def test_dispatch_without_an_attach_waiter_still_hands_the_request_to_the_client(client_env: Env) -> None:

@@ -1,4 +1,5 @@
-"""The fast ioreq path on a running guest walks the same slot states as the faithful path (spec 5.2).
+"""The fast ioreq path on a running guest walks the same slot states as the faithful path
+(``Documentation/virt/acrn/io-request.rst``).
 
 The handler registered with ``Runtime.set_fast_handler`` sees the slot PROCESSING with
 ``kernel_handled == 0`` (the HSM dispatcher ran first); after its NOTIFY the slot is COMPLETE and
@@ -65,7 +66,7 @@ def test_fast_handler_sees_processing_then_notify_completes_and_post_work_frees(
 
 
 def test_fast_path_with_a_cf8_write_never_calls_the_handler(machine: Machine) -> None:
-    """0xCF8 is completed in the kernel (spec 5.4) before the default client, on the fast path too."""
+    """0xCF8 is completed in the kernel (handle_cf8cfc) before the default client, on the fast path too."""
     calls: list[int] = []
     with _io_loop(machine) as s:
         g = GUESTS["io_loop"]

@@ -236,7 +236,7 @@ def test_bound_calls_take_the_general_path_once_the_binding_no_longer_holds(env:
     vm = env.hv.vm(vmid)
     assert vm is not None
     with env.hv.lock:
-        vm.ioreq_buffer = None  # as a dropped buffer (spec 5.1)
+        vm.ioreq_buffer = None  # as a dropped buffer (hcall_set_ioreq_buffer)
         assert not ioreq.bound()
         assert ioreq.insert(uapi.ACRN_IOREQ_TYPE_PORTIO, True, 0x80, 1, 1) == EINVAL
         assert ioreq.complete() is None

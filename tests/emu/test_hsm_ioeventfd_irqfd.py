@@ -1,4 +1,4 @@
-"""ioeventfd and irqfd with real eventfds (spec 6.1, 6.2, 12.17)."""
+"""ioeventfd and irqfd with real eventfds (``drivers/virt/acrn/ioeventfd.c``, ``irqfd.c``)."""
 
 from __future__ import annotations
 

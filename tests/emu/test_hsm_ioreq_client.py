@@ -1,4 +1,4 @@
-"""Ioreq clients and NOTIFY_REQUEST_FINISH, the kernel side (spec 2, 5.3, 12.13, 12.14, 12.15)."""
+"""Ioreq clients and NOTIFY_REQUEST_FINISH, the kernel side (``drivers/virt/acrn/ioreq.c``)."""
 
 from __future__ import annotations
 

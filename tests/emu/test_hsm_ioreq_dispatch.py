@@ -1,4 +1,4 @@
-"""The HSM dispatcher, the CF8/CFC combiner and CLEAR_VM_IOREQ (spec 5.2, 5.4, 5.5, 12.16)."""
+"""The HSM dispatcher, the CF8/CFC combiner and CLEAR_VM_IOREQ (``drivers/virt/acrn/ioreq.c``)."""
 
 from __future__ import annotations
 
@@ -152,7 +152,7 @@ def test_global_list_is_newest_first(env: Env) -> None:
 
 
 def test_no_client_stops_the_scan_of_that_vm(env: Env) -> None:
-    # Spec 5.2 step 3: the dispatcher gives up on the VM at the first slot without a client, so a
+    # acrn_ioreq_dispatch: the dispatcher gives up on the VM at the first slot without a client, so a
     # later slot stays PENDING even though the ioeventfd client would take it.
     env.create()
     fd = os.eventfd(0, os.EFD_NONBLOCK)
@@ -186,7 +186,7 @@ def test_a_stuck_vm_does_not_stop_the_next_vm(env: Env) -> None:
 
 
 def test_scan_is_bounded_by_vcpu_num(env: Env) -> None:
-    # Spec 9: vm->vcpu_num (from CREATE_VM) bounds the scan; a slot beyond it is never looked at.
+    # acrn_ioreq_dispatch: vm->vcpu_num (from CREATE_VM) bounds the scan; a slot beyond it is never looked at.
     env.create(cpu_affinity=0b1)
     assert env.vm().vcpu_num == 1
     env.dev.ioctl(CREATE)

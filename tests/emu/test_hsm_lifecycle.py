@@ -1,4 +1,5 @@
-"""CREATE/DESTROY/START/PAUSE/RESET and release, the kernel side (spec 1.1, 2 CREATE_VM..RESET_VM, 2.3, 12.2, 12.3, 12.11, 12.12)."""
+"""CREATE/DESTROY/START/PAUSE/RESET and release, the kernel side (``drivers/virt/acrn/hsm.c``,
+``drivers/virt/acrn/vm.c``)."""
 
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ def test_create_vm_readonly_ioreq_page_is_einval(env: Env) -> None:
 
 def test_create_vm_copy_to_user_fault_is_efault_and_vm_stays(env: Env) -> None:
     """The struct is readable but not writable: the VM is made, the write-back faults, the
-    destroy attempt is refused (CREATED), and the fd keeps its VM (spec 2 CREATE_VM step 5)."""
+    destroy attempt is refused (CREATED), and the fd keeps its VM (acrn_vm_create)."""
     ro = env.keep(readonly_copy(bytes(creation(ioreq_buf=env.page.addr))))
     assert env.err(uapi.ACRN_IOCTL_CREATE_VM, ro.addr) == errno.EFAULT
     vm = env.vm()

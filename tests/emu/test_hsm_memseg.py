@@ -1,4 +1,4 @@
-"""SET_MEMSEG / UNSET_MEMSEG, the kernel side (spec 6.5, 12.18)."""
+"""SET_MEMSEG / UNSET_MEMSEG, the kernel side (``drivers/virt/acrn/mm.c: acrn_vm_memseg_map``)."""
 
 from __future__ import annotations
 

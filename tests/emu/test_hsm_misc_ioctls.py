@@ -1,4 +1,5 @@
-"""INJECT_MSI, SET_IRQLINE, VM_INTR_MONITOR, PM_GET_CPU_STATE and the passthrough/vdev ioctls (spec 2, 6.6, 12.5)."""
+"""INJECT_MSI, SET_IRQLINE, VM_INTR_MONITOR, PM_GET_CPU_STATE and the passthrough/vdev ioctls
+(``acrn_dev_ioctl``, ``pmcmd_ioctl``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Spec 1.2 (the ioctl preamble) and 1.3 (how arguments travel): errno before and after CREATE_VM."""
+"""``acrn_dev_ioctl``'s preamble and how arguments travel: errno before and after CREATE_VM."""
 
 from __future__ import annotations
 

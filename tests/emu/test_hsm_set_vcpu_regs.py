@@ -1,4 +1,4 @@
-"""SET_VCPU_REGS, the kernel side (spec 2 SET_VCPU_REGS): reserved-field checks in order, then the hypercall."""
+"""SET_VCPU_REGS, the kernel side (``acrn_dev_ioctl``): reserved-field checks in order, then the hypercall."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Spec 1.1: the HSM's ``remove_cpu`` sysfs attribute (kstrtoull parse, checks, HC_SOS_REMOVE_CPU)."""
+"""``drivers/virt/acrn/hsm.c: remove_cpu_store``: the HSM's ``remove_cpu`` sysfs attribute (kstrtoull
+parse, checks, HC_SOS_REMOVE_CPU)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""SET_MEMORY_REGIONS (spec 6.5), interrupts (spec 2, 6.3, 6.4), passthrough/vdev state rules (spec 2, 3)
-and PM_GET_CPU_STATE's command word (spec 2)."""
+"""SET_MEMORY_REGIONS, interrupts, passthrough/vdev state rules and PM_GET_CPU_STATE's command word: the
+``hcall_*`` handlers of ``hypervisor/common/hypercall.c`` (see docs/ioctls.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Spec 4.2 (CR0/CR4 validity), 4.3 (register landing, checked against an independent table-driven
-statement of the rules written here) and 4.4 (the reset template)."""
+"""``is_valid_cr0_cr4`` (CR0/CR4 validity), ``set_vcpu_regs`` (register landing, checked against an
+independent table-driven statement of the rules written here) and the reset template."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from acrn import uapi
-from acrn.emu.hv import is_valid_cr0_cr4, land_vcpu_regs, reset_vcpu_state
 from acrn.emu.platform import Platform
+from acrn.rules import is_valid_cr0_cr4, land_vcpu_regs, reset_vcpu_state
 
 PLATFORM = Platform.default()
 U64 = st.integers(0, (1 << 64) - 1)
 U32 = st.integers(0, (1 << 32) - 1)
 U16 = st.integers(0, 0xFFFF)
 
-# Spec 4.3, restated as data: (segment, selector field) in landing order; defaults by CR0.PE.
+# set_vcpu_regs, restated as data: (segment, selector field) in landing order; defaults by CR0.PE.
 SELECTORS = [
     ("cs", "cs_sel"),
     ("ss", "ss_sel"),
@@ -98,12 +98,12 @@ def test_reset_template_spec_4_4() -> None:
     assert s["mode"] == "real"
 
 
-# --- spec 4.2 ------------------------------------------------------------------------------
+# --- is_valid_cr0_cr4 ---------------------------------------------------------------------------
 def test_cr0_needs_ne() -> None:
-    assert is_valid_cr0_cr4(0x30, 0, PLATFORM)
-    assert is_valid_cr0_cr4(0x31, 0, PLATFORM)
-    assert not is_valid_cr0_cr4(0x1, 0, PLATFORM)
-    assert not is_valid_cr0_cr4(0x0, 0, PLATFORM)
+    assert is_valid_cr0_cr4(0x30, 0, PLATFORM.cr_masks)
+    assert is_valid_cr0_cr4(0x31, 0, PLATFORM.cr_masks)
+    assert not is_valid_cr0_cr4(0x1, 0, PLATFORM.cr_masks)
+    assert not is_valid_cr0_cr4(0x0, 0, PLATFORM.cr_masks)
 
 
 def test_cr0_allows_only_architectural_bits() -> None:
@@ -119,39 +119,39 @@ def test_cr0_allows_only_architectural_bits() -> None:
         | (1 << 30)
         | (1 << 31)
     )
-    assert is_valid_cr0_cr4(0x20 | allowed, 0, PLATFORM)
+    assert is_valid_cr0_cr4(0x20 | allowed, 0, PLATFORM.cr_masks)
     for bit in range(64):
         if not (1 << bit) & (allowed | 0x20):
-            assert not is_valid_cr0_cr4(0x20 | (1 << bit), 0, PLATFORM), bit
+            assert not is_valid_cr0_cr4(0x20 | (1 << bit), 0, PLATFORM.cr_masks), bit
 
 
 def test_cr0_bits_63_32_rejected() -> None:
-    assert not is_valid_cr0_cr4((1 << 32) | 0x30, 0, PLATFORM)
-    assert not is_valid_cr0_cr4((1 << 63) | 0x30, 0, PLATFORM)
+    assert not is_valid_cr0_cr4((1 << 32) | 0x30, 0, PLATFORM.cr_masks)
+    assert not is_valid_cr0_cr4((1 << 63) | 0x30, 0, PLATFORM.cr_masks)
 
 
 def test_cr4_vmxe_smxe_cet_rejected() -> None:
     for bit in (13, 14, 23):
-        assert not is_valid_cr0_cr4(0x30, 1 << bit, PLATFORM), bit
+        assert not is_valid_cr0_cr4(0x30, 1 << bit, PLATFORM.cr_masks), bit
 
 
 def test_cr4_allowed_bits() -> None:
     for bit in (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 16, 17, 18, 20, 21, 22, 24):
-        assert is_valid_cr0_cr4(0x30, 1 << bit, PLATFORM), bit
-    assert not is_valid_cr0_cr4(0x30, 1 << 15, PLATFORM)  # reserved
-    assert not is_valid_cr0_cr4(0x30, 1 << 19, PLATFORM)  # KL not supported by the default board
-    assert not is_valid_cr0_cr4(0x30, 1 << 40, PLATFORM)
+        assert is_valid_cr0_cr4(0x30, 1 << bit, PLATFORM.cr_masks), bit
+    assert not is_valid_cr0_cr4(0x30, 1 << 15, PLATFORM.cr_masks)  # reserved
+    assert not is_valid_cr0_cr4(0x30, 1 << 19, PLATFORM.cr_masks)  # KL not supported by the default board
+    assert not is_valid_cr0_cr4(0x30, 1 << 40, PLATFORM.cr_masks)
 
 
 def test_cr_masks_follow_platform_fixed_msrs() -> None:
     p = Platform.default()
     p.vmx_cr0_fixed0 = 0x80000001  # a CPU where NE is flexible
-    assert is_valid_cr0_cr4(0x1, 0, p)
+    assert is_valid_cr0_cr4(0x1, 0, p.cr_masks)
 
 
 def test_first_entry_masks_vmxe_smxe_and_mce_from_the_stored_cr4() -> None:
     from acrn.arch import CR4_MCE, CR4_PAE, CR4_SMXE, CR4_VMXE, CpuState
-    from acrn.emu.hv.landing import first_entry_state
+    from acrn.rules import first_entry_state
 
     stored = CpuState(cr4=CR4_PAE | CR4_MCE | CR4_VMXE | CR4_SMXE, cr0=0x31, rip=0x1234)
     entered = first_entry_state(stored)

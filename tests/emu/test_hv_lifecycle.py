@@ -1,5 +1,6 @@
-"""Hypervisor dispatch (spec 1.4), CREATE_VM slot rules (spec 2), the spec 3 state table, SET_VCPU_REGS
-order (spec 4.1) and the hypervisor side of the ioreq protocol (spec 5.1/5.2)."""
+"""Hypervisor dispatch (``vmcall.c: dispatch_hypercall``), CREATE_VM slot rules (``hcall_create_vm``), the
+state table (``HC_STATE_RULES``), SET_VCPU_REGS order (``hcall_set_vcpu_regs``) and the hypervisor side of the
+ioreq protocol (``hcall_set_ioreq_buffer``, ``hypervisor/dm/io_req.c: acrn_insert_request``)."""
 
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def page() -> Page:
     return Page()
 
 
-# --- spec 1.4: dispatch -------------------------------------------------------------------
+# --- dispatch_hypercall ---------------------------------------------------------------------
 def test_dispatch_uses_only_low_byte_of_hypercall_id(hv: Hypervisor, page: Page) -> None:
     vmid = vm_in(hv, VmState.CREATED, page)
     assert hv.hypercall(0x12, vmid) == 0  # START_VM without the 0x80 << 24 prefix
@@ -227,7 +228,7 @@ def test_create_vm_unmapped_param_returns_enotty(hv: Hypervisor) -> None:
     assert hv.hypercall(uapi.HC_CREATE_VM, 0) == ENOTTY
 
 
-# --- spec 3: state table --------------------------------------------------------------------
+# --- state table ---------------------------------------------------------------------------
 def test_state_table_lists_every_spec3_hypercall() -> None:
     assert set(HC_STATE_RULES) >= {0x10, 0x11, 0x12, 0x13, 0x15, 0x16, 0x23, 0x24, 0x25, 0x30, 0x31, 0x42}
     assert HC_STATE_RULES[0x55].error == EINVAL and HC_STATE_RULES[0x53].error == -1
@@ -350,7 +351,7 @@ def test_set_ioreq_buffer_unmapped_drops_buffer(hv: Hypervisor, page: Page) -> N
     assert hv.hypercall(uapi.HC_SET_IOREQ_BUFFER, 1, 0) == -1  # the u64 itself unmapped
 
 
-# --- spec 4.1: SET_VCPU_REGS order ----------------------------------------------------------
+# --- hcall_set_vcpu_regs order ----------------------------------------------------------
 def test_set_vcpu_regs_rejects_running_vm(hv: Hypervisor, page: Page) -> None:
     vmid = vm_in(hv, VmState.RUNNING, page)
     assert set_regs(hv, vmid, vcpu_regs()) == -1
@@ -402,7 +403,7 @@ def test_set_vcpu_regs_ignores_reserved_fields(hv: Hypervisor, page: Page) -> No
     assert set_regs(hv, vmid, bytes(vr)) == 0  # only the kernel checks reserved fields
 
 
-# --- spec 5.2: ioreq, hypervisor side -------------------------------------------------------
+# --- ioreq, hypervisor side -----------------------------------------------------------
 def test_insert_request_needs_free_slot(hv: Hypervisor, page: Page) -> None:
     vmid = vm_in(hv, VmState.RUNNING, page)
     calls: list[int] = []

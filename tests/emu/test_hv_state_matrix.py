@@ -1,7 +1,8 @@
-"""Spec 3: every lifecycle-relevant hypercall in every VM state, with arguments that are otherwise
-valid, so that only the state rule (and severity, for an RTVM) decides the result.
+"""The hypercalls' state rules (``hypervisor/common/hypercall.c``): every lifecycle-relevant hypercall in
+every VM state, with arguments that are otherwise valid, so that only the state rule (and severity, for an
+RTVM) decides the result.
 
-The expectations are written out from the spec's table, not derived from ``HC_STATE_RULES``.
+The expectations are written out from ACRN's handlers, not derived from ``HC_STATE_RULES``.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ CALLS: dict[str, Callable[[Hypervisor, int], int]] = {
 }
 
 C, R, P, T = S.CREATED, S.RUNNING, S.PAUSED, S.READY_TO_POWEROFF
-#: Spec 3's table: the states in which each call succeeds here (T is an RTVM, which fails the
+#: The states in which each call succeeds here (T is an RTVM, which fails the
 #: severity check of INJECT_MSI, SET_IRQLINE and NOTIFY_REQUEST_FINISH), and the error otherwise.
 ALLOWED: dict[str, tuple[set[VmState], int]] = {
     "START_VM": ({C}, -1),

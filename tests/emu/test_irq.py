@@ -1,4 +1,5 @@
-"""Interrupt routing rules of acrn.emu.irq (spec acrn-hsm.md 2 INJECT_MSI/SET_IRQLINE, 6.3, 6.4).
+"""Interrupt routing rules of acrn.emu.irq (``hcall_inject_msi``, ``hcall_set_irqline``,
+``hypervisor/arch/x86/guest/vlapic.c: vlapic_inject_msi``).
 
 Pure rules, with a recording interrupt controller in place of an accelerator; the same rules on a
 running guest are in test_irq_guest.py.
@@ -58,7 +59,7 @@ def router(chip: RecordingChip) -> IrqRouter:
     return IrqRouter(chip)  # type: ignore[arg-type]
 
 
-# ---- SET_IRQLINE operations (spec 6.4) -----------------------------------------------------------
+# ---- SET_IRQLINE operations (hcall_set_irqline) --------------------------------------------------------
 @pytest.mark.parametrize(
     ("op", "levels"),
     [
@@ -121,7 +122,7 @@ def test_pic_pin_of_gsi(gsi: int, pin: int | None) -> None:
     assert pic_pin(gsi) == pin
 
 
-# ---- INJECT_MSI encoding (spec 6.3) --------------------------------------------------------------
+# ---- INJECT_MSI encoding (vlapic_inject_msi) -----------------------------------------------------------
 def test_msi_destination_comes_from_address_bits_19_12() -> None:
     assert MsiMessage.decode(0xFEE0_0000 | (0xA5 << 12), 0x30).dest_id == 0xA5
 

@@ -132,7 +132,7 @@ def guest(machine: Machine) -> Iterator[IrqGuest]:
     gst.session.close()
 
 
-# ---- SET_IRQLINE on an edge-triggered IOAPIC pin (pin 5 -> vector 0x35), spec 6.4 -----------------
+# ---- SET_IRQLINE on an edge-triggered IOAPIC pin (pin 5 -> vector 0x35), hcall_set_irqline--------------
 @pytest.mark.parametrize(
     ("before", "op", "interrupts"),
     [
@@ -219,7 +219,8 @@ def test_set_irqline_gsi_48_fails(guest: IrqGuest) -> None:
     assert e.value.errno == 1
 
 
-# ---- INJECT_MSI (spec 6.3) ---------------------------------------------------------------------------
+# ---- INJECT_MSI (vlapic_inject_msi)
+# ---------------------------------------------------------------------------
 def test_inject_msi_vector_comes_from_data_bits_7_0(guest: IrqGuest) -> None:
     assert guest.step(lambda: guest.session.vm.inject_msi(MSI_ADDR, 0x37)) == [0x37]
 
@@ -238,7 +239,7 @@ def test_inject_msi_outside_0xfee_fails_and_delivers_nothing(guest: IrqGuest) ->
     def bad() -> None:
         with pytest.raises(HsmError) as e:
             guest.session.vm.inject_msi(0xFED00000, 0x37)
-        assert e.value.errno == 1  # hypervisor -1 -> EPERM (spec 12.2)
+        assert e.value.errno == 1  # hypervisor -1 -> EPERM (docs/ioctls.md)
 
     assert guest.step(bad) == []
 
@@ -286,7 +287,7 @@ def test_inject_msi_delivery_mode_comes_from_data_bits_10_8(guest: IrqGuest) -> 
 
 
 def test_irqfd_signal_reaches_the_guest_as_its_msi(guest: IrqGuest) -> None:
-    # spec 6.2: a signalled irqfd makes the HSM issue HC_INJECT_MSI with the bound address/data.
+    # irqfd.c: a signalled irqfd makes the HSM issue HC_INJECT_MSI with the bound address/data.
     efd = os.eventfd(0, os.EFD_CLOEXEC)
     try:
         guest.session.vm.irqfd(efd, MSI_ADDR, 0x38)

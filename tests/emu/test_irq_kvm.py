@@ -1,6 +1,6 @@
 """The KVM accelerator's interrupt controllers (irqchip=True): lines, MSIs, reset, and HLT detection.
 
-With the in-kernel irqchip HLT sleeps inside KVM_RUN (spec kvm-and-boot.md 1); the accelerator's halt
+With the in-kernel irqchip HLT sleeps inside KVM_RUN; the accelerator's halt
 probe still reports a vCPU halted with interrupts disabled as HaltExit(False), which is what ends a
 VM in the runtime.
 """

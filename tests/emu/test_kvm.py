@@ -1,6 +1,6 @@
 """Rules of the KVM accelerator that the conformance suite does not cover (KVM-specific ones).
 
-Pure rules (the access-rights mapping of spec kvm-and-boot.md 3.7, the CPUID table) run without
+Pure rules (the access-rights mapping, the CPUID table) run without
 /dev/kvm; the rest are marked ``kvm``.
 """
 
@@ -23,7 +23,7 @@ from . import accel_guests as g
 JOIN_TIMEOUT = 60.0
 
 
-# ---- access rights <-> kvm_segment (spec 3.7) ----------------------------------------------------
+# ---- access rights <-> kvm_segment -----------------------------------------------------------
 @pytest.mark.parametrize(
     ("ar", "field", "value"),
     [
@@ -151,7 +151,7 @@ def test_guest_sees_acrn_cpuid_signature_and_tsc_khz(vm: kvm.KvmVm, ram: g.Guest
     assert struct.pack("<3I", *values[1:4]) == b"ACRNACRNACRN"
     assert values[4] == 1_234_567
     assert values[5] & (1 << 31)  # hypervisor present
-    assert not values[5] & (1 << 13)  # CX16 masked takes effect here (spec 1)
+    assert not values[5] & (1 << 13)  # CX16 masked takes effect here
 
 
 @pytest.mark.kvm
@@ -222,7 +222,8 @@ def test_complete_read_without_a_read_exit_raises(vm: kvm.KvmVm, ram: g.GuestRam
 
 @pytest.mark.kvm
 def test_emulation_failure_reports_instruction_bytes(vm: kvm.KvmVm, ram: g.GuestRam) -> None:
-    # This machine's KVM cannot emulate cmpxchg16b (spec 1); on real hardware the guest halts.
+    # This machine's KVM cannot emulate cmpxchg16b (README.md, "Booting Linux"); on real hardware the guest
+    # halts.
     g.write_page_tables(ram)
     vcpu = _vcpu(vm, ram, g.LM_CMPXCHG16B, g.long_mode_state())
     e = vcpu.run()

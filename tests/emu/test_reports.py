@@ -24,7 +24,7 @@ def test_fault_report_carries_findings_and_disassembly() -> None:
     machine = Machine(accel="kvm")
     g = GUESTS["triple_fault"]
     regs = g.regs()
-    regs.cs_ar = 0xCF9B  # acrn-dm's ELF-loader quirk: reserved AR bits 11:8 (spec 12.21)
+    regs.cs_ar = 0xCF9B  # acrn-dm's ELF-loader quirk: reserved AR bits 11:8 (acrn_sw_load_elf)
     with VmSession(mem_size=g.mem_size, device=EmulatedDevice(machine), accel="kvm") as s:
         s.load(g.load_gpa, g.image())
         s.set_regs(regs)

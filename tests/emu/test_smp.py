@@ -1,4 +1,5 @@
-"""SMP: APs wait for the guest's INIT/SIPI, as ACRN's do (spec acrn-hsm.md 2 START_VM, 4.4, 12.20).
+"""SMP: APs wait for the guest's INIT/SIPI, as ACRN's do (``hcall_start_vm``,
+``hypervisor/arch/x86/guest/vlapic.c: vlapic_process_init_sipi``).
 
 Accelerator-level rules use the KVM accelerator with its irqchip directly and tiny guests; the
 whole-stack tests run ``smp_hello`` (the BSP starts AP 1 through the local APIC's ICR, the AP
@@ -87,7 +88,8 @@ def test_ap_reports_startup_exit_with_the_sipi_vector(smp_vm: SmpVm) -> None:
 
 @pytest.mark.kvm
 def test_sipi_sets_cs_selector_base_and_rip_only(smp_vm: SmpVm) -> None:
-    # Spec 4.4: CS.selector = V << 8, CS.base = V << 12, RIP = 0; every other register is kept.
+    # vlapic_process_init_sipi: CS.selector = V << 8, CS.base = V << 12, RIP = 0; every other register is
+    # kept.
     smp_vm.run_bsp()
     smp_vm.ap.run()
     st = smp_vm.ap.get_state()
@@ -100,7 +102,7 @@ def test_sipi_sets_cs_selector_base_and_rip_only(smp_vm: SmpVm) -> None:
 @pytest.mark.kvm
 def test_never_run_ap_keeps_its_registers_through_init(smp_vm: SmpVm) -> None:
     # KVM itself would reset the AP on INIT (CR0 0x60000010, RDX = CPUID signature); ACRN does not
-    # reset a vCPU still in VCPU_INIT (spec 12.20), so the AP runs with the state it was given.
+    # reset a vCPU still in VCPU_INIT (vlapic_process_init_sipi), so the AP runs with the state it was given.
     smp_vm.run_bsp()
     smp_vm.ap.run()
     assert smp_vm.ap.run() == PioExit(0x12, 1, True, 0x5A)

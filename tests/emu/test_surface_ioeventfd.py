@@ -1,4 +1,4 @@
-"""ioeventfd and irqfd on running guests, with real eventfds (spec 6.1, 6.2, 12.17).
+"""ioeventfd and irqfd on running guests, with real eventfds (``drivers/virt/acrn/ioeventfd.c``, ``irqfd.c``).
 
 The ``ioevent_probe`` guest does what a virtio driver does to a queue-notify register: it reads the
 port (reported to 0xE0), writes the queue index (CX) and another value (BX) to it, writes a byte
@@ -131,7 +131,7 @@ def test_ioeventfd_on_pci_config_ports_catches_nothing(machine: Machine, efd: in
             s.vm.ioeventfd(other, 0xCFC, 4, pio=True)
             result = s.run(timeout=30)
             assert result.reason == "halt", result.summary()
-        # The CF8/CFC combiner runs before client matching (spec 5.4).
+        # The CF8/CFC combiner runs before client matching (acrn_ioreq_dispatch).
         assert eventfd_count(efd) == 0 and eventfd_count(other) == 0
         assert reports.values[0] == 0x12751275
     finally:

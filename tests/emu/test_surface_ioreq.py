@@ -1,4 +1,6 @@
-"""Requests in flight on a running guest: CLEAR_VM_IOREQ, DESTROY_IOREQ_CLIENT, ATTACH (spec 2, 5.3, 5.5, 12.13-12.15).
+"""Requests in flight on a running guest: CLEAR_VM_IOREQ, DESTROY_IOREQ_CLIENT, ATTACH
+(``drivers/virt/acrn/ioreq.c``: ``acrn_ioreq_request_clear``, ``acrn_ioreq_client_destroy``,
+``acrn_ioreq_client_wait``, ``acrn_ioreq_request_default_complete``).
 
 The test is the VM's default client.  ``ioevent_probe`` first reads its port (a request the test
 holds in PROCESSING as long as it likes), then writes the value it got to the report port 0xE0, so
@@ -71,7 +73,8 @@ def test_clear_vm_ioreq_completes_in_flight_request_with_the_value_in_the_slot(
     slot.reqs.pio_request.value = 0x5A5A  # a client that wrote a value and never notified
     raw.vm.clear_vm_ioreq()
     raw.attach()
-    # The read completed unhandled with what was in the slot; the guest reported it (spec 5.5).
+    # The read completed unhandled with what was in the slot; the guest reported it
+    # (acrn_ioreq_request_clear).
     assert (slot.reqs.pio_request.address, slot.reqs.pio_request.value) == (REPORT_PORT, 0x5A5A)
     assert machine.hsm.vms[0].clearing is False
 
@@ -79,7 +82,7 @@ def test_clear_vm_ioreq_completes_in_flight_request_with_the_value_in_the_slot(
 def test_clear_then_reset_after_pause_frees_the_slot_and_the_guest_reruns(
     machine: Machine, raw: RawVm
 ) -> None:
-    # acrn-dm's guest reset: PAUSE -> CLEAR_VM_IOREQ -> RESET_VM -> SET_VCPU_REGS -> START (spec 3).
+    # acrn-dm's guest reset: PAUSE -> CLEAR_VM_IOREQ -> RESET_VM -> SET_VCPU_REGS -> START (vm_system_reset).
     slot = blocked_on_read(raw)
     raw.vm.pause()
     assert slot.processed == PROCESSING  # pausing does not touch the slot
@@ -96,7 +99,7 @@ def test_clear_then_reset_after_pause_frees_the_slot_and_the_guest_reruns(
 def test_destroy_ioreq_client_leaves_in_flight_request_processing(machine: Machine, raw: RawVm) -> None:
     slot = blocked_on_read(raw)
     raw.vm.destroy_ioreq_client()
-    assert slot.processed == PROCESSING  # spec 12.15: nobody completes it
+    assert slot.processed == PROCESSING  # acrn_ioreq_client_destroy: nobody completes it
     assert not in_guest(machine, raw.vm.vmid)
     with pytest.raises(HsmError) as e:
         raw.vm.attach_ioreq_client()
@@ -106,7 +109,8 @@ def test_destroy_ioreq_client_leaves_in_flight_request_processing(machine: Machi
 
 
 def test_notify_on_a_new_client_finishes_an_orphaned_request(machine: Machine, raw: RawVm) -> None:
-    # NOTIFY does not check that the slot is PROCESSING or was handed to this client (spec 12.13).
+    # NOTIFY does not check that the slot is PROCESSING or was handed to this client
+    # (acrn_ioreq_request_default_complete).
     slot = blocked_on_read(raw)
     raw.vm.destroy_ioreq_client()
     raw.vm.create_ioreq_client()
@@ -118,7 +122,7 @@ def test_notify_on_a_new_client_finishes_an_orphaned_request(machine: Machine, r
 
 def test_request_without_any_matching_client_stays_pending(machine: Machine, raw: RawVm) -> None:
     # The in-kernel ioeventfd client answers the read (0) without a default client; the report
-    # write then matches no client and stays PENDING (spec 5.2 step 3, 12.15).
+    # write then matches no client and stays PENDING (acrn_ioreq_dispatch).
     efd = eventfd()
     try:
         raw.vm.ioeventfd(efd, IOEVENT_PORT, 2, pio=True)
@@ -166,7 +170,7 @@ def test_attach_returns_0_on_a_signal_with_nothing_pending(machine: Machine) -> 
         while not done.wait(0.01):
             r.dev.interrupt_attach()
         t.join()
-        assert result == [0]  # spec 12.14: 0, although no request is pending
+        assert result == [0]  # acrn_ioreq_client_wait: 0, although no request is pending
         assert all(s.processed == FREE for s in r.vm.ioreq_buffer().req_slot[: r.vm.vcpu_num])
     finally:
         r.close()

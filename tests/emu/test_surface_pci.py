@@ -1,4 +1,5 @@
-"""PCI config space on a running guest: the kernel's CF8/CFC combiner and acrn.dm's host bridge (spec 5.4, 12.16).
+"""PCI config space on a running guest: the kernel's CF8/CFC combiner and acrn.dm's host bridge
+(``drivers/virt/acrn/ioreq.c: handle_cf8cfc``).
 
 ``pci_probe`` reports, in order: host bridge dword 0, class dword 8, the device ID by a word read at
 0xCFE, an absent device, 0xCF8 read back, a data-port read with the enable bit clear, the command
@@ -59,7 +60,7 @@ def test_guest_reads_host_bridge_class_code(machine: Machine) -> None:
 
 
 def test_data_port_offset_becomes_the_low_register_bits(machine: Machine) -> None:
-    # A word read at 0xCFE with reg 0 selected is register 2: the device ID (spec 5.4).
+    # A word read at 0xCFE with reg 0 selected is register 2: the device ID (handle_cf8cfc).
     values, rec, _ = probe(machine, device_id=0xABCD)
     assert values[DEVICE_ID] == 0xABCD
     assert ("r", 0, 0, 0, 2, 2) in rec.accesses

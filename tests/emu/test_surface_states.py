@@ -1,4 +1,4 @@
-"""Every state rule of spec 2 and 3 that involves a running VM, checked on a guest that is running.
+"""Every state rule of docs/ioctls.md that involves a running VM, checked on a guest that is running.
 
 One ``spin`` guest per accelerator runs for the whole table; each row is one ioctl with the errno
 ACRN gives while the VM is RUNNING (a bare hypervisor -1 is EPERM).  The passthrough and vdev
@@ -67,7 +67,7 @@ def running(request: pytest.FixtureRequest) -> Iterator[tuple[Machine, RawVm]]:
 
 Call = Callable[[RawVm], object]
 
-#: (rule, call, errno while RUNNING): spec 2 per ioctl and the table of spec 3.
+#: (rule, call, errno while RUNNING): docs/ioctls.md per ioctl and HC_STATE_RULES.
 REFUSED_WHILE_RUNNING: list[tuple[str, Call, int]] = [
     ("start_vm_needs_created", lambda r: r.vm.start(), EPERM),
     ("reset_vm_needs_paused", lambda r: r.vm.reset(), EPERM),
@@ -149,7 +149,7 @@ def test_set_and_unset_mmio_memseg_allowed_while_running(running: tuple[Machine,
 
 
 def test_pm_get_cpu_state_targets_the_vm_in_the_command_word(running: tuple[Machine, RawVm]) -> None:
-    # From the running VM's fd, a query for another, CREATED VM succeeds (spec 12.5).
+    # From the running VM's fd, a query for another, CREATED VM succeeds (pmcmd_ioctl).
     m, r = running
     other = RawVm(m, "spin", name="pm-target")
     try:

@@ -6,7 +6,7 @@
 and content passed as a buffer, a raw pointer (mapped, read-only, PROT_NONE, kernel, non-canonical)
 or a by-value integer; CREATE_VM with a random ioreq_buf, SET_MEMSEG with a random vma_base, the
 interrupt-monitor page, guest I/O requests, ATTACH, and close at any point.  After every operation:
-no exception but the ioctl's ``OSError``, its errno one the spec allows (``harness.allowed``), and
+no exception but the ioctl's ``OSError``, its errno one docs/ioctls.md allows (``harness.allowed``), and
 ``harness.check_invariants``; at the end every fd is closed and ``harness.check_released`` holds,
 with no fd or thread left behind.  Anything else raises, which atheris reports as a crash.
 
@@ -247,7 +247,7 @@ class Session:
 
     # ------------------------------------------------------------------ the checked call
     def ioctl(self, f: HsmFile, cmd: int, arg: object) -> int | None:
-        """One ioctl: its result, or None when refused with an errno the spec allows for it."""
+        """One ioctl: its result, or None when refused with an errno docs/ioctls.md allows for it."""
         cmd32 = cmd & 0xFFFFFFFF
         if cmd32 == uapi.ACRN_IOCTL_ATTACH_IOREQ_CLIENT and self._attach_blocks(f):
             return self.blocking_attach(f, cmd, arg)
@@ -481,7 +481,7 @@ class Session:
         self.ioctl(f, uapi.ACRN_IOCTL_IRQFD, a)
 
     def op_guest_io(self) -> None:
-        """What a RUNNING vCPU's I/O exit does: acrn_insert_request and the upcall (spec 5.2)."""
+        """What a RUNNING vCPU's I/O exit does: acrn_insert_request and the upcall."""
         f = self.fd()
         vcpu, port, write = self.u(1) % 4, self.pick([0x3F8, 0x80, 0xCF8, 0xCFC]), self.u(1) & 1
         vm = self.machine.hv.vm(f.vm.vmid) if f.vm.valid else None
@@ -514,8 +514,9 @@ class Session:
         """An ATTACH that would block, run on a thread and released by the input.
 
         The release is DESTROY_IOREQ_CLIENT or closing the fd (both wake the waiter with -ENODEV,
-        spec 5.3, 2.3), never a timed signal, so the outcome does not depend on scheduling: a
-        waiter that had not entered yet finds no client (ENODEV), a closed fd (EBADF) or no VM.
+        acrn_ioreq_client_destroy, acrn_vm_destroy), never a timed signal, so the outcome does not depend
+        on scheduling: a waiter that had not entered yet finds no client (ENODEV), a closed fd (EBADF) or
+        no VM.
         """
         result: list[int | None] = []
         failure: list[BaseException] = []
@@ -550,7 +551,7 @@ class Session:
             check_invariants(self.machine, self.files, self.accel)
 
     def close(self) -> None:
-        """Close every fd; then nothing may be left (spec 1.1 release, 2.3)."""
+        """Close every fd; then nothing may be left (acrn_dev_release, acrn_vm_destroy)."""
         try:
             for f in self.files:
                 f.release()

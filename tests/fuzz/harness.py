@@ -1,4 +1,4 @@
-"""The shared fuzzing harness for the emulated HSM ioctl surface (issue 7, spec acrn-hsm.md 1.2, 2, 3, 5).
+"""The shared fuzzing harness for the emulated HSM ioctl surface (the rules of docs/ioctls.md).
 
 Used by the hypothesis state machine (``test_hsm_fuzz.py``) and by the atheris driver
 (``atheris_hsm.py``).  It provides:
@@ -11,8 +11,8 @@ Used by the hypothesis state machine (``test_hsm_fuzz.py``) and by the atheris d
   monitor page, copy_to_user), so both drivers pass every argument through
   :meth:`AddressPool.make_safe`: writable addresses land in the pool's guarded scratch pages and
   never in a live ioreq page, and a new ioreq page starts zeroed;
-* :data:`ALLOWED_ERRNO`: for every ioctl, the errno values the spec allows (section 2 plus the
-  preamble of 1.2); anything else is a finding;
+* :data:`ALLOWED_ERRNO`: for every ioctl, the errno values docs/ioctls.md allows (per ioctl
+  plus ``acrn_dev_ioctl``'s preamble); anything else is a finding;
 * :func:`check_invariants` and :func:`check_released`: the state-machine, slot-state and
   resource-accounting invariants that must hold after every step and after every fd is closed.
 """
@@ -37,12 +37,12 @@ from acrn.emu.machine import Machine
 PAGE = mmap.PAGESIZE
 
 E = errno
-_HV = {E.EPERM, E.ENOTTY}  # a bare -1 from the hypervisor, or an unreachable target (spec 12.2)
+_HV = {E.EPERM, E.ENOTTY}  # a bare -1 from the hypervisor, or an unreachable target (docs/ioctls.md)
 _STRUCT_HV = {E.EFAULT, E.ENOMEM, E.EINVAL} | _HV
-#: Spec 2 per ioctl: what each may fail with once the fd has a VM (before CREATE_VM every command,
-#: known or not, is EINVAL: spec 1.2 step 1; unknown commands are ENOTTY: step 2).
+#: Per ioctl (docs/ioctls.md): what each may fail with once the fd has a VM (before CREATE_VM every
+#: command, known or not, is EINVAL; unknown commands are ENOTTY: acrn_dev_ioctl).
 ALLOWED_ERRNO: dict[int, set[int]] = {
-    # Every hypervisor failure is folded into EINVAL (spec 12.2).
+    # Every hypervisor failure is folded into EINVAL (acrn_dev_ioctl, CREATE_VM case).
     uapi.ACRN_IOCTL_CREATE_VM: {E.EFAULT, E.ENOMEM, E.EINVAL},
     uapi.ACRN_IOCTL_DESTROY_VM: _HV,
     uapi.ACRN_IOCTL_START_VM: _HV,
@@ -84,7 +84,7 @@ UNKNOWN_IOCTLS: list[int] = [
 
 
 def allowed(cmd: int, has_vm: bool) -> set[int]:
-    """The errno values an ioctl may fail with (spec 1.2 preamble, then spec 2)."""
+    """The errno values an ioctl may fail with (acrn_dev_ioctl's preamble, then docs/ioctls.md)."""
     if not has_vm and cmd != uapi.ACRN_IOCTL_CREATE_VM:
         return {E.EINVAL}
     if cmd not in ALLOWED_ERRNO:
@@ -194,7 +194,7 @@ class AddressPool:
     Inside the pool the pages keep the roles acrn-dm gives them: struct bytes never land in a live
     ioreq page, a new ioreq page starts zeroed (acrn-dm allocates it so) and is never a live
     monitor page, and the monitor page is never a live ioreq page.  Otherwise the slot states would
-    be whatever the driver wrote, and check_invariants (spec 5.2) would blame the emulator.
+    be whatever the driver wrote, and check_invariants would blame the emulator.
 
     The scratch area is fenced by a PROT_NONE guard page on each side: ``is_mapped`` reads the
     guard as not readable, so a copy_to_user or pin that runs past either end is EFAULT (as in the
@@ -433,7 +433,8 @@ def _buffer_address(obj: object) -> int:
 
 # ------------------------------------------------------------------------------ invariants
 def check_invariants(machine: Machine, files: list[HsmFile], accel: NullAccelerator | None = None) -> None:
-    """Hold after every step: legal states, legal slot states, resources accounted (spec 3, 5.2)."""
+    """Hold after every step: legal states, legal slot states, resources accounted (HC_STATE_RULES, the
+    ioreq slot states)."""
     hv = machine.hv
     live = {vm.vmid: vm for vm in hv.vms()}
     for vm in live.values():
@@ -457,10 +458,10 @@ def check_invariants(machine: Machine, files: list[HsmFile], accel: NullAccelera
             open_vmids.add(f.vm.vmid)
             assert f.vm.ioreq_buf is not None, "a valid VM always has its ioreq page pinned"
         elif not f.vm.orphans:
-            # Only a fd that lost its VMs (spec 12.12) keeps pages pinned without a vmid.
+            # Only a fd that lost its VMs (docs/differences.md) keeps pages pinned without a vmid.
             assert f.vm.ioreq_buf is None and f.vm.monitor_page is None and not f.vm.ram_mappings
     # Every runtime VM belongs to a live hypervisor VM; every live VM is owned by an fd (or orphaned
-    # by it, spec 12.12, and then released with it).
+    # by it, docs/differences.md, and then released with it).
     assert set(machine.runtime.vms) <= set(live), (sorted(machine.runtime.vms), sorted(live))
     owned = open_vmids | {o for f in files if not f.closed for o in f.vm.orphans}
     assert set(live) <= owned, f"VMs {sorted(set(live) - owned)} have no fd"

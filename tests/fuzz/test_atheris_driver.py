@@ -128,7 +128,7 @@ def test_create_vm_with_read_only_ioreq_page_is_efault(stats: atheris_hsm.Stats)
     data += u8(AddressPool.SCRATCH_PAGES + 4) + u16(0)  # ioreq_buf: bad[4], the read-only page
     data += u8(0)  # as a buffer
     one_input(data)
-    # acrn_ioreq_init's -EFAULT is reported as -EINVAL by acrn_vm_create (spec 12.2).
+    # acrn_ioreq_init's -EFAULT is reported as -EINVAL by acrn_vm_create.
     assert stats.refusals == {("ACRN_IOCTL_CREATE_VM", "EINVAL"): 1}
 
 
@@ -144,7 +144,8 @@ def test_unknown_command_is_einval_before_create_vm_and_enotty_after(stats: athe
 def test_blocking_attach_is_released_by_destroy_ioreq_client(
     stats: atheris_hsm.Stats, no_leaks: None
 ) -> None:
-    """ATTACH with nothing pending waits; DESTROY_IOREQ_CLIENT wakes it with ENODEV (spec 5.3)."""
+    """ATTACH with nothing pending waits; DESTROY_IOREQ_CLIENT wakes it with ENODEV
+    (acrn_ioreq_client_wait)."""
     one_input(OPEN_VM + lifecycle(CREATE_CLIENT) + op("attach") + FD0 + u8(0))
     assert stats.succeeded["ACRN_IOCTL_CREATE_IOREQ_CLIENT"] == 1
     assert stats.succeeded["ACRN_IOCTL_DESTROY_IOREQ_CLIENT"] == 1

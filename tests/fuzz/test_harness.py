@@ -105,7 +105,7 @@ def test_create_vm_page_is_zero_in_every_slot(fuzz: HsmFuzz, rule: str) -> None:
     else:
         f = _open_vm(fuzz, 3)
     assert f.vm.valid and f.vm.ioreq_buf == fuzz.pool.page(3)
-    # The hypervisor marks every slot FREE (spec 5.1); all else must be the zeroes handed out.
+    # The hypervisor marks every slot FREE (hcall_set_ioreq_buffer); all else must be the zeroes handed out.
     assert _page(fuzz, 3) == FRESH_PAGE
     check_invariants(fuzz.machine, fuzz.files, fuzz.accel)
 

@@ -6,7 +6,7 @@ struct ioctls with well-formed, random and short arguments passed as buffers or 
 ranges, the interrupt-monitor page, ioeventfd/irqfd with real and bogus fds, ATTACH (released by
 a "signal"), guest I/O requests posted as a vCPU would, and close at any point.
 
-After every step: no exception other than the ioctl's OSError, every errno one the spec allows
+After every step: no exception other than the ioctl's OSError, every errno one docs/ioctls.md allows
 for that ioctl (``harness.ALLOWED_ERRNO``), and the invariants of ``harness.check_invariants``.
 At the end, all fds are closed and nothing may be left (hypervisor VMs, pins, registrations,
 runtime VMs, accelerator VMs, threads, fds).
@@ -313,7 +313,7 @@ class HsmFuzz(RuleBasedStateMachine):
     # ------------------------------------------------------------------ ioreq traffic
     @rule(f=fds)
     def attach(self, f: HsmFile) -> None:
-        """ATTACH blocks until a request is pending; a 'signal' releases it (spec 12.14)."""
+        """ATTACH blocks until a request is pending; a 'signal' releases it (acrn_ioreq_client_wait)."""
         done = threading.Event()
 
         def interrupter() -> None:
@@ -332,7 +332,7 @@ class HsmFuzz(RuleBasedStateMachine):
         f=fds, vcpu=st.integers(0, 3), port=st.sampled_from([0x3F8, 0x80, 0xCF8, 0xCFC]), write=st.booleans()
     )
     def guest_io(self, f: HsmFile, vcpu: int, port: int, write: bool) -> None:
-        """What a RUNNING vCPU's exit does: acrn_insert_request (and the upcall) (spec 5.2)."""
+        """What a RUNNING vCPU's exit does: acrn_insert_request (and the upcall)."""
         vm = self.machine.hv.vm(f.vm.vmid) if f.vm.valid else None
         if vm is None or vm.state != 2 or vm.vcpu(vcpu) is None:
             return

@@ -39,7 +39,7 @@ class GuestRun:
 @contextmanager
 def loaded_vcpu(accel: Accelerator, guest: Guest, regs: VcpuRegs | None = None) -> Iterator[AccelVcpu]:
     """A VM with the guest's RAM mapped at GPA 0 and vCPU 0 in the state ACRN lands for ``regs``."""
-    from acrn.emu.hv import land_vcpu_regs
+    from acrn.rules import land_vcpu_regs
 
     regs = regs if regs is not None else guest.regs()
     mem = mmap.mmap(-1, guest.mem_size)

@@ -42,7 +42,7 @@ def test_entry_point_is_the_first_byte(name: str) -> None:
 
 @pytest.mark.parametrize("name", ALL)
 def test_register_state_passes_acrn_cr0_check(name: str) -> None:
-    # spec 4.2: NE is fixed to 1 on usual hardware, so ACRN refuses a CR0 without it.
+    # is_valid_cr0_cr4: NE is fixed to 1 on usual hardware, so ACRN refuses a CR0 without it.
     assert GUESTS[name].regs().cr0 & CR0_NE
 
 

@@ -1,7 +1,7 @@
 """Every built-in guest runs on every available accelerator and does what its catalogue entry says.
 
 The register state goes through the hypervisor core's landing (``acrn.emu.hv.land_vcpu_regs``), so
-these runs also show that ACRN's landing rules (spec 4.3) produce a state the CPU accepts.
+these runs also show that ACRN's landing rules (``set_vcpu_regs``) produce a state the CPU accepts.
 """
 
 from __future__ import annotations
@@ -57,14 +57,14 @@ def test_probe_real_reports_real_mode_landing(accel: Accelerator) -> None:
     p = parse_probe(run_guest(accel, get("probe_real")).output)
     assert p["CR0"] == 0x30
     assert p["CR3"] == 0 and p["CR4"] == 0 and p["EFER"] == 0
-    assert p["RFLAGS"] == 0x2  # rflags 0 lands as 0x2 (spec 4.3 step 6)
+    assert p["RFLAGS"] == 0x2  # rflags 0 lands as 0x2 (set_vcpu_regs)
     assert [p[s] for s in ("CS", "SS", "DS", "ES", "FS", "GS")] == [0] * 6
     assert (p["IDTR_BASE"], p["IDTR_LIMIT"]) == (0, 0x3FF)
 
 
 def test_probe_real_ds_limit_is_64k(request: pytest.FixtureRequest, accel: Accelerator) -> None:
     soft_gap(request, accel, SOFT_NO_LIMIT_CHECKS)
-    # spec 4.3 step 1: with CR0.PE = 0 every data segment lands with limit 0xFFFF, so a 32-bit
+    # set_vcpu_regs: with CR0.PE = 0 every data segment lands with limit 0xFFFF, so a 32-bit
     # address beyond it faults (#GP through the IVT the guest installed).
     p = parse_probe(run_guest(accel, get("probe_real")).output)
     assert p["DSLIMIT"] == "fault"
@@ -92,7 +92,7 @@ def test_probe_long_reports_long_mode_landing(accel: Accelerator) -> None:
 
 
 def test_probe_reports_rflags_with_arithmetic_flags_cleared(accel: Accelerator) -> None:
-    # spec 4.3 step 6: a non-zero rflags is masked with ~0x8D5 (CF, PF, AF, ZF, SF, OF cleared).
+    # set_vcpu_regs: a non-zero rflags is masked with ~0x8D5 (CF, PF, AF, ZF, SF, OF cleared).
     g = get("probe_protected")
     regs = g.regs()
     regs.rflags = 0x8D7

@@ -1,4 +1,5 @@
-"""acrn.regs.presets: the loader states of spec 4.4 / 7.3, and that they validate as documented."""
+"""acrn.regs.presets: ACRN's reset state and acrn-dm's loader states (``sw_load_*.c``), and that they
+validate as documented."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ import pytest
 
 from acrn.regs import presets, show
 from acrn.regs.model import VcpuRegs
+from acrn.rules import land_vcpu_regs
 
 
 def test_decode_ar_splits_every_field() -> None:
@@ -70,12 +71,11 @@ def test_effective_state_forces_data_segments_and_rflags() -> None:
     assert st.mode == "protected"
 
 
-def test_fallback_landing_matches_the_emulated_hypervisor() -> None:
-    landing = pytest.importorskip("acrn.emu.hv.landing")
+def test_effective_state_is_the_emulated_hypervisors_landing() -> None:
     for fn in presets.PRESETS.values():
         r = fn()
         r.rflags = 0x8D7
-        assert show.land(r) == landing.land_vcpu_regs(r.to_struct().vcpu_regs)
+        assert show.effective_state(r) == land_vcpu_regs(r.to_struct().vcpu_regs)
 
 
 def test_format_state_lists_all_eight_segments() -> None:

@@ -73,7 +73,7 @@ def test_triple_fault_stops_the_vm_and_a_reset_runs_it_again(machine: Machine) -
 
 def test_entry_failure_is_reported_with_the_refused_state(machine: Machine) -> None:
     # ACRN accepts CR0.PG without CR0.PE at SET_VCPU_REGS (it checks CR0 only at first entry,
-    # spec 12.9); the processor then refuses VM entry.
+    # init_guest_state); the processor then refuses VM entry.
     g = GUESTS["hello_protected"]
     with session(machine, g) as s:
         regs = g.regs()
@@ -125,7 +125,7 @@ def test_guest_touching_unmapped_memory_reads_all_ones_and_continues(machine: Ma
         s.bus.register_pio(0x80, 1, log)
         r = s.run(timeout=30)
     assert r.reason == "halt", r.summary()
-    # An unclaimed MMIO read is all-ones (acrn-dm, spec 5.6); the write is dropped.
+    # An unclaimed MMIO read is all-ones (acrn-dm's vm_loop); the write is dropped.
     assert log.writes == [0xFF]
     assert r.exits["mmio"] == 2
     assert r.states[0]["rax"] & 0xFFFFFFFF == 0xFFFFFFFF

@@ -154,14 +154,14 @@ def test_hundred_vms_alive_at_once_then_released(machine: Machine) -> None:
 def test_close_of_fd_with_running_vm_releases_everything(machine: Machine) -> None:
     before = Usage.now()
     hsm = spin_vm(machine)
-    hsm.close()  # no PAUSE: ACRN would leak the VM (spec 12.11); the emulator must not
+    hsm.close()  # no PAUSE: ACRN would leak the VM (docs/differences.md); the emulator must not
     after = settle(before)
     assert_released(machine)
     assert after.fds <= before.fds and after.threads <= before.threads
 
 
 def test_close_of_fd_with_running_rtvm_releases_everything(machine: Machine) -> None:
-    # PAUSE does not stop a higher-severity VM (spec 12.10), so the release's destroy fails.
+    # PAUSE does not stop a higher-severity VM (hcall_pause_vm), so the release's destroy fails.
     before = Usage.now()
     hsm = spin_vm(machine, "RT")
     assert hsm.vm is not None

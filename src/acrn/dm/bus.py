@@ -7,8 +7,8 @@ looks port handlers up per port and MMIO handlers by the address, the same rule)
 Unclaimed accesses behave like an empty ISA/PCI bus: reads return all-ones for the access size,
 writes are dropped.  Both are counted (per port or address) for ``-v`` reports.  The ioreq loop
 needs to tell "unclaimed" apart from "a device answered all-ones" (acrn-dm writes a full 32-bit or
-64-bit all-ones value into the slot for unclaimed reads, spec 5.6), so the ``try_*`` methods
-return None / False for an unclaimed access.
+64-bit all-ones value into the slot for unclaimed reads, ``devicemodel/core/inout.c: emulate_inout``), so
+the ``try_*`` methods return None / False for an unclaimed access.
 """
 
 from __future__ import annotations

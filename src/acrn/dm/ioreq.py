@@ -1,7 +1,7 @@
-"""acrn-dm's ioreq loop (``vm_loop``, spec acrn-hsm.md 5.6) over an abstract ioreq client.
+"""acrn-dm's ioreq loop (``devicemodel/core/main.c: vm_loop``) over an abstract ioreq client.
 
-The loop is the default client's side of the protocol (spec 5.2): block in ATTACH until the HSM
-dispatcher has moved requests to PROCESSING, then for every slot ``i < vcpu_num`` that is
+The loop is the default client's side of the protocol (``docs/architecture.md``): block in ATTACH until the
+HSM dispatcher has moved requests to PROCESSING, then for every slot ``i < vcpu_num`` that is
 PROCESSING **and** not ``kernel_handled``, emulate the access, write the result of a read into the
 slot, and call NOTIFY_REQUEST_FINISH for ``i``.  Userspace never writes ``processed`` itself: the
 kernel completes the request on NOTIFY.  The loop ends when ATTACH fails (``-ENODEV`` after
@@ -126,7 +126,7 @@ class IoreqLoop:
     @property
     def notify_postponed(self) -> bool:
         """While True, requests are emulated but NOTIFY is held back, as acrn-dm does while a guest
-        system reset or suspend is pending (spec 5.6 step 3); CLEAR_VM_IOREQ and RESET_VM then
+        system reset or suspend is pending (``vm_loop``); CLEAR_VM_IOREQ and RESET_VM then
         complete them.  :meth:`run` does not ATTACH again until it is False: acrn-dm's loop thread
         runs the reset itself right after that scan, so it never sees the held request twice."""
         return not self._resumed.is_set()
@@ -191,10 +191,10 @@ class IoreqLoop:
         """Emulate ``vcpu``'s request (``slot``) and NOTIFY it, as acrn-dm's ``handle_vmexit`` does.
 
         No NOTIFY while a guest reset is pending, nor when one was requested while the request
-        was being emulated (the reset sequence completes it: CLEAR_VM_IOREQ, spec 5.5, 5.6 step
-        3); a NOTIFY after the reset would complete a slot of the restarted guest.  A failed
-        NOTIFY is logged and the loop goes on (acrn-dm's ``vm_notify_request_done``): it fails
-        when the VM is torn down under a request in flight.
+        was being emulated (the reset sequence completes it: CLEAR_VM_IOREQ,
+        ``acrn_ioreq_request_clear``); a NOTIFY after the reset would complete a slot of the
+        restarted guest.  A failed NOTIFY is logged and the loop goes on (acrn-dm's
+        ``vm_notify_request_done``): it fails when the VM is torn down under a request in flight.
         """
         epoch = self._epoch
         self.handle_slot(slot)

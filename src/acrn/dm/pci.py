@@ -3,8 +3,8 @@ PCICFG requests to it.
 
 The guest never reaches this through raw port I/O: the HSM kernel driver keeps 0xCF8 itself and
 rewrites accesses to 0xCFC-0xCFF into PCICFG requests carrying bus, device, function and register
-(spec acrn-hsm.md 5.4).  :class:`PciBus` is the device model's side of those requests; it is the
-``pci`` handler of :class:`acrn.dm.ioreq.IoreqLoop`.
+(``drivers/virt/acrn/ioreq.c: handle_cf8cfc``).  :class:`PciBus` is the device model's side of those
+requests; it is the ``pci`` handler of :class:`acrn.dm.ioreq.IoreqLoop`.
 
 The access rules are acrn-dm's ``pci_cfgrw`` (inherited from bhyve):
 

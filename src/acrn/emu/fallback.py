@@ -2,7 +2,7 @@
 
 The development machines' KVM emulates guest code in software and gives up on instructions its
 emulator lacks (``KVM_EXIT_INTERNAL_ERROR``, suberror 1): a stock kernel stops in turn on
-``cmpxchg16b``, ``xrstor``, ``int3``, ``clac``/``stac``, ``popcnt`` (spec kvm-and-boot.md 1).
+``cmpxchg16b``, ``xrstor``, ``int3``, ``clac``/``stac``, ``popcnt`` (README.md, "Booting Linux").
 :class:`FallbackAccelerator` wraps the KVM accelerator; on such an exit its vCPU:
 
 1. handles the few instructions whose effect is a flag or an exception directly: ``int3`` (RIP past
@@ -34,7 +34,7 @@ exception raised on the soft CPU is not known (0 is given) and #PF's CR2 is the 
 fallback) for good at the first event the soft CPU cannot handle: an exception (it has no IDT
 delivery), an instruction it does not know, a HLT with interrupts enabled, or any interrupt line or
 MSI driven for the VM (it has no interrupt controller).  For a bzImage the decompressor, which
-this KVM runs very slowly (about 85 s, spec kvm-and-boot.md 1), then runs at the soft CPU's speed.
+this KVM runs very slowly (about 85 s), then runs at the soft CPU's speed.
 Application processors start on KVM (INIT/SIPI needs its local APICs).  An ``INT3``, ``INTO`` or
 ``INT n`` the soft CPU stops after is rewound (by its length: 1 or 2 bytes), so that KVM, and the
 fallback, execute it again and deliver it.

@@ -1,11 +1,12 @@
 """Interrupt routing: from the hypervisor's SET_IRQLINE / INJECT_MSI to an accelerator's irqchip.
 
-ACRN's hypervisor validates and records both hypercalls (:mod:`acrn.emu.hv`, spec acrn-hsm.md 2)
+ACRN's hypervisor validates and records both hypercalls (:mod:`acrn.emu.hv`; ``hcall_set_irqline`` and
+``hcall_inject_msi`` in ``hypervisor/common/hypercall.c``)
 and this module delivers them, the way ACRN's vIOAPIC/vPIC/vLAPIC would, to the accelerator's
 interrupt controllers (:class:`~acrn.emu.accel.base.InterruptController`; the KVM accelerator's
 in-kernel irqchip).  Rules, each with a test in tests/emu/test_irq.py:
 
-* SET_IRQLINE's operation becomes a sequence of line levels (spec 6.4): SET_HIGH -> high,
+* SET_IRQLINE's operation becomes a sequence of line levels (``hcall_set_irqline``): SET_HIGH -> high,
   SET_LOW -> low, RAISING_PULSE -> high then low, FALLING_PULSE -> low then high; any other
   operation does nothing (the hypercall still succeeds).
 * The vIOAPIC pin ``gsi`` is always driven.  For ``gsi < 16`` the vPIC is driven too, with
@@ -45,7 +46,7 @@ PIT_GSI: Final = 2
 MSI_ADDR_BASE: Final = 0xFEE
 MSI_DATA_TRIGGER_LEVEL: Final = 1 << 15
 
-#: SET_IRQLINE operation -> the line levels it produces, in order (spec 6.4).
+#: SET_IRQLINE operation -> the line levels it produces, in order (``hcall_set_irqline``).
 IRQLINE_LEVELS: Final[dict[int, tuple[bool, ...]]] = {
     uapi.GSI_SET_HIGH: (True,),
     uapi.GSI_SET_LOW: (False,),
@@ -60,7 +61,8 @@ def irqline_levels(op: int) -> tuple[bool, ...]:
 
 
 def pic_pin(gsi: int) -> int | None:
-    """The vPIC input a GSI also drives, or None (GSI 2 -> PIC IRQ 0, spec 2 SET_IRQLINE)."""
+    """The vPIC input a GSI also drives, or None (GSI 2 -> PIC IRQ 0, ``hypervisor/dm/vpic.c:
+    vpic_set_irqline``)."""
     if not 0 <= gsi < NR_VPIC_PINS_TOTAL:
         return None
     return 0 if gsi == PIT_GSI else gsi
@@ -73,7 +75,8 @@ def is_msi_address(address: int) -> bool:
 
 @dataclass(frozen=True)
 class MsiMessage:
-    """An MSI address/data pair decoded as ACRN's ``vlapic_inject_msi`` reads it (spec 6.3)."""
+    """An MSI address/data pair decoded as ACRN's ``vlapic_inject_msi`` reads it
+    (``hypervisor/arch/x86/guest/vlapic.c``)."""
 
     dest_id: int
     logical: bool

@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from acrn import uapi
+from acrn import rules, uapi
 
 LoadOrder = Literal["service", "pre", "post"]
 
 # ACRN's VM severities (hypervisor vm_config.h ``enum acrn_vm_severity``; RTVM_SEVERITY_LEVEL is 0x30
 # in the generated configs).  A VM whose severity is above the Service VM's is protected from some
-# Service VM requests (spec 2 PAUSE, spec 3 table "severity pass").
+# Service VM requests (``is_severity_pass`` in ``hypervisor/common/hypercall.c``, e.g. ``hcall_pause_vm``).
 SEVERITY_SAFETY_VM: Final = 0x40
 SEVERITY_RTVM: Final = 0x30
 SEVERITY_SERVICE_VM: Final = 0x20
@@ -36,10 +36,10 @@ class VmConfig:
     """One ``struct acrn_vm_config`` slot.
 
     ``name == ""`` and no ``GUEST_FLAG_STATIC_VM`` makes a *dynamic* slot, which CREATE_VM fills
-    with the creator's name (spec 1.4).  ``cpu_affinity`` is a pCPU bitmap.  ``severity`` is compared
-    with the Service VM's (``is_severity_pass``).  ``vhwp`` says whether the VM has vHWP (PM_GET_CPU_STATE
-    PX_CNT answers 0 instead of -1); ``sworld`` whether secure-world memory was reserved for the slot
-    (CREATE_VM with SECURE_WORLD_ENABLED fails without it, as ``get_sworld_vm_index`` < 0 does).
+    with the creator's name (``hcall_create_vm``).  ``cpu_affinity`` is a pCPU bitmap.  ``severity`` is
+    compared with the Service VM's (``is_severity_pass``).  ``vhwp`` says whether the VM has vHWP
+    (PM_GET_CPU_STATE PX_CNT answers 0 instead of -1); ``sworld`` whether secure-world memory was reserved
+    for the slot (CREATE_VM with SECURE_WORLD_ENABLED fails without it, as ``get_sworld_vm_index`` < 0 does).
     """
 
     name: str
@@ -96,20 +96,18 @@ class Platform:
     """The board and scenario the emulated hypervisor runs on.
 
     ``vmx_cr*_fixed*`` are the IA32_VMX_CR0/CR4_FIXED0/1 MSR values ACRN derives its CR0/CR4 validity
-    masks from (spec 4.2).  ``vm_configs`` has exactly ``max_vm_num`` slots (CONFIG_MAX_VM_NUM);
+    masks from (``acrn.rules.CrMasks``).  ``vm_configs`` has exactly ``max_vm_num`` slots (CONFIG_MAX_VM_NUM);
     the absolute VM id is the slot index.
     """
 
     pcpu_num: int
     max_vm_num: int
     vm_configs: list[VmConfig]
-    # Typical Intel values (SDM Vol. 3 A.7/A.8): CR0 PE, NE and PG read as fixed to 1 (ACRN makes PE and
-    # PG flexible for unrestricted guests, so only NE stays required) and bits 63:32 fixed to 0; CR4 VMXE
-    # fixed to 1, and the bits a recent core supports (all of 0..24 except 15 and KL, bit 19) flexible.
-    vmx_cr0_fixed0: int = 0x80000021
-    vmx_cr0_fixed1: int = 0xFFFFFFFF
-    vmx_cr4_fixed0: int = 0x2000
-    vmx_cr4_fixed1: int = 0x1F77FFF
+    # Typical Intel values, defined once in acrn.rules (the register tools use the same ones).
+    vmx_cr0_fixed0: int = rules.DEFAULT_VMX_CR0_FIXED0
+    vmx_cr0_fixed1: int = rules.DEFAULT_VMX_CR0_FIXED1
+    vmx_cr4_fixed0: int = rules.DEFAULT_VMX_CR4_FIXED0
+    vmx_cr4_fixed1: int = rules.DEFAULT_VMX_CR4_FIXED1
     tsc_khz: int = 2_000_000
     cx_states: list[CxState] = field(default_factory=_default_cx)
     #: The upcall vector ACRN uses until HC_SET_CALLBACK_VECTOR changes it (HYPERVISOR_CALLBACK_VECTOR).
@@ -133,8 +131,16 @@ class Platform:
 
     @property
     def service_vm_id(self) -> int:
-        """Absolute id of the Service VM; relative ids are counted from it (spec 1.4)."""
+        """Absolute id of the Service VM; relative ids are counted from it
+        (``hypervisor/arch/x86/guest/vmcall.c: parse_target_vm``)."""
         return next(i for i, c in enumerate(self.vm_configs) if c.load_order == "service")
+
+    @property
+    def cr_masks(self) -> rules.CrMasks:
+        """ACRN's CR0/CR4 masks for this board's VMX FIXED MSRs (``acrn.rules.CrMasks``)."""
+        return rules.CrMasks.from_vmx_fixed(
+            self.vmx_cr0_fixed0, self.vmx_cr0_fixed1, self.vmx_cr4_fixed0, self.vmx_cr4_fixed1
+        )
 
     @property
     def all_pcpus(self) -> int:
@@ -144,8 +150,8 @@ class Platform:
     def default(cls) -> Platform:
         """A small "shared"-scenario board, chosen so that every ACRN rule is reachable.
 
-        * 4 pCPUs: enough for multi-vCPU VMs and the "vcpu_id < pCPU count" rule (spec 4.1 step 3),
-          small enough that tests stay cheap.
+        * 4 pCPUs (``acrn.rules.DEFAULT_PCPU_NUM``): enough for multi-vCPU VMs and the "vcpu_id < pCPU
+          count" rule of ``hcall_set_vcpu_regs``, small enough that tests stay cheap.
         * CONFIG_MAX_VM_NUM 16, ACRN's usual value.
         * slot 0: the Service VM ("ACRN_Service_VM", all pCPUs), so relative == absolute vmid and the
           first User VM gets vmid 1, as on most shared-scenario boards.
@@ -166,4 +172,4 @@ class Platform:
             VmConfig("POST_RT_VM1", "post", static, 0b1000, SEVERITY_RTVM),
             VmConfig("PRE_STD_VM1", "pre", static, 0b1000, SEVERITY_STANDARD_VM),
         ]
-        return cls(pcpu_num=4, max_vm_num=16, vm_configs=configs)
+        return cls(pcpu_num=rules.DEFAULT_PCPU_NUM, max_vm_num=16, vm_configs=configs)

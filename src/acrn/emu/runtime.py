@@ -7,8 +7,8 @@
   RAM the HSM pinned) and runs every vCPU the hypervisor has RUNNING on a thread of its own;
   ACRN starts only the BSP, so that is vCPU 0;
 * turns each port-I/O or MMIO exit into an I/O request in the vCPU's slot of the shared ioreq
-  page, exactly as ACRN's ``acrn_insert_request`` does (spec 5.2), and waits for the hypervisor's
-  completion (HC_NOTIFY_REQUEST_FINISH) before resuming the vCPU with the value;
+  page, exactly as ACRN's ``acrn_insert_request`` (``hypervisor/dm/io_req.c``) does, and waits for the
+  hypervisor's completion (HC_NOTIFY_REQUEST_FINISH) before resuming the vCPU with the value;
 * on PAUSE, kicks every vCPU out of the guest and parks it before the PAUSE hypercall returns;
   on RESET, reloads the (reset) register state at the next START; on DESTROY, stops and joins every
   thread and closes the accelerator VM.
@@ -53,9 +53,9 @@ from acrn.emu.accel.base import (
     multiprocessor_vcpu,
     sync_io_vcpu,
 )
-from acrn.emu.hv.landing import first_entry_state
 from acrn.emu.hv.state import BSP_VCPU_ID
 from acrn.emu.irq import IrqRouter
+from acrn.rules import first_entry_state
 
 if TYPE_CHECKING:
     from acrn.emu.hv import Hypervisor, Vm
@@ -233,7 +233,7 @@ class _VcpuRunner:
                     self.avcpu.set_state(state)
                     mp = multiprocessor_vcpu(self.avcpu)
                     if mp is not None:
-                        # ACRN launches only the BSP; APs wait for the guest's INIT/SIPI (spec 2 START).
+                        # ACRN launches only the BSP; APs wait for the guest's INIT/SIPI (``hcall_start_vm``).
                         mp.power_on(wait_for_sipi=self.vcpu_id != BSP_VCPU_ID)
                     self.reload = False
                 self._run_guest()
@@ -548,7 +548,8 @@ class VmRuntime:
         # kernel (CF8, ioeventfd, clearing), waiting for the default client (PROCESSING) or, with
         # no client, still PENDING.  The fast path is the default client's work done right here;
         # its handler ends with NOTIFY_REQUEST_FINISH like any client, so every slot state and
-        # every in-kernel rule is the same as on the faithful path (spec 5.2-5.4).
+        # every in-kernel rule is the same as on the faithful path (``drivers/virt/acrn/ioreq.c:
+        # acrn_ioreq_dispatch``).
         fast = self.runtime.fast_handlers.get(self.vmid)
         if fast is not None:
             slot = runner.slot
@@ -561,7 +562,8 @@ class VmRuntime:
             ):
                 fast(vid, slot)
         if ioreq.polling if ioreq is not None else self.hv_vm.is_polling_ioreq:
-            # IO_COMPLETION_POLLING: no notify hypercall; the hypervisor polls the slot (spec 5.2).
+            # IO_COMPLETION_POLLING: no notify hypercall; the hypervisor polls the slot
+            # (``ioreq_complete_request``).
             while runner.run_allowed and hv.request_state(self.vmid, vid) != uapi.ACRN_IOREQ_STATE_COMPLETE:
                 completed.wait(POLL_INTERVAL)
         else:

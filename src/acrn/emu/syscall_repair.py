@@ -12,7 +12,7 @@ The repair (per VM, :class:`SyscallRepair`):
 
 1. **Trap.**  The first byte of the guest's #PF handler (IDT vector 14) becomes ``int3``, which this
    KVM cannot emulate in kernel mode: the vCPU stops with an emulation failure right after the
-   fault was delivered, on the handler's first instruction (spec kvm-and-boot.md 1).
+   fault was delivered, on the handler's first instruction (README.md, "The SYSCALL repair").
 2. **Tell.**  The exception frame at RSP tells a broken SYSCALL (saved CS with RPL 3 and saved RIP
    = LSTAR) from a genuine page fault.
 3. **Repair.**  A broken SYSCALL is completed as the architecture defines it (Intel SDM / AMD APM,
@@ -317,8 +317,8 @@ def probe() -> ProbeResult:
     """Run ``syscall_user`` once on bare KVM (no fallback, no repair); cached per process."""
     from acrn.emu.accel.base import EmulationFailureExit, PioExit
     from acrn.emu.accel.kvm import KvmAccelerator
-    from acrn.emu.hv.landing import land_vcpu_regs
     from acrn.guests import GUESTS
+    from acrn.rules import land_vcpu_regs
 
     guest = GUESTS["syscall_user"]
     out = bytearray()

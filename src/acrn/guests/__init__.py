@@ -17,7 +17,8 @@ Guest-physical layout (the same for every guest)::
 Output goes to a 16550 at 0x3F8, polled the way Linux's early console polls it (LSR.THRE before
 each byte), so the guests need nothing but a UART model that reports THRE.
 
-Register states follow ACRN's own conventions (spec acrn-hsm.md 7.3 and 4.4):
+Register states follow ACRN's own conventions (acrn-dm's ``devicemodel/core/sw_load_*.c`` loaders
+and ACRN's reset template, ``acrn.rules.reset_vcpu_state``):
 
 * real mode: ``cr0 = 0x30`` (ET|NE: NE is fixed to 1 by VMX, so ACRN's CR0 check refuses 0x0),
   ``cs_ar = 0x009F``, the access rights of ACRN's reset template and of acrn-dm's OVMF and
@@ -27,7 +28,7 @@ Register states follow ACRN's own conventions (spec acrn-hsm.md 7.3 and 4.4):
 * protected mode: acrn-dm's bzImage state: ``cr0 = 0x31``, CS 0x10 AR 0xC09B limit 4 GiB,
   DS/SS/ES 0x18, FS/GS 0, GDTR -> the image's 4-entry GDT (limit 31), IDT 0/0;
 * long mode: as protected, plus ``cr0 = 0x80000031``, ``cr4 = PAE``, ``ia32_efer = LME|LMA``,
-  ``cs_ar = 0xA09B`` (L=1, D=0: ACRN picks 64-bit mode from EFER.LMA and CS.L, spec 4.3 step 8)
+  ``cs_ar = 0xA09B`` (L=1, D=0: ACRN picks 64-bit mode from EFER.LMA and CS.L in ``set_vcpu_regs``)
   and ``cr3`` = the image's PML4 (identity map of 1 GiB with 2 MiB pages).
 """
 
@@ -46,7 +47,7 @@ from acrn.regs.model import DescriptorPtr, VcpuRegs
 LOAD_GPA: Final = 0x8000
 MEM_SIZE: Final = 2 * 1024 * 1024
 STACK_TOP: Final = 0x7000
-#: Selectors of ACRN's 4-entry loader GDT (spec 7.3): code 0x10, data 0x18.
+#: Selectors of ACRN's 4-entry loader GDT (``acrn_sw_load_bzimage``): code 0x10, data 0x18.
 CODE_SEL: Final = 0x10
 DATA_SEL: Final = 0x18
 

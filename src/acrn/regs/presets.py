@@ -1,13 +1,15 @@
 """Ready-made SET_VCPU_REGS arguments: the states ACRN and acrn-dm's loaders give a BSP.
 
-Each function returns the :class:`VcpuRegs` a loader passes to SET_VCPU_REGS (spec 7.3: every field
-not listed there is 0 and ``vcpu_id`` is 0), so the device-model loaders can call them with the real
+Each function returns the :class:`VcpuRegs` a loader passes to SET_VCPU_REGS (the ``acrn_sw_load_*``
+functions of acrn-dm's ``devicemodel/core/sw_load_*.c``: every field they do not set is 0 and
+``vcpu_id`` is 0), so the device-model loaders can call them with the real
 layout parameters.  Non-CS segments are only selectors here: ACRN derives their base, limit and
-access rights from CR0.PE (spec 4.3).  ``PRESETS`` maps a name to a function whose parameters all
-have defaults, so ``acrn regs preset NAME`` works without arguments.
+access rights from CR0.PE (``acrn.rules.land_vcpu_regs``).  ``PRESETS`` maps a name to a function whose
+parameters all have defaults, so ``acrn regs preset NAME`` works without arguments.
 
 Known quirks, reported by :mod:`acrn.regs.validate` on purpose:
-* ``elf``: cs_ar 0xCF9B sets the reserved access-rights bits 11:8 (acrn-dm's ELF loader, spec 12.21).
+* ``elf``: cs_ar 0xCF9B sets the reserved access-rights bits 11:8 (``devicemodel/core/sw_load_elf.c:
+  acrn_sw_load_elf``).
 * ``reset``, ``ovmf``, ``vsbl``: real mode (CR0.PE = 0) is only enterable with the unrestricted-guest
   VMX control, which ACRN always uses (a warning, not an error).
 """
@@ -31,7 +33,8 @@ LOWMEM_LIMIT: Final = 2 * GiB
 
 REAL_MODE_CODE_SEG_AR: Final = 0x009F
 PROTECTED_MODE_CODE_SEG_AR: Final = 0xC09B
-#: acrn-dm's ELF loader value: the GDT descriptor's flags byte (limit 19:16 included) used as AR (spec 12.21).
+#: acrn-dm's ELF loader value: the GDT descriptor's flags byte (limit 19:16 included) used as AR
+#: (acrn_sw_load_elf).
 ELF_LOADER_CODE_SEG_AR: Final = 0xCF9B
 LONG_MODE_CODE_SEG_AR: Final = 0xA09B
 
@@ -67,7 +70,8 @@ def _real_mode(cs_sel: int, cs_base: int, rip: int, table_limit: int) -> VcpuReg
 
 
 def reset(vcpu_id: int = 0) -> VcpuRegs:
-    """The architectural reset state ACRN gives a new vCPU (spec 4.4), as a SET_VCPU_REGS input.
+    """The architectural reset state ACRN gives a new vCPU (``acrn.rules.reset_vcpu_state``), as a
+    SET_VCPU_REGS input.
 
     CS 0xF000 with base 0xFFFF0000 and IP 0xFFF0 (the reset vector at 4 GiB - 16), cs_ar 0x9F,
     CR0 0x30 (ET|NE), GDTR/IDTR limit 0xFFFF, RFLAGS 0x2, every GPR 0 (RDX too).
@@ -101,7 +105,8 @@ def bzimage_zero_page_gpa(lowmem: int) -> int:
 
 
 def bzimage(lowmem: int = DEFAULT_LOWMEM, setup_sects: int = 4, ramdisk_size: int = 0) -> VcpuRegs:
-    """acrn-dm's direct bzImage boot (spec 7.3): 32-bit protected mode at the kernel's code32 entry.
+    """acrn-dm's direct bzImage boot (``devicemodel/core/sw_load_bzimage.c: acrn_sw_load_bzimage``): 32-bit
+    protected mode at the kernel's code32 entry.
 
     ``lowmem``: the guest's RAM below 4 GiB in bytes (2 MiB multiple, at most 2 GiB).
     ``setup_sects``: byte 0x1F1 of the bzImage (0 means 4); the entry is 16 MiB + (setup_sects+1)*512
@@ -132,7 +137,8 @@ def bzimage(lowmem: int = DEFAULT_LOWMEM, setup_sects: int = 4, ramdisk_size: in
 
 
 def ovmf() -> VcpuRegs:
-    """acrn-dm's OVMF boot (spec 7.3): the reset vector with GDTR/IDTR limit 0 (the template has 0xFFFF).
+    """acrn-dm's OVMF boot (``sw_load_ovmf.c: acrn_sw_load_ovmf``): the reset vector with GDTR/IDTR limit 0
+    (the template has 0xFFFF).
 
     The image always ends at 4 GiB, so no parameter changes the registers.
     """
@@ -140,12 +146,12 @@ def ovmf() -> VcpuRegs:
 
 
 def elf(entry: int = DEFAULT_ELF_ENTRY, multiboot: bool = False, lowmem: int = DEFAULT_LOWMEM) -> VcpuRegs:
-    """acrn-dm's ELF32 loader (spec 7.3), how acrn-unit-test images boot.
+    """acrn-dm's ELF32 loader (``sw_load_elf.c: acrn_sw_load_elf``), how acrn-unit-test images boot.
 
     ``entry``: the ELF's e_entry (32-bit).  ``multiboot``: the image has a multiboot header with
     flags exactly 0x2, so an info block sits at 0x20000 and EBX points to it (EAX holds the magic in
     either case).  ``lowmem``: places the 3-entry GDT at lowmem - 64 KiB.  cs_ar is acrn-dm's
-    0xCF9B, whose reserved bits 11:8 the validator reports (spec 12.21).
+    0xCF9B, whose reserved bits 11:8 the validator reports.
     """
     _check_lowmem(lowmem)
     if not 0 <= entry < 1 << 32:
@@ -168,7 +174,8 @@ def elf(entry: int = DEFAULT_ELF_ENTRY, multiboot: bool = False, lowmem: int = D
 
 
 def vsbl(lowmem: int = DEFAULT_LOWMEM) -> VcpuRegs:
-    """acrn-dm's vSBL loader (spec 7.3): real mode at 0xF000:0xFFF0 with CS base 0x03FF0000.
+    """acrn-dm's vSBL loader (``sw_load_vsbl.c: acrn_sw_load_vsbl``): real mode at 0xF000:0xFFF0 with CS
+    base 0x03FF0000.
 
     ``lowmem`` places the config page (vsbl_para) at lowmem - 4 KiB; RSI points at it.
     """
@@ -187,7 +194,8 @@ def long64(
     cs_sel: int = 0x08,
     data_sel: int = 0x10,
 ) -> VcpuRegs:
-    """A direct 64-bit long-mode entry (no acrn-dm loader does this; ACRN supports it, spec 4.3 step 8).
+    """A direct 64-bit long-mode entry (no acrn-dm loader does this; ACRN supports it: ``set_vcpu_regs``
+    picks 64-bit mode from EFER.LMA and CS.L).
 
     CR0 PG|PE|NE|ET, CR4 PAE, EFER LME|LMA and cs_ar 0xA09B (L set, D/B clear) so that ACRN sets
     the IA-32e mode guest control.  ``cr3``: GPA of the PML4 the caller built (identity maps

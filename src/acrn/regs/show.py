@@ -9,15 +9,10 @@ from __future__ import annotations
 from typing import Any, Final
 
 from acrn import arch
-from acrn.arch import GPR_NAMES, SEGMENT_NAMES, CpuState, DescriptorTable, Segment
+from acrn.arch import GPR_NAMES, SEGMENT_NAMES, CpuState
 from acrn.regs.model import VcpuRegs
-from acrn.regs.validate import (
-    LDTR_AR,
-    TR_AR,
-    entry_mode,
-    landed_data_segment,
-    landed_rflags,
-)
+from acrn.regs.validate import entry_mode
+from acrn.rules import land_vcpu_regs
 
 CR0_BITS: Final = {0: "PE", 1: "MP", 2: "EM", 3: "TS", 4: "ET", 5: "NE", 16: "WP", 18: "AM", 29: "NW",
                    30: "CD", 31: "PG"}  # fmt: skip
@@ -198,36 +193,9 @@ def format_state(st: CpuState) -> str:
     return "\n".join(lines) + "\n"
 
 
-def land(regs: VcpuRegs) -> CpuState:
-    """pyacrn's own reading of ACRN's set_vcpu_regs (spec 4.3), used when ``acrn.emu.hv`` is absent.
-
-    CR0/CR3/CR4 are shown as given: ACRN applies them at the first VM entry (step 7).
-    """
-    ar, limit = landed_data_segment(regs.cr0)
-    st = CpuState()
-    for seg, sel in zip(
-        ("ss", "ds", "es", "fs", "gs"), ("ss_sel", "ds_sel", "es_sel", "fs_sel", "gs_sel"), strict=True
-    ):
-        setattr(st, seg, Segment(getattr(regs, sel), 0, limit, ar))
-    st.cs = Segment(regs.cs_sel, regs.cs_base, regs.cs_limit, regs.cs_ar)
-    st.ldtr = Segment(regs.ldt_sel, 0, 0xFFFF, LDTR_AR)
-    st.tr = Segment(regs.tr_sel, 0, 0xFFFF, TR_AR)
-    st.gdtr = DescriptorTable(regs.gdt.base, regs.gdt.limit)
-    st.idtr = DescriptorTable(regs.idt.base, regs.idt.limit)
-    for n in GPR_NAMES:
-        setattr(st, n, getattr(regs, n))
-    st.rip, st.efer, st.rflags = regs.rip, regs.ia32_efer, landed_rflags(regs.rflags)
-    st.cr0, st.cr3, st.cr4 = regs.cr0, regs.cr3, regs.cr4
-    return st
-
-
 def effective_state(regs: VcpuRegs) -> CpuState:
-    """The state ACRN lands for ``regs``: ``acrn.emu.hv.land_vcpu_regs`` when present, else :func:`land`."""
-    from acrn.regs.validate import hv_function
+    """The state ACRN lands for ``regs`` (``acrn.rules.land_vcpu_regs``, as the emulated hypervisor does).
 
-    fn = hv_function("land_vcpu_regs")
-    if fn is None:
-        return land(regs)
-    st = fn(regs.to_struct().vcpu_regs)
-    assert isinstance(st, CpuState)
-    return st
+    CR0/CR3/CR4 are shown as given: ACRN applies them at the first VM entry.
+    """
+    return land_vcpu_regs(regs.to_struct().vcpu_regs)

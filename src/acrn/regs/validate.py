@@ -4,11 +4,12 @@ The answer has three cumulative levels, each a table of small checks with a stab
 
 ``abi``
     What the HSM driver rejects with ``-EINVAL`` before any hypercall: the reserved fields, in the
-    driver's order (spec 2, SET_VCPU_REGS).
+    driver's order (``drivers/virt/acrn/hsm.c: acrn_dev_ioctl``).
 ``acrn``
     What the hypervisor rejects (``is_valid_cr0_cr4``, the vcpu_id bound: the hypercall returns -1,
-    errno EPERM; spec 4.1/4.2) as errors, and what it silently changes while landing the registers
-    (spec 4.3, 12.7-12.9) as warnings.
+    errno EPERM; ``hypervisor/common/hypercall.c: hcall_set_vcpu_regs``) as errors, and what it
+    silently changes while landing the registers (``hypervisor/arch/x86/guest/vcpu.c: set_vcpu_regs``)
+    as warnings.  The rules themselves are :mod:`acrn.rules`, shared with the emulated hypervisor.
 ``arch``
     The processor's VM-entry guest-state checks (Intel SDM Vol. 3 27.3.1, "Checks on Guest Register
     State") that ACRN does not make, applied to the state ACRN actually lands.  A state that fails
@@ -23,17 +24,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from acrn import arch
+from acrn import arch, rules
 from acrn.regs.model import SELECTOR_NAMES, VcpuRegs
 
 LEVELS: Final = ("abi", "acrn", "arch")
 SEVERITIES: Final = ("error", "warning")
 
-SRC_HSM: Final = "HSM driver hsm.c (spec 2, SET_VCPU_REGS)"
-SRC_HC: Final = "ACRN hcall_set_vcpu_regs (spec 4.1)"
-SRC_CR: Final = "ACRN is_valid_cr0_cr4 (spec 4.2)"
-SRC_LAND: Final = "ACRN set_vcpu_regs (spec 4.3)"
-SRC_VMCS: Final = "ACRN init_vmcs (spec 4.3 step 7)"
+SRC_HSM: Final = "Linux drivers/virt/acrn/hsm.c: acrn_dev_ioctl"
+SRC_HC: Final = "ACRN hypervisor/common/hypercall.c: hcall_set_vcpu_regs"
+SRC_CR: Final = "ACRN hypervisor/arch/x86/guest/virtual_cr.c: is_valid_cr0_cr4"
+SRC_LAND: Final = "ACRN hypervisor/arch/x86/guest/vcpu.c: set_vcpu_regs"
+SRC_VMCS: Final = "ACRN hypervisor/arch/x86/guest/vmcs.c: init_guest_state"
 SDM_CR: Final = "Intel SDM 27.3.1.1"
 SDM_SEG: Final = "Intel SDM 27.3.1.2"
 SDM_DT: Final = "Intel SDM 27.3.1.3"
@@ -68,37 +69,39 @@ class Finding:
 # ------------------------------------------------------------------------------------------------
 # The platform: VMX fixed bits and the other machine facts the rules depend on
 # ------------------------------------------------------------------------------------------------
-#: IA32_VMX_CR0_FIXED0 on usual hardware: PE, NE and PG must be 1 (spec 4.2).
-DEFAULT_CR0_FIXED0: Final = 0x80000021
-DEFAULT_CR0_FIXED1: Final = 0xFFFFFFFF
-#: IA32_VMX_CR4_FIXED0: VMXE must be 1 in VMX operation.
-DEFAULT_CR4_FIXED0: Final = arch.CR4_VMXE
-#: IA32_VMX_CR4_FIXED1 of a common Intel core: bits 0-14, FSGSBASE, PCIDE, OSXSAVE, SMEP, SMAP, PKE.
-DEFAULT_CR4_FIXED1: Final = 0x7FFF | arch.CR4_FSGSBASE | arch.CR4_PCIDE | arch.CR4_OSXSAVE | 0x700000
-DEFAULT_PCPU_NUM: Final = 8
+#: Physical-address width that bounds CR3 (CPUID 0x80000008 EAX[7:0] of a common core).
 DEFAULT_MAXPHYADDR: Final = 46
 DEFAULT_LINEAR_BITS: Final = 48
 
 
 @dataclass(frozen=True)
 class VmxFacts:
-    """The machine facts the rules read; taken from a platform object where it has them."""
+    """The machine facts the rules read; taken from a platform object where it has them.
 
-    cr0_fixed0: int = DEFAULT_CR0_FIXED0
-    cr0_fixed1: int = DEFAULT_CR0_FIXED1
-    cr4_fixed0: int = DEFAULT_CR4_FIXED0
-    cr4_fixed1: int = DEFAULT_CR4_FIXED1
+    The defaults are the default board's (``acrn.rules``), the same as
+    ``acrn.emu.platform.Platform.default()``.
+    """
+
+    cr0_fixed0: int = rules.DEFAULT_VMX_CR0_FIXED0
+    cr0_fixed1: int = rules.DEFAULT_VMX_CR0_FIXED1
+    cr4_fixed0: int = rules.DEFAULT_VMX_CR4_FIXED0
+    cr4_fixed1: int = rules.DEFAULT_VMX_CR4_FIXED1
     nested_vmx: bool = False
-    pcpu_num: int = DEFAULT_PCPU_NUM
+    pcpu_num: int = rules.DEFAULT_PCPU_NUM
     maxphyaddr: int = DEFAULT_MAXPHYADDR
     linear_bits: int = DEFAULT_LINEAR_BITS
     unrestricted_guest: bool = True
 
+    @property
+    def cr_masks(self) -> rules.CrMasks:
+        """ACRN's CR0/CR4 masks for these VMX fixed bits."""
+        return rules.CrMasks.from_vmx_fixed(
+            self.cr0_fixed0, self.cr0_fixed1, self.cr4_fixed0, self.cr4_fixed1, self.nested_vmx
+        )
+
     @classmethod
     def from_platform(cls, platform: object | None) -> VmxFacts:
         """Read the facts from ``acrn.emu.platform.Platform`` (or any object with such attributes)."""
-        if platform is None:
-            platform = _default_platform()
         if platform is None:
             return cls()
         if isinstance(platform, VmxFacts):
@@ -127,102 +130,11 @@ class VmxFacts:
         return cls(**found)
 
 
-def hv_function(name: str) -> Callable[..., Any] | None:
-    """A function of the emulated hypervisor (``acrn.emu.hv`` or its ``landing`` module), if built."""
-    import importlib
-
-    for mod in ("acrn.emu.hv", "acrn.emu.hv.landing"):
-        try:
-            fn = getattr(importlib.import_module(mod), name, None)
-        except ImportError:
-            continue
-        if callable(fn):
-            return fn  # type: ignore[no-any-return]
-    return None
-
-
-def _default_platform() -> object | None:
-    try:
-        from acrn.emu.platform import Platform  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
-    default = getattr(Platform, "default", None)
-    return default() if callable(default) else None
-
-
-# ACRN's CR0/CR4 masks (spec 4.2, from virtual_cr.c's init_cr0_cr4_flexible_bits).
-_CR0_GUEST_OPERATABLE: Final = (
-    arch.CR0_MP | arch.CR0_EM | arch.CR0_TS | arch.CR0_ET | arch.CR0_NE | arch.CR0_AM
-)
-_CR0_TRAP: Final = arch.CR0_PE | arch.CR0_PG | arch.CR0_WP
-_CR0_ALWAYS_ALLOWED: Final = arch.CR0_CD | arch.CR0_NW
-_CR4_PASSTHRU: Final = (
-    arch.CR4_VME | arch.CR4_PVI | arch.CR4_TSD | arch.CR4_DE | arch.CR4_PGE | arch.CR4_PCE | arch.CR4_OSFXSR
-    | arch.CR4_PCIDE | arch.CR4_OSXSAVE | arch.CR4_FSGSBASE | arch.CR4_OSXMMEXCPT | arch.CR4_UMIP | arch.CR4_LA57
-)  # fmt: skip
-_CR4_TRAP_PASSTHRU: Final = (
-    arch.CR4_PSE | arch.CR4_PAE | arch.CR4_SMEP | arch.CR4_SMAP | arch.CR4_PKE | arch.CR4_PKS | arch.CR4_KL
-)
 _U64: Final = (1 << 64) - 1
 
 
-@dataclass(frozen=True)
-class CrMasks:
-    """ACRN's (reserved-bit mask, required value) pairs for CR0 and CR4 (spec 4.2)."""
-
-    cr0_reserved_mask: int
-    cr0_required: int
-    cr4_reserved_mask: int
-    cr4_required: int
-
-    @classmethod
-    def from_facts(cls, f: VmxFacts) -> CrMasks:
-        # PE and PG are flexible because ACRN always runs guests with "unrestricted guest".
-        cr0_flex = (f.cr0_fixed0 ^ f.cr0_fixed1) | arch.CR0_PE | arch.CR0_PG
-        cr0_allowed = (_CR0_GUEST_OPERATABLE & cr0_flex) | (_CR0_TRAP & cr0_flex) | _CR0_ALWAYS_ALLOWED
-        cr4_flex = f.cr4_fixed0 ^ f.cr4_fixed1
-        cr4_allowed = (_CR4_PASSTHRU & cr4_flex) | (_CR4_TRAP_PASSTHRU & cr4_flex) | arch.CR4_MCE
-        if f.nested_vmx:
-            cr4_allowed |= arch.CR4_VMXE
-        return cls(
-            cr0_reserved_mask=_U64 & ~cr0_allowed,
-            cr0_required=f.cr0_fixed0 & ~cr0_flex,
-            cr4_reserved_mask=_U64 & ~cr4_allowed,
-            # The always-1 bits minus VMXE/CET/SMXE, which ACRN hides from the guest: in practice 0.
-            cr4_required=f.cr4_fixed0 & ~cr4_flex & ~(arch.CR4_VMXE | arch.CR4_CET | arch.CR4_SMXE),
-        )
-
-
-def is_valid_cr0_cr4(cr0: int, cr4: int, platform: object | None = None) -> bool:
-    """ACRN's ``is_valid_cr0_cr4`` (spec 4.2) for a platform's VMX fixed bits."""
-    m = CrMasks.from_facts(VmxFacts.from_platform(platform))
-    return (cr4 & m.cr4_reserved_mask) == m.cr4_required and (cr0 & m.cr0_reserved_mask) == m.cr0_required
-
-
-# ------------------------------------------------------------------------------------------------
-# What ACRN lands (spec 4.3): the values VM entry sees, as far as the rules need them
-# ------------------------------------------------------------------------------------------------
-RFLAGS_ACRN_CLEARED: Final = 0x8D5  # CF|PF|AF|ZF|SF|OF: set_vcpu_regs masks them off (spec 4.3 step 6)
-REAL_MODE_DATA_SEG_AR: Final = 0x0093
-PROTECTED_MODE_DATA_SEG_AR: Final = 0xC093
-LDTR_AR: Final = 0x0082
-TR_AR: Final = 0x008B
-
-
-def landed_rflags(rflags: int) -> int:
-    """RFLAGS after set_vcpu_regs: 0 becomes 0x2, anything else loses CF/PF/AF/ZF/SF/OF only."""
-    return 0x2 if rflags == 0 else rflags & ~RFLAGS_ACRN_CLEARED
-
-
-def landed_data_segment(cr0: int) -> tuple[int, int]:
-    """(AR, limit) every non-CS segment gets: chosen by CR0.PE alone (spec 4.3 step 1)."""
-    if cr0 & arch.CR0_PE:
-        return PROTECTED_MODE_DATA_SEG_AR, 0xFFFFFFFF
-    return REAL_MODE_DATA_SEG_AR, 0xFFFF
-
-
 def enters_ia32e(regs: VcpuRegs) -> bool:
-    """ACRN sets the "IA-32e mode guest" entry control iff EFER.LMA and CS.L (spec 4.3 step 8)."""
+    """ACRN sets the "IA-32e mode guest" entry control iff EFER.LMA and CS.L (``init_vmcs``)."""
     return bool(regs.ia32_efer & arch.EFER_LMA) and bool(regs.cs_ar & arch.AR_L)
 
 
@@ -262,8 +174,7 @@ class Context:
 
     regs: VcpuRegs
     facts: VmxFacts
-    masks: CrMasks
-    platform: object | None = None
+    masks: rules.CrMasks
 
 
 @dataclass(frozen=True)
@@ -302,7 +213,7 @@ def rule(rule_id: str, level: str, source: str) -> Callable[[Check], Check]:
     return deco
 
 
-# ---------------------------------------------------------------- abi: the HSM driver (spec 2)
+# ---------------------------------------------------------------- abi: the HSM driver
 def _nonzero(values: list[int], path: str) -> list[str]:
     return [f"{path}[{i}]" for i, v in enumerate(values) if v]
 
@@ -347,7 +258,7 @@ def _abi_descriptor_reserved(c: Context) -> Iterator[Hit]:
     yield from _abi_hit(fields, "GDT/IDT reserved word", values)
 
 
-# ---------------------------------------------------------------- acrn: the hypervisor (spec 4)
+# ---------------------------------------------------------------- acrn: the hypervisor
 @rule("acrn.vcpu_id", "acrn", SRC_HC)
 def _acrn_vcpu_id(c: Context) -> Iterator[Hit]:
     """vcpu_id must be below the platform's pCPU count (MAX_VCPUS_PER_VM), not the VM's vCPU count."""
@@ -453,42 +364,22 @@ def _acrn_cr4_fixed1(c: Context) -> Iterator[Hit]:
                   f"{_bits(missing, _CR4_NAMES)}: the hypercall fails with -1 (EPERM)")  # fmt: skip
 
 
-@rule("acrn.cr0_cr4", "acrn", SRC_CR)
-def _acrn_cr0_cr4(c: Context) -> Iterator[Hit]:
-    """Cross-check with the emulated hypervisor's is_valid_cr0_cr4 for the same platform, if there is one.
-
-    The per-bit rules above explain a refusal; this one only fires if the emulator refuses a pair
-    they accept (a platform whose facts they could not read), so a refusal is never missed.
-    """
-    fn = hv_function("is_valid_cr0_cr4")
-    if fn is None or c.platform is None:
-        return
-    ours = is_valid_cr0_cr4(c.regs.cr0, c.regs.cr4, c.facts)
-    try:
-        theirs = bool(fn(c.regs.cr0, c.regs.cr4, c.platform))
-    except (TypeError, AttributeError):
-        return
-    if ours and not theirs:
-        yield Hit(["vcpu_regs.cr0", "vcpu_regs.cr4"], f"cr0 = {c.regs.cr0:#x}, cr4 = {c.regs.cr4:#x}: the "
-                  "emulated hypervisor's is_valid_cr0_cr4 refuses this pair: the hypercall fails with -1 (EPERM)")  # fmt: skip
-
-
 @rule("acrn.rflags.masked", "acrn", SRC_LAND)
 def _acrn_rflags_masked(c: Context) -> Iterator[Hit]:
-    """A non-zero RFLAGS loses CF/PF/AF/ZF/SF/OF (spec 4.3 step 6)."""
+    """A non-zero RFLAGS loses CF/PF/AF/ZF/SF/OF (``acrn.rules.landed_rflags``)."""
     r = c.regs.rflags
-    if r and r & RFLAGS_ACRN_CLEARED:
+    if r and r & rules.RFLAGS_CLEARED:
         yield Hit(
             ["vcpu_regs.rflags"],
-            f"rflags = {r:#x}: ACRN clears {_bits(r & RFLAGS_ACRN_CLEARED, _RFLAGS_NAMES)}, "
-            f"the vCPU starts with {landed_rflags(r):#x}",
+            f"rflags = {r:#x}: ACRN clears {_bits(r & rules.RFLAGS_CLEARED, _RFLAGS_NAMES)}, "
+            f"the vCPU starts with {rules.landed_rflags(r):#x}",
             "warning",
         )
 
 
 @rule("acrn.rflags.bit1", "acrn", SRC_LAND)
 def _acrn_rflags_bit1(c: Context) -> Iterator[Hit]:
-    """Only rflags == 0 becomes 0x2; a non-zero value without bit 1 stays invalid (spec 12.8)."""
+    """Only rflags == 0 becomes 0x2; a non-zero value without bit 1 stays invalid."""
     r = c.regs.rflags
     if r and not r & arch.RFLAGS_FIXED1:
         yield Hit(
@@ -517,8 +408,8 @@ def _acrn_segment_real_mode_base(c: Context) -> Iterator[Hit]:
 
 @rule("acrn.segment.forced", "acrn", SRC_LAND)
 def _acrn_segment_forced(c: Context) -> Iterator[Hit]:
-    """LDTR and TR land with base 0, limit 0xFFFF and fixed AR whatever the GDT says (spec 4.3 step 4)."""
-    for n, what, ar in (("ldt_sel", "LDTR", LDTR_AR), ("tr_sel", "TR", TR_AR)):
+    """LDTR and TR land with base 0, limit 0xFFFF and fixed AR whatever the GDT says."""
+    for n, what, ar in (("ldt_sel", "LDTR", rules.LDTR_AR), ("tr_sel", "TR", rules.TR_AR)):
         sel = getattr(c.regs, n)
         if sel:
             yield Hit(
@@ -532,7 +423,7 @@ def _acrn_segment_forced(c: Context) -> Iterator[Hit]:
 @rule("acrn.cr4.stripped", "acrn", SRC_VMCS)
 def _acrn_cr4_stripped(c: Context) -> Iterator[Hit]:
     """CR4.VMXE/SMXE/MCE are masked off when CR4 is applied at the first VM entry."""
-    stripped = c.regs.cr4 & (arch.CR4_VMXE | arch.CR4_SMXE | arch.CR4_MCE) & ~_cr4_bad(c)
+    stripped = c.regs.cr4 & rules.CR4_MASKED_AT_ENTRY & ~_cr4_bad(c)
     if stripped:
         yield Hit(
             ["vcpu_regs.cr4"],
@@ -650,7 +541,7 @@ def _arch_efer_reserved(c: Context) -> Iterator[Hit]:
 
 @rule("arch.efer.lma_ia32e", "arch", SDM_CR)
 def _arch_efer_lma_ia32e(c: Context) -> Iterator[Hit]:
-    """EFER.LMA must equal the IA-32e mode guest control, which ACRN sets only with CS.L (spec 4.3 step 8)."""
+    """EFER.LMA must equal the IA-32e mode guest control, which ACRN sets only with CS.L (``init_vmcs``)."""
     if c.regs.ia32_efer & arch.EFER_LMA and not enters_ia32e(c.regs):
         yield Hit(
             ["vcpu_regs.ia32_efer", "vcpu_regs.cs_ar"],
@@ -708,7 +599,7 @@ def _arch_cs_p(c: Context) -> Iterator[Hit]:
 
 @rule("arch.cs.reserved_11_8", "arch", SDM_SEG)
 def _arch_cs_reserved_11_8(c: Context) -> Iterator[Hit]:
-    """CS access-rights bits 11:8 are reserved (acrn-dm's ELF loader sets them: cs_ar 0xCF9B, spec 12.21)."""
+    """CS access-rights bits 11:8 are reserved (acrn-dm's ``acrn_sw_load_elf`` sets them: cs_ar 0xCF9B)."""
     if c.regs.cs_ar & arch.AR_RESERVED_11_8:
         yield Hit(["vcpu_regs.cs_ar"], f"cs_ar = {c.regs.cs_ar:#x} sets reserved bits 11:8 "
                   f"({(c.regs.cs_ar >> 8) & 0xF:#x}); a descriptor's limit 19:16 does not belong in the VMX "
@@ -843,15 +734,15 @@ def _arch_rip_canonical(c: Context) -> Iterator[Hit]:
 @rule("arch.rflags.fixed1", "arch", SDM_RIP)
 def _arch_rflags_fixed1(c: Context) -> Iterator[Hit]:
     """RFLAGS bit 1 must be 1 in the landed value (ACRN sets it only for an input of 0)."""
-    if not landed_rflags(c.regs.rflags) & arch.RFLAGS_FIXED1:
+    if not rules.landed_rflags(c.regs.rflags) & arch.RFLAGS_FIXED1:
         yield Hit(["vcpu_regs.rflags"], f"rflags = {c.regs.rflags:#x} lands as "
-                  f"{landed_rflags(c.regs.rflags):#x}: bit 1 must be 1")  # fmt: skip
+                  f"{rules.landed_rflags(c.regs.rflags):#x}: bit 1 must be 1")  # fmt: skip
 
 
 @rule("arch.rflags.reserved", "arch", SDM_RIP)
 def _arch_rflags_reserved(c: Context) -> Iterator[Hit]:
     """RFLAGS bits 63:22, 15, 5 and 3 must be 0."""
-    bad = landed_rflags(c.regs.rflags) & (((_U64 >> 22) << 22) | (1 << 15) | (1 << 5) | (1 << 3))
+    bad = rules.landed_rflags(c.regs.rflags) & (((_U64 >> 22) << 22) | (1 << 15) | (1 << 5) | (1 << 3))
     if bad:
         yield Hit(["vcpu_regs.rflags"], f"rflags = {c.regs.rflags:#x} sets reserved bits {_bits(bad, {})}")
 
@@ -868,7 +759,7 @@ def _arch_rflags_vm(c: Context) -> Iterator[Hit]:
     else:
         yield Hit(["vcpu_regs.rflags", "vcpu_regs.cs_ar"], f"rflags = {r:#x} sets VM (bit 17): virtual-8086 "
                   "entry needs every segment with AR 0xf3, limit 0xffff and base selector << 4, which ACRN "
-                  "cannot land (it forces the data segments, spec 4.3 step 1)")  # fmt: skip
+                  "cannot land (it forces the data segments)")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------
@@ -882,24 +773,20 @@ def validate(
 ) -> list[Finding]:
     """Every finding for ``regs`` at ``level`` and below ("arch" includes "acrn" includes "abi").
 
-    ``platform`` supplies the VMX fixed bits and pCPU count (default: ``Platform.default()`` of the
-    emulator when it exists, else common hardware values; or a :class:`VmxFacts`).  ``maxphyaddr``
-    (default 46) bounds CR3; ``unrestricted_guest`` (default True, as ACRN requires) relaxes the
-    real-mode and RPL rules.
+    ``platform`` supplies the VMX fixed bits and pCPU count (default: the default board of
+    :mod:`acrn.rules`, the same as the emulator's ``Platform.default()``; or a :class:`VmxFacts`).
+    ``maxphyaddr`` (default 46) bounds CR3; ``unrestricted_guest`` (default True, as ACRN requires)
+    relaxes the real-mode and RPL rules.
     """
     if level not in LEVELS:
         raise ValueError(f"level: {level!r} is not one of {', '.join(LEVELS)}")
     regs.validate_ranges()
-    if platform is None:
-        platform = _default_platform()
     facts = VmxFacts.from_platform(platform)
     if maxphyaddr is not None:
         facts = _replace(facts, maxphyaddr=maxphyaddr)
     if unrestricted_guest is not None:
         facts = _replace(facts, unrestricted_guest=unrestricted_guest)
-    ctx = Context(
-        regs, facts, CrMasks.from_facts(facts), None if isinstance(platform, VmxFacts) else platform
-    )
+    ctx = Context(regs, facts, facts.cr_masks)
     upto = LEVELS.index(level)
     out: list[Finding] = []
     for r in RULES:

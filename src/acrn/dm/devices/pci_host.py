@@ -6,8 +6,8 @@ BARs and no interrupt.  Linux's direct PCI probe (``pci_sanity_check``) accepts 
 finds a host bridge, so this is what a guest needs to see before it scans the rest of bus 0.
 
 Config accesses reach it only as PCICFG requests: the HSM driver keeps 0xCF8 in the kernel and turns
-0xCFC-0xCFF into PCICFG with bus/dev/func/reg (spec acrn-hsm.md 5.4); absent functions read
-all-ones through :class:`acrn.dm.pci.PciBus`.
+0xCFC-0xCFF into PCICFG with bus/dev/func/reg (``drivers/virt/acrn/ioreq.c: handle_cf8cfc``); absent
+functions read all-ones through :class:`acrn.dm.pci.PciBus`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A 16550A UART (COM1 at 0x3F8, IRQ 4 by default), modelled to the level Linux's 8250 driver probes.
 
-Registers (offset from the base; spec kvm-and-boot.md 4)::
+Registers (offset from the base; as in Linux's ``include/uapi/linux/serial_reg.h``)::
 
     0  RBR (read) / THR (write); DLL when LCR.DLAB      4  MCR
     1  IER; DLM when LCR.DLAB                           5  LSR (read only)

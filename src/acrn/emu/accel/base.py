@@ -178,7 +178,8 @@ class MultiprocessorVcpu(Protocol):
         either run at the next ``run`` (BSP) or wait for the guest's INIT/SIPI (AP): ``run`` then
         returns :class:`StartupExit` when a SIPI arrives after an INIT, with every register of the
         loaded state kept except CS selector/base and RIP (ACRN's rule for a vCPU that never ran,
-        spec acrn-hsm.md 4.4), or :class:`KickExit` when kicked meanwhile."""
+        ``hypervisor/arch/x86/guest/vlapic.c: vlapic_process_init_sipi``), or :class:`KickExit` when kicked
+        meanwhile."""
 
 
 #: A synchronous I/O handler (see :class:`SyncIoVcpu`): the read value (anything for a write), or

@@ -1,12 +1,12 @@
 """The KVM accelerator: vCPUs run under Linux ``/dev/kvm``, one thin method per ioctl.
 
-What a guest sees (spec kvm-and-boot.md 10 item 2, in that order): a VM with its TSS at
+What a guest sees (set up in this order, as Firecracker does): a VM with its TSS at
 0xFFFBD000 and the EPT identity map at 0xFFFBC000 (both in the reserved hole below 4 GiB), no
 in-kernel irqchip unless asked for (without it HLT exits to userspace, which the emulated ACRN
 needs; with it HLT sleeps inside ``KVM_RUN``), CPUID taken from ``KVM_GET_SUPPORTED_CPUID`` minus
-the features this machine's KVM cannot run (CX16, XSAVE/OSXSAVE and the AVX family, spec 1) and
-with ACRN's hypervisor leaves (signature "ACRNACRNACRN", max leaf 0x40000010, TSC kHz in
-0x40000010.EAX), the small boot MSR list of spec 3.1, and the x87/SSE reset state.
+the features this machine's KVM cannot run (CX16, XSAVE/OSXSAVE and the AVX family: README.md, "Booting
+Linux") and with ACRN's hypervisor leaves (signature "ACRNACRNACRN", max leaf 0x40000010, TSC kHz in
+0x40000010.EAX), Firecracker's small boot MSR list, and the x87/SSE reset state.
 
 Kicking a vCPU (:meth:`KvmVcpu.kick`) needs a real-time signal whose handler is a no-op, so that
 the signal only interrupts ``KVM_RUN`` (EINTR) and never kills the process.  Python lets only the
@@ -23,10 +23,10 @@ capabilities of :mod:`acrn.emu.accel.base`:
   wiring; ``KVM_SIGNAL_MSI`` for MSIs; ``KVM_SET_IRQCHIP`` back to the power-on state on reset;
 * a halt probe: a thread interrupts any vCPU that stayed inside ``KVM_RUN`` without an exit for
   :data:`HALT_PROBE_PERIOD`, and ``run`` reports :class:`HaltExit` (False) if ``KVM_GET_MP_STATE``
-  says HALTED with RFLAGS.IF clear (HLT never exits with an irqchip, spec kvm-and-boot.md 1), so
+  says HALTED with RFLAGS.IF clear (HLT never exits with an in-kernel irqchip), so
   "cli; hlt" still ends a VM; anything else re-enters the guest unseen;
 * ACRN's AP start-up (:meth:`KvmVcpu.power_on`): KVM would reset an AP on INIT; ACRN keeps the
-  registers of a vCPU that never ran (spec acrn-hsm.md 4.4, 12.20).  So an AP stays out of
+  registers of a vCPU that never ran (``vlapic_process_init_sipi``).  So an AP stays out of
   ``KVM_RUN`` and polls: an INIT latched by its local APIC is taken back through
   ``KVM_GET/SET_VCPU_EVENTS`` (``smi.latched_init``) before KVM processes it, the AP is put in
   INIT_RECEIVED, and ``KVM_GET_MP_STATE`` lets KVM accept the SIPI, which sets CS selector/base and
@@ -74,7 +74,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KVM_DEVICE: Final = "/dev/kvm"
-#: Spec 10 item 2 (Firecracker's values): 3 pages of TSS and one page of identity map.
+#: Firecracker's values (``KVM_TSS_ADDRESS``): 3 pages of TSS and one page of identity map.
 TSS_ADDR: Final = 0xFFFBD000
 IDENTITY_MAP_ADDR: Final = 0xFFFBC000
 PAGE_SIZE: Final = 4096
@@ -93,7 +93,7 @@ ACRN_CPUID_FEATURES: Final = 0x40000001
 ACRN_CPUID_TIMING_INFO: Final = 0x40000010
 ACRN_SIGNATURE: Final = b"ACRNACRNACRN"
 
-# CPUID bits masked because this machine's KVM cannot execute them (spec 1: cmpxchg16b and
+# CPUID bits masked because this machine's KVM cannot execute them (cmpxchg16b and
 # xrstor kill the guest with KVM_EXIT_INTERNAL_ERROR) - (leaf, subleaf, register) -> mask.
 # Leaf 1 ECX: FMA, CX16, XSAVE, OSXSAVE, AVX, F16C.
 _LEAF1_ECX_MASK: Final = (1 << 12) | (1 << 13) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 29)
@@ -110,7 +110,7 @@ _LEAF_80000001_ECX_MASK: Final = (1 << 11) | (1 << 16)
 _LEAF1_ECX_HYPERVISOR: Final = 1 << 31
 _KVM_CPUID_FLAG_SIGNIFCANT_INDEX: Final = 1
 
-#: The boot MSR list of spec 3.1 (Firecracker's ``create_boot_msr_entries``): index -> value.
+#: Firecracker's boot MSR list (``src/vmm/src/arch/x86_64/msr.rs: create_boot_msr_entries``): index -> value.
 BOOT_MSRS: Final = {
     0x174: 0,  # IA32_SYSENTER_CS
     0x175: 0,  # IA32_SYSENTER_ESP
@@ -133,7 +133,7 @@ _MMIO = struct.Struct("<Q8sIB")  # phys_addr, data, len, is_write
 _KICK: Final = KickExit()
 #: With the in-kernel irqchip HLT sleeps inside KVM_RUN.  A vCPU that has been inside KVM_RUN
 #: for this long without an exit is interrupted (a "halt probe") to see whether it is halted with
-#: interrupts disabled, which would otherwise hang silently (spec kvm-and-boot.md 1).
+#: interrupts disabled, which would otherwise hang silently.
 HALT_PROBE_PERIOD: Final = 0.02
 #: How often an AP in wait-for-SIPI looks for the guest's INIT/SIPI (backing off to the maximum).
 SIPI_POLL_MIN: Final = 0.0005
@@ -202,7 +202,8 @@ def _ioctl_ulong(fd: int, name: str, request: int, value: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Segment conversion (spec kvm-and-boot.md 3.7): VMX access rights <-> struct kvm_segment
+# Segment conversion: VMX access rights <-> struct kvm_segment (Linux arch/x86/kvm/vmx/vmx.c:
+# vmx_segment_access_rights and vmx_get_segment do the same in the kernel)
 # --------------------------------------------------------------------------------------------
 def segment_to_kvm(seg: Segment, out: abi.kvm_segment) -> None:
     """Fill ``out`` from a segment whose ``ar`` is in VMX access-rights format."""
@@ -370,7 +371,8 @@ class KvmAccelerator:
 
 
 class KvmVm:
-    """One KVM VM: its fd, memory slots and vCPUs.  Bring-up order: spec 10 item 2."""
+    """One KVM VM: its fd, memory slots and vCPUs.  Bring-up order: Firecracker's (TSS, identity map,
+    irqchip, PIT, vCPUs)."""
 
     name = "kvm"
 
@@ -402,7 +404,7 @@ class KvmVm:
             )
             if irqchip:
                 _ioctl(self._fd, "KVM_CREATE_IRQCHIP", abi.KVM_CREATE_IRQCHIP, 0)
-                # SPEAKER_DUMMY: port 0x61 is handled in the kernel (spec 3.1).
+                # SPEAKER_DUMMY: port 0x61 is handled in the kernel (as Firecracker configures the PIT).
                 pit = abi.kvm_pit_config(flags=abi.KVM_PIT_SPEAKER_DUMMY)
                 _ioctl(self._fd, "KVM_CREATE_PIT2", abi.KVM_CREATE_PIT2, pit)
                 self._set_routing()
@@ -435,10 +437,11 @@ class KvmVm:
         """One KVM GSI per irqchip input (IOAPIC pin n = GSI 32+n, PIC pin p = GSI 64+p).
 
         KVM's default table wires GSI n to PIC pin n *and* IOAPIC pin n; the caller needs to drive
-        each chip on its own (ACRN mirrors GSI 2 onto PIC pin 0, spec acrn-hsm.md 6.4).  GSI 0 is
-        what the in-kernel PIT raises: it goes to PIC pin 0 and IOAPIC pin 2, the PC wiring that
-        ACRN's vPIT uses too.  Those entries come last because KVM maps (chip, pin) back to the last
-        GSI routed to it, and the PIT's interrupt-acknowledge notifier looks its pin up that way.
+        each chip on its own (ACRN mirrors GSI 2 onto PIC pin 0, ``hypervisor/dm/vpic.c:
+        vpic_set_irqline``).  GSI 0 is what the in-kernel PIT raises: it goes to PIC pin 0 and IOAPIC pin
+        2, the PC wiring that ACRN's vPIT uses too.  Those entries come last because KVM maps (chip, pin)
+        back to the last GSI routed to it, and the PIT's interrupt-acknowledge notifier looks its pin up
+        that way.
         """
         routes: list[tuple[int, int, int]] = []
         for pin in range(ki.KVM_IOAPIC_NUM_PINS):
@@ -663,9 +666,9 @@ class KvmVcpu:
         """Local APIC and pending events as after creation; then runnable (BSP) or wait-for-SIPI (AP).
 
         KVM's own wait-for-SIPI would reset every register on the guest's INIT; ACRN does not reset
-        a vCPU that never ran (spec acrn-hsm.md 4.4, 12.20).  So an AP is kept out of ``KVM_RUN``
-        until it has been started: :meth:`run` consumes INITs through the vCPU events before KVM
-        processes them, then lets KVM deliver the SIPI, which sets only CS and RIP.
+        a vCPU that never ran (``hypervisor/arch/x86/guest/vlapic.c: vlapic_process_init_sipi``).  So an AP
+        is kept out of ``KVM_RUN`` until it has been started: :meth:`run` consumes INITs through the vCPU
+        events before KVM processes them, then lets KVM deliver the SIPI, which sets only CS and RIP.
         """
         self._check_open()
         if self._lapic_snapshot is None:
@@ -771,7 +774,8 @@ class KvmVcpu:
         return {indices[i]: struct.unpack_from("<Q", buf, head + i * esz + 8)[0] for i in range(got)}
 
     def _set_lint(self) -> None:
-        """LAPIC LVT LINT0 = ExtINT, LINT1 = NMI, so the in-kernel 8259 reaches the CPU (spec 3.1)."""
+        """LAPIC LVT LINT0 = ExtINT, LINT1 = NMI, so the in-kernel 8259 reaches the CPU (Firecracker's
+        ``set_lint``)."""
         raw = bytearray(ctypes.sizeof(abi.kvm_lapic_state))
         _ioctl(self._fd, "KVM_GET_LAPIC", abi.KVM_GET_LAPIC, raw)
         for offset, mode in ((0x350, 7), (0x360, 4)):
@@ -1140,7 +1144,7 @@ class KvmVcpu:
 
         ``KVM_SET_VCPU_EVENTS`` with ``exception.injected``: the current RIP is what the handler
         sees as the return address (a trap such as #BP needs RIP past the instruction).  Used by
-        :mod:`acrn.emu.fallback` for instructions this KVM cannot emulate (spec kvm-and-boot.md 1).
+        :mod:`acrn.emu.fallback` for instructions this KVM cannot emulate (README.md, "Booting Linux").
         """
         self._check_open()
         self._flush_completion()

@@ -2,8 +2,8 @@
 
 Only this module knows KVM byte layouts (the same rule as :mod:`acrn.uapi` for the HSM ABI).  Names
 are the C names.  Every value here is compared with the compiled header by
-``tests/emu/test_kvm_layout.py`` (spec kvm-and-boot.md 2 warns that hand-typed KVM numbers found in
-public snippets are wrong), so nothing in this file is trusted on sight.
+``tests/emu/test_kvm_layout.py`` (hand-typed KVM numbers found in public snippets are often
+wrong), so nothing in this file is trusted on sight.
 
 ``kvm_run`` is not a ctypes structure: the accelerator reads it in place from the vCPU ``mmap`` with
 :func:`struct.unpack_from` (cheaper per exit than ctypes attribute access), so its layout is given
@@ -174,7 +174,7 @@ STRUCTS: Final[tuple[type[ctypes.Structure], ...]] = (
 )
 
 # --------------------------------------------------------------------------------------------
-# ioctls (spec kvm-and-boot.md 2.1)
+# ioctls (include/uapi/linux/kvm.h)
 # --------------------------------------------------------------------------------------------
 # System fd.
 KVM_GET_API_VERSION: Final = _io(0x00)
@@ -264,7 +264,7 @@ CONSTANTS: Final = {
 }
 
 # --------------------------------------------------------------------------------------------
-# struct kvm_run: byte offsets in the vCPU mmap (spec kvm-and-boot.md 2.3)
+# struct kvm_run: byte offsets in the vCPU mmap (include/uapi/linux/kvm.h)
 # --------------------------------------------------------------------------------------------
 KVM_RUN_SIZE: Final = 2352
 RUN_IMMEDIATE_EXIT: Final = 1  # u8

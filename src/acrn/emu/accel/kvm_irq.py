@@ -244,7 +244,7 @@ def take_latched_init(vcpu_fd: int) -> bool:
     ``KVM_GET_MP_STATE``; ``KVM_GET_VCPU_EVENTS`` reports it as ``smi.latched_init`` without
     processing it, and ``KVM_SET_VCPU_EVENTS`` with ``KVM_VCPUEVENT_VALID_SMM`` and
     ``latched_init = 0`` clears it.  This is how an AP that has never run ignores INIT, as ACRN's
-    vCPUs in VCPU_INIT do (spec 4.4, 12.20).
+    vCPUs in VCPU_INIT do (``hypervisor/arch/x86/guest/vlapic.c: vlapic_process_init_sipi``).
     """
     ev = get_vcpu_events(vcpu_fd)
     if not ev.smi.latched_init:

@@ -14,8 +14,8 @@ but unicorn delivers port I/O and MMIO through callbacks in the middle of a tran
   it happens sets an I/O handler (:class:`~acrn.emu.accel.base.SyncIoVcpu`): ``run()`` then calls
   ``emu_start`` on the caller's own thread and every callback calls the handler synchronously;
   no engine thread exists.
-* Unicorn's engine mode fixes how registers are accessed (spec 7.1), so the engine is always
-  ``UC_MODE_64`` and the mode comes from CR0/EFER/CS as loaded by :meth:`SoftVcpu.set_state`.
+* Unicorn's engine mode fixes how registers are accessed (the mode given to ``uc_open``), so the engine is
+  always ``UC_MODE_64`` and the mode comes from CR0/EFER/CS as loaded by :meth:`SoftVcpu.set_state`.
   Hidden segment state is written into unicorn's CPU context (``soft_layout``), because the
   register API cannot set it.  ``ctl_set_tlb_mode(UC_TLB_CPU)`` makes unicorn walk the guest's
   page tables.
@@ -27,7 +27,7 @@ but unicorn delivers port I/O and MMIO through callbacks in the middle of a tran
   ``emu_start`` resets its stop request is lost, so ``kick`` repeats it until the engine
   acknowledges.
 
-Limitations (unicorn is "a pure CPU emulator", spec 7.1), each reported, never silent:
+Limitations (unicorn is "a pure CPU emulator", in its own words), each reported, never silent:
 
 * No exception or interrupt delivery through the IDT/IVT: any exception raised by the guest
   (``#GP``, ``#PF``, ``int n``, ...) ends the run with :class:`ShutdownExit` ``"exception #GP

@@ -1,4 +1,8 @@
-"""The emulated HSM character device: ``acrn_dev_ioctl`` and friends (spec 1.1, 1.2, 2, 2.3).
+"""The emulated HSM character device: ``acrn_dev_ioctl`` and friends.
+
+Linux sources: ``drivers/virt/acrn/hsm.c`` (``acrn_dev_open``, ``acrn_dev_ioctl``,
+``acrn_dev_release``, ``pmcmd_ioctl``) and ``drivers/virt/acrn/vm.c`` (``acrn_vm_create``,
+``acrn_vm_destroy``); the per-ioctl rules are tabled in ``docs/ioctls.md``.
 
 :class:`HsmDriver` is the module-wide state (the global VM list and the ioreq dispatcher, which
 the hypervisor's upcall runs); :class:`HsmFile` is one open file (one fd = one VM).
@@ -11,10 +15,10 @@ returns the non-negative result or raises ``OSError(errno)``.
 Where the emulator knowingly differs from the Linux driver (all to avoid leaks or crashes; the
 return codes are the same):
 
-* release of an fd whose VM could not be destroyed (not paused, spec 12.11) or that lost track of
-  its VMs (spec 12.12): ACRN leaks the hypervisor VM and frees the kernel object while it is still
-  listed; the emulator returns the same codes, then pauses and destroys those VMs in the
-  hypervisor and frees all kernel-side state.
+* release of an fd whose VM could not be destroyed (not paused) or that lost track of
+  its VMs (a second CREATE_VM, see ``docs/differences.md``): ACRN leaks the hypervisor VM and frees the
+  kernel object while it is still listed; the emulator returns the same codes, then pauses and destroys
+  those VMs in the hypervisor and frees all kernel-side state.
 * in-kernel ioreq clients run in the dispatcher pass, not on a kthread (``acrn.emu.hsm.ioreq``).
 * irqfd: closing the eventfd does not shut the irqfd down (``acrn.emu.hsm.eventfds``).
 * SET_MEMSEG: no VM_PFNMAP path (``acrn.emu.hsm.memseg``).
@@ -72,7 +76,8 @@ class HsmDriver:
         return f
 
     def dispatch(self) -> None:
-        """``ioreq_dispatcher`` (spec 5.2): the upcall handler; stops at the first VM without buffer."""
+        """``ioreq_dispatcher`` (``drivers/virt/acrn/ioreq.c``): the upcall handler; stops at the first VM
+        without buffer."""
         with self._dispatch_lock, self.vm_list_lock:
             for vm in list(self.vms):
                 if vm.ioreq_buf is None:
@@ -80,7 +85,7 @@ class HsmDriver:
                 ioreq.dispatch_vm(vm)
 
     def paused(self) -> _DispatchPause:
-        """``ioreq_pause``/``ioreq_resume``: no dispatch inside; one dispatch pass on exit (spec 9)."""
+        """``ioreq_pause``/``ioreq_resume``: no dispatch inside; one dispatch pass on exit (``ioreq.c``)."""
         return _DispatchPause(self)
 
 
@@ -126,7 +131,7 @@ class HsmFile:
 
     def _ioctl(self, cmd: int, uarg: UserArg) -> int:
         vm = self.vm
-        # Spec 1.2 step 1: before CREATE_VM (and after DESTROY) every other command is -EINVAL,
+        # acrn_dev_ioctl's preamble: before CREATE_VM (and after DESTROY) every other command is -EINVAL,
         # unknown ones included.
         if not vm.valid and cmd != uapi.ACRN_IOCTL_CREATE_VM:
             return -errno.EINVAL
@@ -143,8 +148,8 @@ class HsmFile:
         """NOTIFY_REQUEST_FINISH for an in-process device model: the ioctl without its argument.
 
         Same checks and effects as ``ioctl(ACRN_IOCTL_NOTIFY_REQUEST_FINISH, {vmid, 0, vcpu})``
-        (closed fd, the spec 1.2 preamble, no default client -> 0, ``vcpu`` truncated to u16 and
-        bounded by vcpu_num, then the completion of spec 5.2); only the copy and the decode of the
+        (closed fd, ``acrn_dev_ioctl``'s preamble, no default client -> 0, ``vcpu`` truncated to u16 and
+        bounded by vcpu_num, then ``ioreq_complete_request``); only the copy and the decode of the
         8-byte struct (whose ``reserved`` is 0 by construction) are skipped.  Errors raise OSError.
         """
         if self.closed:
@@ -163,9 +168,9 @@ class HsmFile:
     def attach_ioreq_client(self) -> int:
         """ATTACH_IOREQ_CLIENT for an in-process device model: the ioctl without the generic entry.
 
-        Same checks and effects as ``ioctl(ACRN_IOCTL_ATTACH_IOREQ_CLIENT)`` (closed fd, the spec
-        1.2 preamble, no default client -> ENODEV, then the wait of spec 5.3); the argument is
-        ignored by the driver, so only the wrapping of it is skipped.  Errors raise OSError.
+        Same checks and effects as ``ioctl(ACRN_IOCTL_ATTACH_IOREQ_CLIENT)`` (closed fd,
+        ``acrn_dev_ioctl``'s preamble, no default client -> ENODEV, then ``acrn_ioreq_client_wait``); the
+        argument is ignored by the driver, so only the wrapping of it is skipped.  Errors raise OSError.
         """
         if self.closed:
             raise OSError(errno.EBADF, "file is closed")
@@ -183,13 +188,14 @@ class HsmFile:
         return ret
 
     def interrupt_attach(self) -> None:
-        """Emulate a signal to threads blocked in ATTACH_IOREQ_CLIENT: they return 0 (spec 12.14)."""
+        """Emulate a signal to threads blocked in ATTACH_IOREQ_CLIENT: they return 0
+        (``acrn_ioreq_client_wait``)."""
         client = self.vm.default_client
         if client is not None:
             client.interrupt()
 
     def release(self) -> None:
-        """``acrn_dev_release``: the destroy path, its result ignored (spec 1.1, 2.3).
+        """``acrn_dev_release``: the destroy path (``acrn_vm_destroy``), its result ignored.
 
         Unlike Linux, a VM the destroy could not remove is paused and destroyed in the hypervisor
         and all kernel state is freed, so nothing leaks (see the module docstring).
@@ -204,7 +210,7 @@ class HsmFile:
         for vmid in vm.orphans:
             vm.hypercall(uapi.HC_PAUSE_VM, vmid)
             if vm.hypercall(uapi.HC_DESTROY_VM, vmid) < 0 and self.driver.hv.force_shutdown(vmid):
-                # A running RTVM ignores PAUSE (spec 12.10); ACRN would leak it here.
+                # A running RTVM ignores PAUSE (hcall_pause_vm's severity check); ACRN would leak it here.
                 log.warning("VM %d was not pausable; the emulator shut it down at release", vmid)
         vm.orphans.clear()
         _teardown(vm)
@@ -232,16 +238,16 @@ def _strerror(err: int) -> str:
 
 # -------------------------------------------------------------------------------- VM lifecycle
 def vm_create(f: HsmFile, param: uapi.acrn_vm_creation) -> int:
-    """``acrn_vm_create`` (spec 2 CREATE_VM steps 1-4); writes vmid/vcpu_num into ``param``."""
+    """``acrn_vm_create`` (``drivers/virt/acrn/vm.c``); writes vmid/vcpu_num into ``param``."""
     vm, driver = f.vm, f.driver
     with driver.memory.kernel_copy(bytes(param)) as kcopy:
         ret = vm.hypercall(uapi.HC_CREATE_VM, kcopy.gpa, 0)
         ctypes.memmove(ctypes.addressof(param), kcopy.gpa, _S(param))
     if ret < 0 or param.vmid == uapi.ACRN_INVALID_VMID:
-        # Every hypervisor failure becomes -EINVAL (spec 12.2).
+        # Every hypervisor failure becomes -EINVAL (acrn_dev_ioctl, CREATE_VM case).
         return -errno.EINVAL
     if vm.valid and vm.vmid != param.vmid and vm.vmid not in vm.orphans:
-        vm.orphans.append(vm.vmid)  # emulator bookkeeping for spec 12.12
+        vm.orphans.append(vm.vmid)  # emulator bookkeeping: see docs/differences.md
     with vm.clients_lock:
         # The kernel re-initialises the client list head here (INIT_LIST_HEAD), forgetting clients.
         vm.ioreq_clients = []
@@ -266,7 +272,7 @@ def ioreq_init(vm: HsmVm, buf_vma: int) -> int:
     """``acrn_ioreq_init``: pin the page holding ``buf_vma``, register its base (offset dropped)."""
     if vm.ioreq_buf is not None:
         return -errno.EEXIST
-    page = buf_vma & PAGE_MASK  # spec 12.3: only the containing page is pinned
+    page = buf_vma & PAGE_MASK  # acrn_ioreq_init: only the containing page is pinned
     try:
         vm.driver.pins.pin(page, PAGE_SIZE)
     except Fault:
@@ -306,7 +312,7 @@ def client_destroy(vm: HsmVm, client: IoreqClient) -> None:
 
 
 def vm_destroy(vm: HsmVm) -> int:
-    """``acrn_vm_destroy`` (spec 2.3)."""
+    """``acrn_vm_destroy`` (``drivers/virt/acrn/vm.c``)."""
     if not vm.valid or vm.destroyed:
         return 0
     vm.destroyed = True
@@ -324,7 +330,7 @@ def vm_destroy(vm: HsmVm) -> int:
 
 
 def _teardown(vm: HsmVm) -> None:
-    """Spec 2.3 step 3 after the hypervisor agreed: ioeventfd, irqfd, ioreq, monitor page, RAM."""
+    """``acrn_vm_destroy`` after the hypervisor agreed: ioeventfd, irqfd, ioreq, monitor page, RAM."""
     with vm.driver.vm_list_lock:
         if vm in vm.driver.vms:
             vm.driver.vms.remove(vm)
@@ -367,7 +373,8 @@ def _create_vm(f: HsmFile, uarg: UserArg) -> int:
     try:
         uarg.copy_to_user(bytes(param))
     except Fault:
-        # The VM is CREATED, so this destroy is refused and the VM stays with the fd (spec 2 step 5).
+        # The VM is CREATED, so this destroy is refused and the VM stays with the fd (acrn_vm_create's
+        # error path).
         vm_destroy(f.vm)
         return -errno.EFAULT
     return 0
@@ -387,7 +394,7 @@ def _direct(hcid: int) -> _Handler:
 def _set_vcpu_regs(f: HsmFile, uarg: UserArg) -> int:
     regs = _struct(uarg, uapi.acrn_vcpu_regs)
     assert isinstance(regs, uapi.acrn_vcpu_regs)
-    # Kernel check order (spec 2 SET_VCPU_REGS); the 4 tail-padding bytes are not checked.
+    # Kernel check order (acrn_dev_ioctl, SET_VCPU_REGS case); the 4 tail-padding bytes are not checked.
     if any(regs.reserved):
         return -errno.EINVAL
     if any(regs.vcpu_regs.reserved_32):
@@ -426,7 +433,7 @@ def _vm_intr_monitor(f: HsmFile, uarg: UserArg) -> int:
 
 
 def _set_irqline(f: HsmFile, uarg: UserArg) -> int:
-    # By value: bits 31:0 GSI, 63:32 op (spec 6.4).
+    # By value: bits 31:0 GSI, 63:32 op (hcall_set_irqline's struct acrn_irqline_ops).
     return f.vm.hypercall(uapi.HC_SET_IRQLINE, f.vm.vmid, uarg.value)
 
 
@@ -439,7 +446,7 @@ def _notify_request_finish(f: HsmFile, uarg: UserArg) -> int:
     client = vm.default_client
     if client is None:
         return 0
-    # vmid is ignored; vcpu is truncated to u16 (spec 12.13).
+    # vmid is ignored; vcpu is truncated to u16 (acrn_ioreq_request_default_complete takes a u16).
     return ioreq.client_complete(client, notify.vcpu & 0xFFFF)
 
 
@@ -467,7 +474,7 @@ def _destroy_ioreq_client(f: HsmFile, uarg: UserArg) -> int:
 
 
 def _clear_vm_ioreq(f: HsmFile, uarg: UserArg) -> int:
-    """``acrn_ioreq_request_clear`` (spec 5.5)."""
+    """``acrn_ioreq_request_clear`` (``drivers/virt/acrn/ioreq.c``)."""
     vm = f.vm
     vm.clearing = True
     # Waiting for in-kernel clients to drain: they run inside dispatcher passes, so waiting for
@@ -496,7 +503,7 @@ def _unset_memseg(f: HsmFile, uarg: UserArg) -> int:
     return memseg.memseg_unmap(f.vm, memmap)
 
 
-#: PM_GET_CPU_STATE: bytes the kernel allocates and copies back, by type (spec 2 PM_GET_CPU_STATE).
+#: PM_GET_CPU_STATE: bytes the kernel allocates and copies back, by type (``pmcmd_ioctl``).
 _PM_SIZES = {
     uapi.ACRN_PMCMD_GET_PX_CNT: 8,
     uapi.ACRN_PMCMD_GET_CX_CNT: 8,
@@ -511,7 +518,7 @@ def _pm_get_cpu_state(f: HsmFile, uarg: UserArg) -> int:
     if size is None:
         return 0  # unknown type: nothing happens
     with f.driver.memory.kernel_copy(bytes(size)) as kcopy:
-        # The vmid travels in the command word; the fd's vmid is not used (spec 12.5).
+        # The vmid travels in the command word; the fd's vmid is not used (pmcmd_ioctl).
         ret = f.vm.hypercall(uapi.HC_PM_GET_CPU_STATE, cmd, kcopy.gpa)
         if ret < 0:
             return ret
@@ -524,7 +531,7 @@ def _ioeventfd(f: HsmFile, uarg: UserArg) -> int:
     args = _struct(uarg, uapi.acrn_ioeventfd)
     assert isinstance(args, uapi.acrn_ioeventfd)
     if args.reserved:
-        return -errno.EINVAL  # before the flags are looked at, so DEASSIGN too (spec 6.1)
+        return -errno.EINVAL  # before the flags are looked at, so DEASSIGN too (acrn_dev_ioctl)
     if f.vm.ioeventfds is None:
         return -errno.EINVAL
     return f.vm.ioeventfds.config(args)

@@ -1,4 +1,5 @@
-"""ioeventfd and irqfd (spec 6.1, 6.2) with real eventfds of this process.
+"""ioeventfd and irqfd (``drivers/virt/acrn/ioeventfd.c``, ``drivers/virt/acrn/irqfd.c``) with real
+eventfds of this process.
 
 The kernel holds an ``eventfd_ctx``; the emulator holds a duplicate of the caller's fd, and
 identifies the eventfd by its ``eventfd-id`` from /proc/self/fdinfo, so two fds of the same
@@ -103,7 +104,7 @@ class IoeventfdSet:
         return self._assign(args)
 
     def _assign(self, args: uapi.acrn_ioeventfd) -> int:
-        # Spec 6.1 check order: overflow, length, eventfd, conflict.
+        # acrn_ioeventfd_assign's check order: overflow, length, eventfd, conflict.
         if (args.addr + args.len) & U64 < args.addr:
             return -errno.EINVAL
         if args.len not in (1, 2, 4, 8):
@@ -146,7 +147,8 @@ class IoeventfdSet:
             return -(e.errno or errno.EINVAL)
         try:
             with self.lock:
-                # The first entry with this eventfd, whatever its address, type or data (spec 12.17).
+                # The first entry with this eventfd, whatever its address, type or data
+                # (acrn_ioeventfd_deassign).
                 for i, p in enumerate(self.entries):
                     if p.ctx.ident == ctx.ident:
                         self.client.range_del(p.type, p.addr, p.addr + p.length - 1)

@@ -1,10 +1,11 @@
-"""The kernel side of the ioreq protocol (spec 5): clients, the dispatcher, the CF8/CFC combiner, clearing.
+"""The kernel side of the ioreq protocol (``drivers/virt/acrn/ioreq.c``): clients, the dispatcher, the CF8/CFC
+combiner, clearing.
 
 The shared page is the caller's own memory (pinned at CREATE_VM); slots are read and written in
 place through ctypes, as the kernel reads them through ``page_address()``.  Slot ownership follows
-spec 5.2: the hypervisor writes PENDING, the dispatcher turns it into PROCESSING (or completes it in
-the kernel), a completion stores COMPLETE and, unless ``completion_polling`` was set, issues
-HC_NOTIFY_REQUEST_FINISH.
+``Documentation/virt/acrn/io-request.rst``: the hypervisor writes PENDING, the dispatcher turns it into
+PROCESSING (or completes it in the kernel), a completion stores COMPLETE and, unless
+``completion_polling`` was set, issues HC_NOTIFY_REQUEST_FINISH.
 
 Emulator difference: in-kernel clients (the ioeventfd client) run their handler synchronously in the
 dispatcher pass instead of on a kthread; the slot states they go through are the same.
@@ -92,7 +93,7 @@ class IoreqClient:
 
         Blocks until a request is pending or the client is being destroyed; a signal (emulated by
         :meth:`interrupt`) ends the wait with 0 too, because the kernel ignores the wait's result
-        (spec 12.14).  Every waiter sees every wake-up (the kernel's wake_up_interruptible): a
+        (``acrn_ioreq_client_wait``).  Every waiter sees every wake-up (the kernel's wake_up_interruptible): a
         woken waiter passes the wake-up on while others still wait.
         """
         lock = self.vm.clients_lock
@@ -151,7 +152,7 @@ def slot(vm: HsmVm, vcpu: int) -> uapi.acrn_io_request:
 
 
 def complete_request(vm: HsmVm, vcpu: int, req: uapi.acrn_io_request) -> int:
-    """``ioreq_complete_request``: COMPLETE, then notify the hypervisor unless it polls (spec 5.2)."""
+    """``ioreq_complete_request``: COMPLETE, then notify the hypervisor unless it polls."""
     polling = req.completion_polling  # read before the store, as the kernel does
     req.processed = uapi.ACRN_IOREQ_STATE_COMPLETE
     if polling:
@@ -175,7 +176,7 @@ def client_complete(client: IoreqClient, vcpu: int) -> int:
 
 
 def handle_cf8cfc(vm: HsmVm, req: uapi.acrn_io_request, vcpu: int) -> bool:
-    """The PCI CF8/CFC combiner (spec 5.4); True when the request was completed in the kernel."""
+    """The PCI CF8/CFC combiner (``handle_cf8cfc``); True when the request was completed in the kernel."""
     if req.type != uapi.ACRN_IOREQ_TYPE_PORTIO:
         return False
     pio = vm.pio_views[vcpu] if vm.slot_views_base == vm.ioreq_buf else req.reqs.pio_request
@@ -226,7 +227,7 @@ def _in_range(r: IoreqRange, req: uapi.acrn_io_request) -> bool:
 
 
 def find_client(vm: HsmVm, req: uapi.acrn_io_request) -> IoreqClient | None:
-    """First in-kernel client with a matching range, else the default client (spec 5.3)."""
+    """First in-kernel client with a matching range, else the default client (``find_ioreq_client``)."""
     if not vm.ioreq_clients:  # no in-kernel client: nothing to match
         return vm.default_client
     for client in vm.ioreq_clients:
@@ -236,7 +237,7 @@ def find_client(vm: HsmVm, req: uapi.acrn_io_request) -> IoreqClient | None:
 
 
 def dispatch_vm(vm: HsmVm) -> int:
-    """``acrn_ioreq_dispatch``: hand every PENDING slot of one VM to its client (spec 5.2)."""
+    """``acrn_ioreq_dispatch``: hand every PENDING slot of one VM to its client."""
     if vm.ioreq_buf is None:
         return 0
     slot(vm, 0)  # make sure the views belong to this page
@@ -258,7 +259,7 @@ def dispatch_vm(vm: HsmVm) -> int:
             client = find_client(vm, req)
             if client is None:
                 # The kernel logs "Failed to find ioreq client!" and gives up on this VM's
-                # remaining slots: they stay PENDING (spec 5.2 step 3).
+                # remaining slots: they stay PENDING.
                 log.error("VM %d: no ioreq client for the request of vCPU %d", vm.vmid, i)
                 return -22
             req.kernel_handled = 0 if client.is_default else 1

@@ -1,4 +1,5 @@
-"""SET_MEMSEG / UNSET_MEMSEG, the kernel side (spec 6.5).
+"""SET_MEMSEG / UNSET_MEMSEG, the kernel side (``drivers/virt/acrn/mm.c``: ``acrn_vm_memseg_map``,
+``acrn_vm_memseg_unmap``, ``acrn_vm_ram_map``).
 
 RAM: ``vma_base`` is a user address of this process; its pages are "pinned" (must be mapped
 writable: the kernel always pins with FOLL_WRITE) and handed to the hypervisor as Service VM
@@ -93,7 +94,7 @@ def memseg_map(vm: HsmVm, memmap: uapi.acrn_vm_memmap) -> int:
         return ram_map(vm, memmap)
     if memmap.type != uapi.ACRN_MEMMAP_MMIO:
         return -errno.EINVAL
-    # The caller's memory-type bits are ignored: MMIO is always UC (spec 12.18).
+    # The caller's memory-type bits are ignored: MMIO is always UC (acrn_vm_memseg_map).
     attr = uapi.ACRN_MEM_TYPE_UC | (memmap.attr & uapi.ACRN_MEM_ACCESS_RIGHT_MASK)
     return set_memory_regions(
         vm, [_region(uapi.MR_ADD, attr, memmap.user_vm_pa, memmap.service_vm_pa, memmap.len)]
@@ -108,7 +109,7 @@ def memseg_unmap(vm: HsmVm, memmap: uapi.acrn_vm_memmap) -> int:
 
 
 def all_ram_unmap(vm: HsmVm) -> None:
-    """``acrn_vm_all_ram_unmap``: unpin everything; ``regions_mapping_count`` is not reset (spec 12.12)."""
+    """``acrn_vm_all_ram_unmap``: unpin everything; ``regions_mapping_count`` is not reset."""
     for base, size in vm.ram_mappings:
         vm.driver.pins.unpin(base, size)
     vm.ram_mappings.clear()

@@ -1,4 +1,5 @@
-"""The HSM's one sysfs attribute, ``remove_cpu`` (write-only), under the misc device (spec 1.1).
+"""The HSM's one sysfs attribute, ``remove_cpu`` (write-only), under the misc device
+(``drivers/virt/acrn/hsm.c: remove_cpu_store``).
 
 Writing a CPU number offlines that Service VM CPU in Linux and then asks the hypervisor to take it
 away (HC_SOS_REMOVE_CPU with the CPU's LAPIC id).  ACRN's launch scripts do this for the pCPUs a

@@ -1,4 +1,5 @@
-"""``struct acrn_vm`` of the HSM driver: the per-fd state (one fd = one VM, spec 1.1)."""
+"""``struct acrn_vm`` of the HSM driver: the per-fd state (one fd = one VM,
+``drivers/virt/acrn/acrn_drv.h``)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ class HsmVm:
         self.driver = driver
         self.vmid = uapi.ACRN_INVALID_VMID
         self.vcpu_num = 0
-        #: ACRN_VM_FLAG_DESTROYED: set by a successful destroy and never cleared (spec 2.3 step 4).
+        #: ACRN_VM_FLAG_DESTROYED: set by a successful destroy and never cleared (``acrn_vm_destroy``).
         self.destroyed = False
-        #: ACRN_VM_FLAG_CLEARING_IOREQ (spec 5.5).
+        #: ACRN_VM_FLAG_CLEARING_IOREQ (``acrn_ioreq_request_clear``).
         self.clearing = False
         #: Address of the pinned ioreq page (the kernel's ``page_address``), or None.
         self.ioreq_buf: int | None = None
@@ -39,15 +40,15 @@ class HsmVm:
         #: Non-default clients, newest first (list_add).
         self.ioreq_clients: list[IoreqClient] = []
         self.pci_conf_addr = 0
-        #: Never reset, not even by destroy (spec 12.12); bounds RAM mappings at 256.
+        #: Never reset, not even by destroy (``acrn_vm_all_ram_unmap``); bounds RAM mappings at 256.
         self.regions_mapping_count = 0
         #: Pinned RAM ranges (vma_base, size).
         self.ram_mappings: list[tuple[int, int]] = []
         self.monitor_page: int | None = None
         self.ioeventfds: IoeventfdSet | None = None
         self.irqfds: IrqfdSet | None = None
-        #: Emulator only: hypervisor VMs this fd created and then lost (spec 12.12); release tears
-        #: them down so that the emulator does not leak them.
+        #: Emulator only: hypervisor VMs this fd created and then lost (``docs/differences.md``); release
+        #: tears them down so that the emulator does not leak them.
         self.orphans: list[int] = []
 
     def hypercall(self, hcid: int, param1: int = 0, param2: int = 0) -> int:

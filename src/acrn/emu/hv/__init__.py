@@ -5,7 +5,6 @@ a runtime reads VM/vCPU state from it and listens for changes (:class:`HvListene
 """
 
 from acrn.emu.hv.hypervisor import HV_API_MAJOR_VERSION, HV_API_MINOR_VERSION, HvListener, Hypervisor
-from acrn.emu.hv.landing import is_valid_cr0_cr4, land_vcpu_regs, reset_vcpu_state
 from acrn.emu.hv.state import HC_STATE_RULES, VcpuState, VmEvent, VmState
 from acrn.emu.hv.vm import EptRegion, PtdevIntx, Vcpu, Vm
 
@@ -22,7 +21,4 @@ __all__ = [
     "Vm",
     "VmEvent",
     "VmState",
-    "is_valid_cr0_cr4",
-    "land_vcpu_regs",
-    "reset_vcpu_state",
 ]

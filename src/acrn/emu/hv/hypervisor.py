@@ -27,7 +27,6 @@ from typing import Any, Final, TypeVar
 from acrn import uapi
 from acrn.arch import CpuState
 from acrn.emu.hostmem import ServiceVmMemory
-from acrn.emu.hv.landing import is_valid_cr0_cr4, land_vcpu_regs, reset_vcpu_state
 from acrn.emu.hv.state import (
     BSP_VCPU_ID,
     EINVAL,
@@ -50,6 +49,7 @@ from acrn.emu.platform import (
     Platform,
     VmConfig,
 )
+from acrn.rules import is_valid_cr0_cr4, land_vcpu_regs, reset_vcpu_state
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ MCS9900_DEV_ID: Final = 0x9710 | (0x9900 << 16)
 VRP_DEV_ID: Final = 0x8086 | (0x9D14 << 16)
 
 #: Dispatch indexes whose table entry carries permission flags (Trusty, TEE): the Service VM's guest
-#: flags never contain them, so they are -ENOTTY for it (spec 1.4).
+#: flags never contain them, so they are -ENOTTY for it
+#: (``hypervisor/arch/x86/guest/vmcall.c: dispatch_hypercall``).
 _PERMISSION_FLAGGED: Final = frozenset({0x70, 0x71, 0x72, 0x90, 0x91})
 #: Handlers ACRN has but pyacrn does not emulate (debug, sbuf, asyncio): they answer -1.
 _NOT_EMULATED: Final = frozenset({0x32, 0x33, 0x44, 0x61, 0x62, 0x63})
@@ -113,7 +114,7 @@ class _Target:
 
 _Handler = Callable[[_Target, int, int], int]
 
-#: The spec 3 rule of HC_NOTIFY_REQUEST_FINISH, applied inline by its shortcut (the shape that code
+#: The HC_STATE_RULES entry of HC_NOTIFY_REQUEST_FINISH, applied inline by its shortcut (the shape that code
 #: relies on is asserted here; a test compares it with check_state for every state).
 _NOTIFY_RULE: Final = HC_STATE_RULES[uapi.HC_NOTIFY_REQUEST_FINISH & 0xFF]
 assert _NOTIFY_RULE.severity is Severity.REQUIRED and _NOTIFY_RULE.needs_ioreq_buffer
@@ -280,9 +281,9 @@ class Hypervisor:
 
     # ------------------------------------------------------------------ public interface
     def hypercall(self, hcid: int, param1: int = 0, param2: int = 0) -> int:
-        """VMCALL from the Service VM at CPL 0: dispatch by ``hcid & 0xFF`` (spec 1.4), resolve the
-        target VM (relative vmid; pre-launched or out of range -> -ENOTTY), run the handler under the
-        lock and return the signed RAX value."""
+        """VMCALL from the Service VM at CPL 0: dispatch by ``hcid & 0xFF`` (``dispatch_hypercall``),
+        resolve the target VM (relative vmid; pre-launched or out of range -> -ENOTTY), run the handler
+        under the lock and return the signed RAX value."""
         param1 &= (1 << 64) - 1
         param2 &= (1 << 64) - 1
         if hcid == uapi.HC_NOTIFY_REQUEST_FINISH:
@@ -306,7 +307,7 @@ class Hypervisor:
 
     def _notify_request_finish_call(self, param1: int, param2: int) -> int:
         """HC_NOTIFY_REQUEST_FINISH, once per I/O exit: the steps of :meth:`hypercall` for it
-        (target ``(u16)param1``, -ENOTTY for a pre-launched one, the spec 3 state rule, the
+        (target ``(u16)param1``, -ENOTTY for a pre-launched one, the HC_STATE_RULES check, the
         handler) without building the generic target."""
         with self.lock:
             abs_id = (self.service_vm_id + (param1 & _U16)) & _U16
@@ -370,7 +371,8 @@ class Hypervisor:
 
     def force_shutdown(self, rel_vmid: int) -> bool:
         """Emulator only: pause and destroy a VM whatever its severity (ACRN would leak it when its
-        fd is closed while it runs, spec 12.10/12.11; the emulator frees it instead).  False if absent."""
+        fd is closed while it runs, see ``docs/differences.md``; the emulator frees it instead).  False if
+        absent."""
         with self.lock:
             vm = self.vm(rel_vmid)
             if vm is None:
@@ -430,7 +432,8 @@ class Hypervisor:
         value: int = 0,
         fast: bool = False,
     ) -> int:
-        """``acrn_insert_request`` (spec 5.2): put a request in the vCPU's slot and fire the upcall.
+        """``acrn_insert_request`` (``hypervisor/dm/io_req.c``): put a request in the vCPU's slot and fire
+        the upcall.
 
         Give either the 64-byte ``reqs`` union or the fields of a PIO/MMIO request.  Needs the
         buffer set and the slot FREE (else -EINVAL).  Writes type and reqs, completion_polling = 1
@@ -500,7 +503,7 @@ class Hypervisor:
                 return None
             value = 0
             # The hypervisor uses the type *it* inserted: a PORTIO the kernel rewrote to PCICFG keeps
-            # PIO post-work, which works because the first 28 bytes match (spec 5.2).
+            # PIO post-work, which works because the first 28 bytes match (dm_emulate_io_complete).
             if vcpu.state != VcpuState.ZOMBIE and vcpu.io_direction == uapi.ACRN_IOREQ_DIR_READ:
                 if vcpu.io_type == uapi.ACRN_IOREQ_TYPE_MMIO:
                     value = int(slot.reqs.mmio_request.value)
@@ -536,7 +539,7 @@ class Hypervisor:
         return _Target(abs_id, self.vm_configs[abs_id], self._vms.get(abs_id))
 
     def _parse_target(self, hcid: int, param1: int) -> _Target | None:
-        """``parse_target_vm``: it switches on the FULL hypercall id, unlike the dispatch (spec 1.4),
+        """``parse_target_vm``: it switches on the FULL hypercall id, unlike the dispatch (``vmcall.c``),
         so e.g. 0x10 without the 0x80 prefix runs CREATE_VM's handler on the slot ``(u16)param1``."""
         if hcid == uapi.HC_CREATE_VM:
             data = self.memory.read(param1, ctypes.sizeof(uapi.acrn_vm_creation))
@@ -707,7 +710,7 @@ class Hypervisor:
                 vcpu.state = VCPU_TRANSITIONS[VmEvent.PAUSE]
             vm.state = new
             self._notify("vm_paused", vm)
-        # 0 even when nothing changed (PAUSED again, or a RUNNING higher-severity VM): spec 2 PAUSE.
+        # 0 even when nothing changed (PAUSED again, or a RUNNING higher-severity VM): hcall_pause_vm.
         return 0
 
     def _hc_reset_vm(self, t: _Target, p1: int, p2: int) -> int:
@@ -732,7 +735,7 @@ class Hypervisor:
         return 0
 
     def _hc_set_vcpu_regs(self, t: _Target, p1: int, p2: int) -> int:
-        # Spec 4.1, in order; the state part of step 1 is the HC_STATE_RULES check.
+        # hcall_set_vcpu_regs, in order; its state check is the HC_STATE_RULES one.
         vm = t.vm
         assert vm is not None
         if p2 == 0:
@@ -746,7 +749,7 @@ class Hypervisor:
         vcpu = vm.vcpu(vr.vcpu_id)
         if vcpu is None or vcpu.state == VcpuState.OFFLINE:
             return -1
-        if not is_valid_cr0_cr4(int(vr.vcpu_regs.cr0), int(vr.vcpu_regs.cr4), self.platform):
+        if not is_valid_cr0_cr4(int(vr.vcpu_regs.cr0), int(vr.vcpu_regs.cr4), self.platform.cr_masks):
             return -1
         if self.strict_arch and self._arch_errors(data):
             return -1  # emulator option, off by default: ACRN itself accepts these states
@@ -780,7 +783,7 @@ class Hypervisor:
     def _hc_set_irqline(self, t: _Target, p1: int, p2: int) -> int:
         vm = t.vm
         assert vm is not None
-        gsi, op = p2 & 0xFFFFFFFF, (p2 >> 32) & 0xFFFFFFFF  # {u32 gsi; u32 op} by value (spec 6.4)
+        gsi, op = p2 & 0xFFFFFFFF, (p2 >> 32) & 0xFFFFFFFF  # {u32 gsi; u32 op} by value
         gsi_count = REDIR_ENTRIES_HW if t.config.load_order == "service" else VIOAPIC_RTE_NUM
         if gsi >= gsi_count:
             return -1
@@ -831,7 +834,7 @@ class Hypervisor:
             return -1
         iobuf = int.from_bytes(data, "little")
         if not self.memory.valid(iobuf, uapi.ACRN_IO_REQUEST_BUFFER_SIZE, write=True):
-            vm.ioreq_buffer = None  # unmapped GPA: the buffer is dropped (spec 5.1)
+            vm.ioreq_buffer = None  # unmapped GPA: the buffer is dropped (hcall_set_ioreq_buffer)
             return -1
         vm.ioreq_buffer = iobuf
         for i in range(uapi.ACRN_IO_REQUEST_MAX):
@@ -1083,12 +1086,12 @@ class Hypervisor:
 
 
 def _vm_name(raw: bytes) -> str:
-    """The NUL-terminated VM name the hypervisor reads from ``acrn_vm_creation.uuid`` (spec 1.5)."""
+    """The NUL-terminated VM name the hypervisor reads from ``acrn_vm_creation.uuid`` (``docs/abi.md``)."""
     return raw.split(b"\0", 1)[0].decode("latin-1")
 
 
 def _memtype(attr: int) -> int:
-    """ACRN's memory-type priority for a region: WB > WT > WC > WP > UC (spec 6.5)."""
+    """ACRN's memory-type priority for a region: WB > WT > WC > WP > UC (``hcall_set_vm_memory_regions``)."""
     for t in (uapi.ACRN_MEM_TYPE_WB, uapi.ACRN_MEM_TYPE_WT, uapi.ACRN_MEM_TYPE_WC, uapi.ACRN_MEM_TYPE_WP):
         if attr & t:
             return t

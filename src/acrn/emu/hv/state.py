@@ -1,4 +1,7 @@
-"""The VM and vCPU state machines of the emulated hypervisor, as tables (spec 3).
+"""The VM and vCPU state machines of the emulated hypervisor, as tables.
+
+Sources: the state checks at the top of each ``hcall_*`` handler in
+``hypervisor/common/hypercall.c`` and the transitions in ``hypervisor/arch/x86/guest/vm.c``.
 
 Everything that decides *whether* a hypercall may act on a VM lives here: the legal VM states per
 hypercall with the error ACRN returns otherwise, and the transitions each lifecycle event makes.
@@ -60,15 +63,16 @@ _CREATED_PAUSED: Final = frozenset({_S.CREATED, _S.PAUSED})
 EINVAL: Final = -errno.EINVAL
 ENOTTY: Final = -errno.ENOTTY
 
-#: Spec 3 table, keyed by the hypercall's dispatch index (``hcall_id & 0xFF``).  CREATE_VM's rule is
-#: about the *config slot* found by name.  Hypercalls missing here have no VM-state precondition.
+#: The hypercalls' state preconditions, keyed by the hypercall's dispatch index (``hcall_id & 0xFF``).
+#: CREATE_VM's rule is about the *config slot* found by name.  Hypercalls missing here have no VM-state
+#: precondition.
 HC_STATE_RULES: Final[dict[int, StateRule]] = {
     0x10: StateRule(frozenset({_S.POWERED_OFF}), -1),  # CREATE_VM
     0x11: StateRule(frozenset({_S.PAUSED}), -1),  # DESTROY_VM
     0x12: StateRule(_CREATED, -1, needs_ioreq_buffer=True),  # START_VM
     0x13: StateRule(_ALIVE, -1),  # PAUSE_VM (a no-op in some states, see VM_TRANSITIONS)
     0x15: StateRule(frozenset({_S.PAUSED}), -1),  # RESET_VM
-    # SET_VCPU_REGS: not POWERED_OFF and not RUNNING (spec 4.1 step 1).
+    # SET_VCPU_REGS: not POWERED_OFF and not RUNNING (hcall_set_vcpu_regs).
     0x16: StateRule(frozenset({_S.CREATED, _S.PAUSED, _S.READY_TO_POWEROFF}), -1),
     0x23: StateRule(_ALIVE, -1, Severity.REQUIRED),  # INJECT_MSI
     0x24: StateRule(_ALIVE, EINVAL),  # VM_INTR_MONITOR
@@ -91,7 +95,8 @@ HC_STATE_RULES: Final[dict[int, StateRule]] = {
 
 
 def check_state(hc_idx: int, state: VmState, severity_pass: bool, has_ioreq_buffer: bool) -> int | None:
-    """The error the spec 3 table gives for this call on a VM in ``state``, or None if it may proceed."""
+    """The error :data:`HC_STATE_RULES` gives for this call on a VM in ``state``, or None if it may
+    proceed."""
     rule = HC_STATE_RULES.get(hc_idx)
     if rule is None:
         return None
@@ -116,7 +121,7 @@ class VmEvent(Enum):
 
 
 #: VM transitions per event.  A state missing from an event's map means "no change".  PAUSE of a
-#: RUNNING VM is listed separately because it depends on severity (spec 2 PAUSE, surprise 10).
+#: RUNNING VM is listed separately because it depends on severity (``hcall_pause_vm``).
 VM_TRANSITIONS: Final[dict[VmEvent, dict[VmState, VmState]]] = {
     VmEvent.CREATE: {_S.POWERED_OFF: _S.CREATED},
     VmEvent.START: {_S.CREATED: _S.RUNNING},
@@ -136,7 +141,7 @@ def vm_transition(event: VmEvent, state: VmState, severity_pass: bool = True) ->
     return VM_TRANSITIONS[event].get(state, state)
 
 
-#: What each VM-level event does to the VM's vCPUs (spec 3, last paragraph).  START is special:
+#: What each VM-level event does to the VM's vCPUs (``hypervisor/arch/x86/guest/vm.c``).  START is special:
 #: only the BSP (vCPU 0) goes RUNNING; APs stay INIT until the guest sends INIT/SIPI.
 VCPU_TRANSITIONS: Final[dict[VmEvent, VcpuState]] = {
     VmEvent.CREATE: VcpuState.INIT,

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 from acrn import uapi
 from acrn.arch import CpuState
-from acrn.emu.hv.landing import reset_vcpu_state
 from acrn.emu.hv.state import VcpuState, VmState
 from acrn.emu.platform import VmConfig
+from acrn.rules import reset_vcpu_state
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class EptRegion:
     """One EPT mapping: guest-physical [gpa, gpa+size) -> host (process) address ``hpa``.
 
     ``prot`` holds the ACRN_MEM_ACCESS_* bits, ``memtype`` the single ACRN_MEM_TYPE_* value chosen
-    by ACRN's priority rule (spec 6.5).
+    by ACRN's priority rule (``hcall_set_vm_memory_regions``).
     """
 
     gpa: int
