@@ -118,3 +118,38 @@ def test_pit_owner_reaches_a_wrapped_kvm_accelerator() -> None:
         assert kvm.pit is False
         _apply_pit_owner(wrapper(kvm, syscall_repair=False), "hypervisor-kvm")
         assert kvm.pit is True
+
+
+# Linux's PIT calibration loop (arch/x86/kernel/tsc.c: pit_calibrate_tsc), reduced: gate 2 on and
+# speaker off through port 0x61, channel 2 in mode 0 with 1193 ticks (1 ms), poll port 0x61 until
+# OUT2 (bit 5) rises, report the last port-0x61 value on port 0x80, halt.
+#   in al,0x61; and al,0xfd; or al,1; out 0x61,al; mov al,0xb0; out 0x43,al
+#   mov al,0xa9; out 0x42,al; mov al,4; out 0x42,al
+#   1: in al,0x61; test al,0x20; jz 1b; out 0x80,al; cli; hlt
+CALIBRATE_CODE = bytes.fromhex("e46124fd0c01e661b0b0e643b0a9e642b004e642e461a82074fae680faf4")
+
+
+@pytest.mark.kvm
+def test_linux_style_pit_calibration_runs_on_the_device_models_i8254(no_leaks: None) -> None:
+    from acrn.dm.devices.i8254 import I8254
+
+    machine = _machine("device-model")
+    try:
+        g = GUESTS["io_loop"]
+        image = bytearray(g.image())
+        start = g.symbols()["start"] - g.load_gpa
+        image[start : start + len(CALIBRATE_CODE)] = CALIBRATE_CODE
+        report = PortLog()
+        with VmSession(
+            mem_size=g.mem_size, device=EmulatedDevice(machine), accel=machine.runtime.accel_name
+        ) as s:
+            s.load(g.load_gpa, bytes(image))
+            s.set_regs(g.regs())
+            I8254().attach(s.bus)
+            s.bus.register_pio(0x80, 1, report)
+            r = s.run(timeout=60)
+        assert r.reason == "halt", r.summary()
+        # Gate 2 on, OUT2 high: the count ran out in the device model's PIT.
+        assert len(report.log) == 1 and report.log[0][2] & 0x21 == 0x21
+    finally:
+        machine.runtime.close()
