@@ -35,6 +35,9 @@ BASE_PORT: Final = 0x40
 PORT_B: Final = 0x61
 PIT_HZ: Final = 1_193_182
 PIT_IRQ: Final = 0
+#: The GSI that ISA IRQ 0 arrives on: the MADT's interrupt source override 0 -> 2 (acrn-dm
+#: ``include/pit.h`` PIT_IOAPIC_IRQ; ACRN mirrors GSI 2 onto PIC pin 0).
+PIT_GSI: Final = 2
 #: Port B bits.
 PORT_B_GATE2: Final = 0x01
 PORT_B_SPEAKER: Final = 0x02
