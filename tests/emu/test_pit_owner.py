@@ -158,3 +158,15 @@ def test_linux_style_pit_calibration_runs_on_the_sessions_i8254(no_leaks: None) 
         assert len(report.log) == 1 and report.log[0][2] & 0x21 == 0x21
     finally:
         machine.runtime.close()
+
+
+def test_session_pit_owner_sets_the_platform_and_attaches_the_pit(no_leaks: None) -> None:
+    machine = Machine()
+    with VmSession(device=EmulatedDevice(machine), pit_owner="device-model") as s:
+        assert machine.platform.pit_owner == "device-model"
+        assert s.pit is not None and {r.start for r in s.bus.pio_ranges()} >= {0x40, 0x61}
+    with VmSession(device=EmulatedDevice(machine), pit_owner="hypervisor-kvm") as s:
+        assert s.pit is None and 0x40 not in {r.start for r in s.bus.pio_ranges()}
+    with pytest.raises(ValueError, match="pit_owner 'kvm'"):
+        VmSession(device=EmulatedDevice(machine), pit_owner="kvm")
+    machine.runtime.close()

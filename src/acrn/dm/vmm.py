@@ -95,6 +95,8 @@ class VmSession:
         cpu_affinity: int = 0,
         pit_owner: str | None = None,
     ) -> None:
+        if pit_owner is not None and pit_owner not in ("hypervisor-kvm", "device-model"):
+            raise ValueError(f"pit_owner {pit_owner!r}: must be hypervisor-kvm or device-model")
         self.hsm = Hsm.open(device) if isinstance(device, str) else Hsm(device)
         self.accel = accel
         self.runtime: Runtime | None = None
@@ -116,8 +118,6 @@ class VmSession:
         # HSM) and on an emulator whose platform says so (docs/differences.md, "The PIT").
         # ``pit_owner`` sets the emulator's platform option for the VMs created from now on.
         platform = getattr(machine, "platform", None)
-        if pit_owner is not None and pit_owner not in ("hypervisor-kvm", "device-model"):
-            raise ValueError(f"pit_owner {pit_owner!r}: must be hypervisor-kvm or device-model")
         if platform is not None and pit_owner is not None:
             platform.pit_owner = pit_owner
         owner = platform.pit_owner if platform is not None else "device-model"
