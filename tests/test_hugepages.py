@@ -135,3 +135,14 @@ def test_the_hosts_pool_is_readable_where_the_kernel_has_one() -> None:
         pytest.skip("this kernel has no 2 MiB hugetlb pool")
     pool = hp.read_pool()
     assert pool.page_size == hp.HUGE_2M and 0 <= pool.free <= pool.total
+
+
+def test_shortfall_says_what_to_reserve() -> None:
+    empty = hp.Pool(hp.HUGE_2M, total=0, free=0)
+    assert hp.shortfall(["-m", "256M", *LAUNCH], empty) == (
+        "acrn-dm needs 136 free 2 MiB huge pages for this guest, 0 are available (pool 0); "
+        "as root: echo 136 > /proc/sys/vm/nr_hugepages"
+    )
+    busy = hp.Pool(hp.HUGE_2M, total=300, free=100)
+    assert "echo 336 > /proc/sys/vm/nr_hugepages" in (hp.shortfall(LAUNCH, busy) or "")
+    assert hp.shortfall(LAUNCH, hp.Pool(hp.HUGE_2M, total=136, free=136)) is None

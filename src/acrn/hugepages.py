@@ -302,6 +302,25 @@ def reserve(total: int, nr_hugepages: Path = PROC_NR_HUGEPAGES) -> int:
     return granted
 
 
+def shortfall(
+    argv: Sequence[str], pool: Pool, *, file_size: Callable[[str], int] = os.path.getsize
+) -> str | None:
+    """One line telling the user what to reserve before running acrn-dm with ``argv``, or None
+    when ``pool`` (the 2 MiB pool, from :func:`read_pool`) already has enough available pages.
+
+    acrn-dm would try to grow the pool itself (``core/hugetlb.c: reserve_more_pages``, as root);
+    saying it first keeps the host's settings the user's decision.
+    """
+    needed = pages_needed(argv, file_size=file_size)
+    if pool.available >= needed:
+        return None
+    total = target_total(pool, needed)
+    return (
+        f"acrn-dm needs {needed} free 2 MiB huge pages for this guest, {pool.available} are available "
+        f"(pool {pool.total}); as root: {reserve_command(total)}"
+    )
+
+
 __all__ = [
     "DM_DEFAULT_MEMSIZE",
     "DM_FRAMEBUFFER_SIZE",
@@ -322,5 +341,6 @@ __all__ = [
     "read_pool",
     "reserve",
     "reserve_command",
+    "shortfall",
     "target_total",
 ]
