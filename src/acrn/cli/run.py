@@ -111,6 +111,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--stdin", choices=("auto", "on", "off"), default="auto", help="keys to the UART (Ctrl-A x quits)"
     )
     b.add_argument("-v", "--verbose-boot", action="store_true", help="show loader decisions and exit details")
+    p.add_argument(
+        "--pit-owner",
+        choices=("hypervisor-kvm", "device-model"),
+        help="emulator: who answers ports 0x40-0x43/0x61, KVM's in-kernel PIT (the default) or the "
+        "device model's i8254 (ACRN's split; docs/differences.md)",
+    )
     p.add_argument("--entry", type=lambda s: int(s, 0), default=0x8000, help="entry address for --preset")
     p.add_argument("--mem", type=parse_size, default=2 << 20, help="guest RAM at GPA 0 (default 2M)")
     p.add_argument("--dump-state", metavar="FILE", help="write the final state of every vCPU as JSON")
@@ -147,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         accel=args.accel,
         console=console,
         fast_path=args.ioreq == "fast",
+        pit_owner=args.pit_owner,
     ) as session:
         for gpa, data in images:
             session.load(gpa, data)
@@ -224,6 +231,7 @@ def boot(args: argparse.Namespace) -> int:
         accel=args.accel,
         console=watch,
         fast_path=args.ioreq == "fast",
+        pit_owner=args.pit_owner,
         # pCPUs 1..N: the User VM pCPUs of the default platform (0 is the Service VM's).
         cpu_affinity=((1 << args.cpus) - 1) << 1,
     ) as session:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from acrn import uapi
 from acrn.dm.bus import IoBus
 from acrn.dm.devices.debugexit import DebugExit
+from acrn.dm.devices.i8254 import I8254, PIT_GSI
 from acrn.dm.devices.pci_host import PciHostBridge
 from acrn.dm.devices.uart16550 import COM1_IRQ, Uart16550
 from acrn.dm.ioreq import IoreqLoop, batch_scheduling
@@ -92,7 +93,10 @@ class VmSession:
         console: Callable[[bytes], None] | None = None,
         fast_path: bool = False,
         cpu_affinity: int = 0,
+        pit_owner: str | None = None,
     ) -> None:
+        if pit_owner is not None and pit_owner not in ("hypervisor-kvm", "device-model"):
+            raise ValueError(f"pit_owner {pit_owner!r}: must be hypervisor-kvm or device-model")
         self.hsm = Hsm.open(device) if isinstance(device, str) else Hsm(device)
         self.accel = accel
         self.runtime: Runtime | None = None
@@ -110,6 +114,17 @@ class VmSession:
         self._debugexit_status: int | None = None
         self.debugexit = DebugExit(on_exit=self._on_debugexit)
         self.debugexit.attach(self.bus)
+        # The PIT is the device model's wherever the hypervisor has none: on ACRN itself (a real
+        # HSM) and on an emulator whose platform says so (docs/differences.md, "The PIT").
+        # ``pit_owner`` sets the emulator's platform option for the VMs created from now on.
+        platform = getattr(machine, "platform", None)
+        if platform is not None and pit_owner is not None:
+            platform.pit_owner = pit_owner
+        owner = platform.pit_owner if platform is not None else "device-model"
+        self.pit: I8254 | None = None
+        if owner == "device-model":
+            self.pit = I8254(irq=self._on_pit_irq)
+            self.pit.attach(self.bus)
         # PCICFG requests (the kernel's CF8/CFC combiner, spec 5.4) go to bus 0 with the host bridge.
         self.pci = PciBus()
         self.hostbridge = PciHostBridge()
@@ -211,6 +226,16 @@ class VmSession:
         except HsmError as e:  # e.g. the VM is being destroyed: the level no longer matters
             log.debug("UART interrupt line: %s", e)
 
+    def _on_pit_irq(self) -> None:
+        """Channel 0's output edge: a pulse on GSI 2, as acrn-dm's ``vpit_timer_handler``."""
+        vm = getattr(self, "vm", None)
+        if vm is None:
+            return
+        try:
+            vm.set_irqline(PIT_GSI, uapi.GSI_RAISING_PULSE)
+        except HsmError as e:  # e.g. the VM is being destroyed
+            log.debug("PIT interrupt line: %s", e)
+
     def _on_debugexit(self, status: int) -> None:
         self._debugexit_status = status
         self._stop_event.set()
@@ -271,6 +296,8 @@ class VmSession:
                 assert self._loop_thread is not None
                 self._loop_thread.start()
         self._started = True
+        if self.pit is not None:
+            self.pit.start()
         deadline = None if timeout is None else t0 + timeout
         while True:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0)
@@ -336,6 +363,8 @@ class VmSession:
                 self.vm.pause()  # acrn-dm's vm_pause before vm_destroy (a no-op on a paused VM)
                 self.vm.destroy()
         finally:
+            if self.pit is not None:
+                self.pit.close()
             if self.runtime is not None:
                 self.runtime.remove_stop_callback(self._on_stop)
             self.hsm.close()

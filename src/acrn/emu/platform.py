@@ -14,6 +14,9 @@ from typing import Final, Literal
 from acrn import rules, uapi
 
 LoadOrder = Literal["service", "pre", "post"]
+#: Who emulates the i8254 PIT (ports 0x40-0x43) and the port-0x61 gate/status bits of a User VM.
+PitOwner = Literal["hypervisor-kvm", "device-model"]
+PIT_OWNERS: Final = ("hypervisor-kvm", "device-model")
 
 # ACRN's VM severities (hypervisor vm_config.h ``enum acrn_vm_severity``; RTVM_SEVERITY_LEVEL is 0x30
 # in the generated configs).  A VM whose severity is above the Service VM's is protected from some
@@ -119,12 +122,23 @@ class Platform:
     phys_gsi_num: int = REDIR_ENTRIES_HW
     #: CONFIG_IVSHMEM_ENABLED: without it CREATE_VDEV of an ivshmem device is -EINVAL.
     ivshmem_enabled: bool = False
+    #: Who owns the PIT of a User VM (docs/differences.md, "The PIT").  ``"hypervisor-kvm"`` (the
+    #: default, what pyacrn's own device model relies on to boot Linux): KVM's in-kernel i8254
+    #: (``KVM_CREATE_PIT2`` with ``KVM_PIT_SPEAKER_DUMMY``) absorbs ports 0x40-0x43 and 0x61 and
+    #: raises IRQ 0 itself.  ``"device-model"``: ACRN v3.3's own split -- the hypervisor gives a
+    #: post-launched VM no PIT (hypervisor/arch/x86/guest/vm.c: create_vm), so those ports become
+    #: ioreqs for the device model, which emulates the PIT (acrn-dm: hw/platform/pit.c) and drives
+    #: GSI 2 with SET_IRQLINE.  Only the KVM accelerator has an in-kernel PIT; on the soft
+    #: accelerator the ports always reach the device model.
+    pit_owner: PitOwner = "hypervisor-kvm"
 
     def __post_init__(self) -> None:
         if not 1 <= self.pcpu_num <= 64:
             raise ValueError(f"pcpu_num {self.pcpu_num}: must be 1..64 (a u64 pCPU bitmap)")
         if len(self.vm_configs) != self.max_vm_num:
             raise ValueError(f"vm_configs has {len(self.vm_configs)} slots, max_vm_num is {self.max_vm_num}")
+        if self.pit_owner not in PIT_OWNERS:
+            raise ValueError(f"pit_owner {self.pit_owner!r}: must be one of {', '.join(PIT_OWNERS)}")
         services = [i for i, c in enumerate(self.vm_configs) if c.load_order == "service"]
         if len(services) != 1:
             raise ValueError("exactly one VM config slot must be the Service VM")

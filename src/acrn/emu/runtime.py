@@ -387,7 +387,9 @@ class VmRuntime:
         self.runtime = runtime
         self.hv = runtime.hv
         self.vmid: int = vm.vmid
-        self.accel_vm: AccelVm = runtime.accelerator.create_vm()
+        accelerator = runtime.accelerator
+        _apply_pit_owner(accelerator, self.hv.platform.pit_owner)
+        self.accel_vm: AccelVm = accelerator.create_vm()
         #: The hypervisor's VM object: the same one from CREATE_VM to DESTROY (read without hv.lock
         #: on the I/O path, for its fixed guest flags only).
         self.hv_vm = vm
@@ -586,6 +588,19 @@ def _install_kick_handler() -> None:
     from acrn.emu.accel import kvm
 
     kvm.install_kick_handler()
+
+
+def _apply_pit_owner(accelerator: Accelerator, owner: str) -> None:
+    """Give the KVM VM an in-kernel PIT only when the platform says the hypervisor owns it.
+
+    The KVM accelerator may be wrapped (the fallback and hybrid accelerators keep it as
+    ``primary``); the soft accelerator has no PIT, so there the ports always reach the device model.
+    """
+    from acrn.emu.accel.kvm import KvmAccelerator
+
+    for acc in (accelerator, getattr(accelerator, "primary", None)):
+        if isinstance(acc, KvmAccelerator):
+            acc.pit = owner == "hypervisor-kvm"
 
 
 class Runtime:

@@ -323,14 +323,18 @@ def _cpuid2_buffer(entries: list[tuple[int, ...]]) -> bytearray:
 class KvmAccelerator:
     """Factory of KVM VMs.
 
-    ``irqchip``: create the in-kernel PIC/IOAPIC/LAPIC and PIT (then HLT no longer exits).
+    ``irqchip``: create the in-kernel PIC/IOAPIC/LAPIC (then HLT no longer exits).
+    ``pit``: with ``irqchip``, also the in-kernel PIT, which then absorbs ports 0x40-0x43 and 0x61;
+    ``False`` leaves those ports to exit to userspace like any other (the platform's
+    ``pit_owner == "device-model"``, ACRN's own split).
     ``tsc_khz``: what CPUID 0x40000010.EAX reports; ``None`` asks KVM (``KVM_GET_TSC_KHZ``).
     """
 
     name = "kvm"
 
-    def __init__(self, *, irqchip: bool = False, tsc_khz: int | None = None) -> None:
+    def __init__(self, *, irqchip: bool = False, pit: bool = True, tsc_khz: int | None = None) -> None:
         self.irqchip = irqchip
+        self.pit = pit
         self.tsc_khz = tsc_khz
 
     @staticmethod
@@ -367,7 +371,7 @@ class KvmAccelerator:
         """Create a VM (and install the kick handler when called on the main thread)."""
         if threading.current_thread() is threading.main_thread():
             install_kick_handler()
-        return KvmVm(irqchip=self.irqchip, tsc_khz=self.tsc_khz)
+        return KvmVm(irqchip=self.irqchip, pit=self.pit, tsc_khz=self.tsc_khz)
 
 
 class KvmVm:
@@ -376,8 +380,10 @@ class KvmVm:
 
     name = "kvm"
 
-    def __init__(self, *, irqchip: bool = False, tsc_khz: int | None = None) -> None:
+    def __init__(self, *, irqchip: bool = False, pit: bool = True, tsc_khz: int | None = None) -> None:
         self.irqchip = irqchip
+        #: Whether KVM's in-kernel PIT exists (it needs the irqchip).
+        self.pit = irqchip and pit
         self.tsc_khz = tsc_khz
         self._fd = -1
         self._slots: dict[tuple[int, int], int] = {}
@@ -404,9 +410,12 @@ class KvmVm:
             )
             if irqchip:
                 _ioctl(self._fd, "KVM_CREATE_IRQCHIP", abi.KVM_CREATE_IRQCHIP, 0)
-                # SPEAKER_DUMMY: port 0x61 is handled in the kernel (as Firecracker configures the PIT).
-                pit = abi.kvm_pit_config(flags=abi.KVM_PIT_SPEAKER_DUMMY)
-                _ioctl(self._fd, "KVM_CREATE_PIT2", abi.KVM_CREATE_PIT2, pit)
+                if self.pit:
+                    # SPEAKER_DUMMY: port 0x61 is handled in the kernel too (linux
+                    # arch/x86/kvm/i8254.c: kvm_create_pit registers speaker_dev on it), so the
+                    # guest's channel-2 gate and OUT2 status never leave KVM.
+                    config = abi.kvm_pit_config(flags=abi.KVM_PIT_SPEAKER_DUMMY)
+                    _ioctl(self._fd, "KVM_CREATE_PIT2", abi.KVM_CREATE_PIT2, config)
                 self._set_routing()
                 self._chip_snapshots = [
                     ki.get_irqchip(self._fd, chip)
