@@ -8,7 +8,10 @@ summary says which backends ran.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +82,23 @@ def no_leaks() -> Iterator[None]:
     assert threading.active_count() <= threads_before, "threads leaked"
     leaked = fds_after - fds_before
     assert not leaked, f"fds leaked: {sorted(leaked)}"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+GUEST_DIR = Path(os.environ.get("ACRN_GUEST_DIR", ROOT / "work-guests" / "linux"))
+
+
+@pytest.fixture(scope="session")
+def linux_guest() -> Path:
+    """The directory with ``vmlinuz`` and ``initramfs.cpio``, fetched once (skip if impossible)."""
+    if not ((GUEST_DIR / "vmlinuz").is_file() and (GUEST_DIR / "initramfs.cpio").is_file()):
+        script = ROOT / "scripts" / "fetch-linux-guest.py"
+        done = subprocess.run(
+            [sys.executable, str(script), "--dest", str(GUEST_DIR)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"no Linux guest: {done.stderr.strip() or done.stdout.strip()}")
+    return GUEST_DIR

@@ -27,6 +27,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--hv", metavar="SOCKET", help="use the running service at SOCKET")
+    p.add_argument(
+        "--reserve-hugepages",
+        action="store_true",
+        help="for acrn-dm: reserve the 2 MiB huge pages its guest memory needs if the host has too few "
+        "(root); without it, acrn exec says what to run",
+    )
     add_machine_options(p)
     p.add_argument("program", metavar="PROGRAM", help="the program to run")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="its arguments")
@@ -84,11 +90,13 @@ def run(args: argparse.Namespace) -> int:
     if argv and argv[0] == "--":
         argv = argv[1:]
     program = check_program(args.program)
+    if os.path.basename(program).startswith("acrn-dm"):
+        _check_hugepages(argv, reserve=args.reserve_hugepages)
     try:
         lib = str(preload_library())
     except PreloadMissing as e:
         raise CliError(str(e)) from None
-    machine_opts = args.accel != "auto" or args.hybrid or args.no_fallback
+    machine_opts = args.accel != "auto" or args.hybrid or args.no_fallback or args.pit_owner != "device-model"
     service: HvService | None = None
     tmpdir: str | None = None
     if args.hv:
@@ -98,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
             )
         if machine_opts:
             raise CliError(
-                "--accel/--hybrid/--no-fallback configure a private service; the one at --hv has its own", 2
+                "--accel/--hybrid/--no-fallback/--pit-owner configure a private service; the one at --hv has its own",
+                2,
             )
         path = args.hv
     elif not machine_opts and _live(default_socket_path()):
@@ -131,6 +140,27 @@ def run(args: argparse.Namespace) -> int:
             service.machine.runtime.close()
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _check_hugepages(argv: list[str], *, reserve: bool) -> None:
+    """acrn-dm backs guest RAM with 2 MiB huge pages (devicemodel/core/hugetlb.c): say what to
+    reserve before it fails obscurely, or reserve them when asked to."""
+    from acrn import hugepages
+
+    try:
+        pool = hugepages.read_pool()
+        missing = hugepages.shortfall(argv, pool)
+    except (hugepages.HugePageError, OSError, ValueError):
+        return  # acrn-dm itself will say what is wrong with its options
+    if missing is None:
+        return
+    if not reserve:
+        raise CliError(f"{missing} (or rerun with --reserve-hugepages)")
+    total = hugepages.target_total(pool, hugepages.pages_needed(argv))
+    try:
+        hugepages.reserve(total)
+    except hugepages.HugePageError as e:
+        raise CliError(f"cannot reserve the huge pages acrn-dm needs: {e}") from None
 
 
 def _run_child(argv: list[str], env: dict[str, str]) -> int:

@@ -29,6 +29,13 @@ def add_machine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-fallback", action="store_true", help="KVM emulation failures end the VM (no soft-CPU fallback)"
     )
+    p.add_argument(
+        "--pit-owner",
+        choices=("device-model", "hypervisor-kvm"),
+        default="device-model",
+        help="who answers the PIT's ports 0x40-0x43 and 0x61: the device model, as on ACRN, whose hypervisor "
+        "gives a post-launched VM no PIT (default), or KVM's in-kernel PIT",
+    )
 
 
 def make_machine(args: argparse.Namespace) -> object:
@@ -41,7 +48,11 @@ def make_machine(args: argparse.Namespace) -> object:
         ok, why = availability(args.accel)
         if not ok:
             raise CliError(f"--accel {args.accel}: not usable here ({why}); try --accel auto")
-    machine = Machine(Platform.default(), args.accel)
+    platform = Platform.default()
+    # ACRN v3.3 emulates no PIT for a post-launched VM (hypervisor/arch/x86/guest/vm.c: create_vm):
+    # acrn-dm's own i8254 answers ports 0x40-0x43 and 0x61 (docs/acrn-dm.md).
+    platform.pit_owner = args.pit_owner
+    machine = Machine(platform, args.accel)
     if args.accel != "soft" and availability("kvm")[0] and availability("soft")[0]:
         if args.hybrid or not args.no_fallback:
             from acrn.emu.fallback import FallbackAccelerator, HybridAccelerator
