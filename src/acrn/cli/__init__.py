@@ -72,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # `acrn -v run` and `acrn run -v` mean the same: one verbosity, counted on either side.
+    args.verbose += getattr(args, "sub_verbose", 0) or 0
     setup_logging(args.verbose)
     try:
         rc = args.func(args)
@@ -92,3 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        # No user-facing path ends in a traceback; --debug shows it.
+        if args.debug:
+            raise
+        print(
+            f"acrn: internal error: {type(e).__name__}: {e} (acrn --debug {args.command} ... shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1

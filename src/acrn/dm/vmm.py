@@ -133,6 +133,12 @@ class VmSession:
         self.no_reboot = False
         self.reload: Callable[[], VcpuRegs] | None = None
         self.resets = 0
+        #: Validate every SET_VCPU_REGS state at level ``abi`` before the ioctl (``acrn run --strict``).
+        self.strict_regs = False
+        #: Set by a caller that paused the VM itself (``acrn run``'s Ctrl-A p): ACRN cannot resume it.
+        self.paused_by_user = False
+        #: The fallback accelerator's counters when the caller installed one (``acrn run``).
+        self.fallback_stats: Any = None
 
     # ------------------------------------------------------------------ building
     def load(self, gpa: int, data: bytes) -> None:
@@ -192,8 +198,9 @@ class VmSession:
             self._loop.notify_postponed = False
         self._start()
 
-    def set_regs(self, regs: VcpuRegs, *, strict: bool = False) -> None:
-        self.vm.set_vcpu_regs(regs, strict=strict)
+    def set_regs(self, regs: VcpuRegs, *, strict: bool | None = None) -> None:
+        """SET_VCPU_REGS for vCPU 0's state; ``strict`` (default :attr:`strict_regs`) validates first."""
+        self.vm.set_vcpu_regs(regs, strict=self.strict_regs if strict is None else strict)
 
     # ------------------------------------------------------------------ running
     def _on_output(self, data: bytes) -> None:
@@ -238,7 +245,9 @@ class VmSession:
     def run(self, timeout: float | None = None) -> RunResult:
         """START_VM and serve I/O until the guest stops, exits through the debug port or times out."""
         t0 = time.monotonic()
-        self._stop_event.clear()
+        if self._requested is None:
+            # A stop asked for before the run (a signal while the caller set up) still ends it.
+            self._stop_event.clear()
         self._debugexit_status = None
         if self.runtime is not None:
             self.runtime.remove_stop_callback(self._on_stop)

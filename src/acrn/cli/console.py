@@ -1,0 +1,479 @@
+"""One guest run as ``acrn run`` shows it: console, signals, a closed stdout, status line, results.
+
+What a user can count on, in every mode:
+
+* the guest's console goes to stdout; when stdin is a terminal its keys go to the UART, with
+  QEMU's Ctrl-A escapes (:class:`acrn.dm.loaders.boot.InteractiveConsole`);
+* SIGINT, SIGTERM and SIGHUP end the run as any other stop does: the terminal is restored, the
+  "VM ended" line names the signal, ``--dump-state`` and ``--json`` are written, and the exit
+  status is 128 + the signal number (a signal before the VM starts ends with the same status);
+* a closed stdout (``acrn run ... | head``) ends the run at once with status 141, as SIGPIPE
+  ends QEMU, with one summary line on stderr;
+* on a terminal (stderr), a status line shows what the vCPUs do while the console is silent;
+* a timeout says what the guest printed last and what would help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TextIO
+
+from acrn.cli import CliError
+
+if TYPE_CHECKING:
+    from acrn.dm.vmm import RunResult, VmSession
+
+#: Exit status when standard output is closed under the console (128 + SIGPIPE, as a shell reports).
+STATUS_STDOUT_CLOSED = 128 + signal.SIGPIPE
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: The status line appears once the console has been silent this long (seconds).
+SILENT_AFTER = 2.0
+#: How much console output is kept to quote on a timeout.
+TAIL_BYTES = 4096
+
+
+@dataclass
+class RunOptions:
+    """What ``acrn run`` asked for, independent of the mode."""
+
+    device: str = "auto"
+    accel: str = "auto"
+    fast_path: bool = False
+    timeout: float | None = None  # None: no timeout
+    stop_at: bytes | None = None
+    interactive: bool = False
+    hybrid: bool = False
+    fallback: bool = True
+    strict: bool = False
+    dump_state: str | None = None
+    json_path: str | None = None
+    verbose: int = 0
+    boot: bool = False
+    status_line: bool = False
+    loader: str | None = None
+    bootargs: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, *, boot: bool) -> RunOptions:
+        interactive = args.stdin == "on" or (args.stdin == "auto" and _isatty(sys.stdin))
+        timeout = args.timeout
+        if timeout is None:
+            # A user at a console or booting a kernel decides when it ends (as with QEMU); a raw
+            # image that is silent for 30 s is stuck.
+            timeout = math.inf if interactive or boot else 30.0
+        return cls(
+            device=args.device,
+            accel=args.accel,
+            fast_path=args.ioreq == "fast",
+            timeout=None if math.isinf(timeout) else timeout,
+            stop_at=args.stop_at.encode() if args.stop_at else None,
+            interactive=interactive,
+            hybrid=args.hybrid,
+            fallback=not args.no_fallback,
+            strict=args.strict,
+            dump_state=args.dump_state,
+            json_path=args.json,
+            verbose=int(getattr(args, "verbose", 0) or 0),
+            boot=boot,
+            status_line=_isatty(sys.stderr),
+            bootargs=getattr(args, "bootargs", None),
+        )
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+@dataclass
+class _Console:
+    """The console sink: stdout (a closed one ends the run), the --stop-at marker, a tail to quote."""
+
+    opts: RunOptions
+    session: VmSession | None = None
+    bytes_out: int = 0
+    last_output: float = field(default_factory=time.monotonic)
+    tail: bytearray = field(default_factory=bytearray)
+    stdout_closed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    status_shown: bool = False
+    _marker_window: bytes = b""
+
+    def __call__(self, data: bytes) -> None:
+        with self.lock:
+            self.bytes_out += len(data)
+            self.last_output = time.monotonic()
+            self.tail += data
+            del self.tail[:-TAIL_BYTES]
+            if self.status_shown:
+                self._clear_status()
+            if not self.stdout_closed:
+                try:
+                    sys.stdout.buffer.write(data)
+                    sys.stdout.buffer.flush()
+                except BrokenPipeError:
+                    self._closed()
+                except OSError as e:
+                    if e.errno != errno.EPIPE:
+                        raise
+                    self._closed()
+        marker = self.opts.stop_at
+        if marker is not None and self.session is not None:
+            window = self._marker_window + data
+            if marker in window:
+                self.session.request_stop("marker", 0, f"console printed {marker.decode(errors='replace')!r}")
+            self._marker_window = window[-len(marker) :]
+
+    def _closed(self) -> None:
+        self.stdout_closed = True
+        # Later writes (ours, and the interpreter's final flush) go nowhere instead of failing.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        if self.session is not None:
+            self.session.request_stop("stdout-closed", STATUS_STDOUT_CLOSED, "standard output was closed")
+
+    def _clear_status(self) -> None:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
+        self.status_shown = False
+
+    def show_status(self, text: str) -> None:
+        with self.lock:
+            sys.stderr.write("\r\x1b[K" + text)
+            sys.stderr.flush()
+            self.status_shown = True
+
+    def clear_status(self) -> None:
+        with self.lock:
+            if self.status_shown:
+                self._clear_status()
+
+    def last_line(self) -> str:
+        lines = [ln for ln in bytes(self.tail).decode(errors="replace").splitlines() if ln.strip()]
+        return lines[-1].strip()[-160:] if lines else ""
+
+
+class _Signals:
+    """SIGINT/SIGTERM/SIGHUP end the run through the session (the main thread handles them)."""
+
+    def __init__(self) -> None:
+        self.session: VmSession | None = None
+        self.received: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread (tests call main() there)
+        for sig in HANDLED_SIGNALS:
+            self._old[sig] = signal.signal(sig, self._handler)
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    def _handler(self, signum: int, _frame: object) -> None:
+        self.received = signum
+        name = signal.Signals(signum).name
+        if self.session is not None:
+            self.session.request_stop("signal", 128 + signum, f"{name} (signal {signum})")
+            return
+        raise CliError(f"{name} (signal {signum}) before the VM ran: nothing was started", 128 + signum)
+
+
+def _status_text(session: VmSession, console: _Console, t0: float, last: dict[str, Any]) -> str | None:
+    """One line about what the vCPUs do, or None while the console is busy."""
+    now = time.monotonic()
+    silent = now - console.last_output
+    counts = _exit_counts(session)
+    total = sum(counts.values())
+    dt = max(now - last.get("t", t0), 1e-3)
+    rate = (total - last.get("total", 0)) / dt
+    kinds = {k: v - last.get("counts", {}).get(k, 0) for k, v in counts.items()}
+    last.update(t=now, total=total, counts=counts)
+    if silent < SILENT_AFTER:
+        return None
+    busiest = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]) if v > 0)
+    engine = session.runtime.accel_name if session.runtime is not None else "kernel HSM"
+    stats = getattr(session, "fallback_stats", None)
+    if stats is not None and getattr(stats, "switches", 0) == 0 and engine == "hybrid":
+        engine = "hybrid, still on the soft CPU"
+    text = f"[acrn {now - t0:.0f} s] {engine}: {rate:,.0f} exits/s"
+    if busiest:
+        text += f" ({busiest})"
+    elif rate == 0:
+        text += " (no exits: computing, or halted waiting for an interrupt)"
+    if stats is not None and stats.total:
+        text += f", {stats.total} fallback events"
+    if session.paused_by_user:
+        text += ", paused (Ctrl-A x quits)"
+    return text + f"; console silent {silent:.0f} s"
+
+
+def _exit_counts(session: VmSession) -> dict[str, int]:
+    if session.runtime is None:
+        return {}
+    vmrt = session.runtime.vms.get(session.vm.vmid)
+    if vmrt is None:
+        return {}
+    return {k: int(v) for k, v in vars(vmrt.exit_counts()).items()}
+
+
+def _status_thread(session: VmSession, console: _Console, done: threading.Event, t0: float) -> None:
+    last: dict[str, Any] = {}
+    while not done.wait(1.0):
+        try:
+            text = _status_text(session, console, t0, last)
+        except Exception:  # the status line must never disturb the run
+            continue
+        if text is not None:
+            console.show_status(text)
+    console.clear_status()
+
+
+def _pause_and_show(session: VmSession, notice: Callable[[str], None]) -> None:
+    """Ctrl-A p: PAUSE_VM and print every vCPU's live registers (ACRN cannot resume a paused VM)."""
+    from acrn.errors import HsmError
+    from acrn.regs.show import format_state
+
+    if not session.paused_by_user:
+        session.vm.pause()
+        session.paused_by_user = True
+    lines = ["[acrn] VM paused (ACRN_IOCTL_PAUSE_VM); ACRN has no resume: Ctrl-A x ends the run"]
+    for vid in range(session.vm.vcpu_num):
+        try:
+            st = session.vm.vcpu_state(vid)
+        except HsmError as e:
+            lines.append(f"vCPU {vid}: {e}")
+            continue
+        lines.append(f"vCPU {vid}:")
+        lines += ["  " + ln for ln in format_state(st).rstrip("\n").splitlines()]
+    notice("\n".join(lines))
+
+
+def _status_now(session: VmSession, console: _Console, t0: float, notice: Callable[[str], None]) -> None:
+    """Ctrl-A s: one status line on demand."""
+    counts = _exit_counts(session)
+    exits = ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "none"
+    engine = session.runtime.accel_name if session.runtime is not None else "kernel HSM"
+    notice(
+        f"[acrn] {time.monotonic() - t0:.1f} s on {engine}; exits: {exits}; "
+        f"console {console.bytes_out} bytes; guest resets {session.resets}"
+        + ("; paused" if session.paused_by_user else "")
+    )
+
+
+def run_session(
+    opts: RunOptions,
+    *,
+    name: str,
+    mem_size: int,
+    build: Callable[[VmSession], None],
+    cpu_affinity: int = 0,
+    no_reboot: bool = False,
+) -> int:
+    """Create the session, ``build`` it (images, registers), run it and report; the exit status."""
+    from acrn.dm.loaders.boot import InteractiveConsole
+    from acrn.dm.vmm import VmSession
+
+    signals = _Signals()
+    signals.install()
+    console = _Console(opts)
+    t0 = time.monotonic()
+    try:
+        with VmSession(
+            name=name,
+            mem_size=mem_size,
+            device=opts.device,
+            accel=opts.accel,
+            console=console,
+            fast_path=opts.fast_path,
+            cpu_affinity=cpu_affinity,
+        ) as session:
+            console.session = session
+            session.no_reboot = no_reboot
+            session.strict_regs = opts.strict
+            _choose_engine(session, opts)
+            build(session)
+            if opts.verbose:
+                engine = session.runtime.accel_name if session.runtime else "kernel HSM"
+                print(f"accelerator: {engine}", file=sys.stderr)
+            signals.session = session
+            if signals.received is not None:  # a signal between building and running
+                signals._handler(signals.received, None)
+            done = threading.Event()
+            status = None
+            if opts.status_line:
+                status = threading.Thread(
+                    target=_status_thread, args=(session, console, done, t0), name="acrn-status", daemon=True
+                )
+                status.start()
+            try:
+                if opts.interactive:
+                    ic: InteractiveConsole | None = None
+
+                    def notice(text: str) -> None:
+                        console.clear_status()
+                        assert ic is not None
+                        ic._notice(text)
+
+                    ic = InteractiveConsole(
+                        session,
+                        commands=[
+                            ("p", "pause the VM and show the vCPU registers", lambda: _pause_and_show(session, notice)),
+                            ("s", "status: time, engine, exits, console bytes", lambda: _status_now(session, console, t0, notice)),
+                        ],
+                        notice=notice,
+                    )  # fmt: skip
+                    with ic:
+                        result = session.run(timeout=opts.timeout)
+                else:
+                    result = session.run(timeout=opts.timeout)
+            finally:
+                done.set()
+                if status is not None:
+                    status.join(timeout=5)
+                signals.session = None
+            wall = time.monotonic() - t0
+            _report(session, result, console, opts, wall)
+    finally:
+        signals.restore()
+    return result.status
+
+
+def _choose_engine(session: VmSession, opts: RunOptions) -> None:
+    """KVM with the soft-CPU fallback (default), the hybrid (--hybrid) or bare KVM (--no-fallback)."""
+    session.fallback_stats = None
+    if session.runtime is None or opts.accel == "soft":
+        return
+    from acrn.emu.accel import availability
+
+    if not availability("kvm")[0] or not availability("soft")[0]:
+        return  # auto picks soft (or KVM without a soft CPU to fall back on): nothing to wrap
+    if not (opts.hybrid or opts.fallback):
+        return
+    from acrn.emu.fallback import FallbackAccelerator, HybridAccelerator
+
+    acc = HybridAccelerator() if opts.hybrid else FallbackAccelerator()
+    session.runtime.set_accelerator(acc)
+    session.fallback_stats = acc.stats
+
+
+def _report(session: VmSession, result: RunResult, console: _Console, opts: RunOptions, wall: float) -> None:
+    """The summary on stderr, the fault details, the timeout hint, --dump-state and --json."""
+    err = sys.stderr
+    if console.bytes_out and not console.tail.endswith(b"\n"):
+        print(file=err)
+    print(result.summary(), file=err)
+    stats = session.fallback_stats
+    if opts.verbose:
+        print(f"  wall time {wall:.2f} s; guest resets {session.resets}", file=err)
+        if stats is not None:
+            print(f"  {stats.summary()}", file=err)
+    report = result.report
+    if result.reason not in ("halt", "debugexit", "timeout", "poweroff", "marker", "reset", "quit",
+                             "signal", "stdout-closed") and report is not None:  # fmt: skip
+        if report.state:
+            st = report.state
+            print(
+                f"  vcpu {report.vcpu_id}: rip={st['rip']:#x} mode={st['mode']} cr0={st['cr0']:#x} "
+                f"cr4={st['cr4']:#x} efer={st['efer']:#x} rflags={st['rflags']:#x}",
+                file=err,
+            )
+        for line in report.disassembly:
+            print(f"  {line}", file=err)
+        for finding in report.findings:
+            print(
+                f"  [{finding['level']} {finding['severity']}] {finding['rule']}: {finding['message']}",
+                file=err,
+            )
+    if result.reason == "timeout":
+        for line in timeout_hints(console, opts):
+            print(f"  {line}", file=err)
+    if opts.dump_state:
+        try:
+            with open(opts.dump_state, "w") as out:
+                json.dump({str(k): v for k, v in result.states.items()}, out, indent=2)
+        except OSError as e:
+            raise CliError(f"--dump-state {opts.dump_state}: {e.strerror}") from None
+    if opts.json_path:
+        doc = result_json(session, result, console, opts, wall)
+        text = json.dumps(doc)
+        if opts.json_path == "-":
+            if not console.stdout_closed:
+                if console.bytes_out and not console.tail.endswith(b"\n"):
+                    text = "\n" + text
+                with contextlib.suppress(BrokenPipeError):
+                    print(text, flush=True)
+        else:
+            try:
+                with open(opts.json_path, "w") as out:
+                    out.write(text + "\n")
+            except OSError as e:
+                raise CliError(f"--json {opts.json_path}: {e.strerror}") from None
+
+
+def timeout_hints(console: _Console, opts: RunOptions) -> list[str]:
+    """What the guest printed last and what would help, after a timeout."""
+    last = console.last_line()
+    out = [f"the guest printed last: {last!r}" if last else "the guest printed nothing on the console"]
+    if opts.boot:
+        if (
+            not console.bytes_out
+            and (opts.loader in ("bzimage", "vmlinux"))
+            and "console=" not in (opts.bootargs or "")
+        ):
+            out.append("no console= in -B: add -B 'console=ttyS0 earlyprintk=serial,ttyS0' to see the kernel")
+        out.append(
+            "a Linux boot takes minutes on this kind of KVM: --timeout none (the default for a boot) "
+            "or a longer --timeout; --hybrid runs the decompressor on the soft CPU"
+        )
+    else:
+        out.append("--timeout none waits for ever; --dump-state FILE shows where the vCPU was")
+    out.append("interactively (stdin a terminal), Ctrl-A p pauses the VM and shows its registers")
+    return out
+
+
+def result_json(
+    session: VmSession, result: RunResult, console: _Console, opts: RunOptions, wall: float
+) -> dict[str, Any]:
+    """The machine-readable result of a run (``acrn run --json``)."""
+    stats = session.fallback_stats
+    fallback: dict[str, Any] | None = None
+    if stats is not None:
+        fallback = {
+            "total": stats.total,
+            "events": dict(stats.events),
+            "injected": dict(stats.injected),
+            "failed": stats.failed,
+            "switches": stats.switches,
+        }
+    return {
+        "reason": result.reason,
+        "status": result.status,
+        "detail": result.detail,
+        "wall_seconds": round(wall, 3),
+        "run_seconds": round(result.seconds, 3),
+        "exits": {k: v for k, v in result.exits.items()},
+        "fallback": fallback,
+        "console_bytes": console.bytes_out,
+        "guest_resets": session.resets,
+        "accelerator": session.runtime.accel_name if session.runtime is not None else None,
+        "device": session.hsm.kind,
+        "loader": opts.loader,
+        "vcpus": {str(k): {"rip": v.get("rip"), "mode": v.get("mode")} for k, v in result.states.items()},
+    }
