@@ -14,7 +14,7 @@ Example::
 
     from acrn.device import open_device
     with open_device("emulated") as dev:
-        dev.ioctl(uapi.ACRN_IOCTL_PAUSE_VM, 0)   # OSError EINVAL: no VM yet (spec 1.2)
+        dev.ioctl(uapi.ACRN_IOCTL_PAUSE_VM, 0)   # OSError EINVAL: no VM yet (hsm.c: acrn_dev_ioctl)
 """
 
 from __future__ import annotations
@@ -107,7 +107,10 @@ class KernelDevice(Device):
 
     def __init__(self, path: str = DEFAULT_PATH) -> None:
         self.path = path
-        self.fd: int | None = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self.fd: int | None = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise HsmError(e.errno or errno.EIO, f"open {path}", _open_hint(e.errno, path)) from None
         self.description = f"{path} (kernel HSM driver)"
 
     def _ioctl(self, cmd: int, arg: Any) -> int:
@@ -129,6 +132,20 @@ class KernelDevice(Device):
         if self.fd is not None:
             fd, self.fd = self.fd, None
             os.close(fd)
+
+
+def _open_hint(err: int | None, path: str) -> str:
+    """Why /dev/acrn_hsm did not open, and what to do."""
+    if err == errno.ENOENT:
+        return (
+            "no ACRN HSM driver here (the device exists only in an ACRN Service VM with "
+            "CONFIG_ACRN_HSM); kind='emulated' (or 'auto', acrn --device auto) uses pyacrn's emulator"
+        )
+    if err in (errno.EACCES, errno.EPERM):
+        return f"{path} needs root (or its group's access); kind='emulated' needs no privileges"
+    if err == errno.ENODEV:
+        return "the HSM driver is loaded but not running on the ACRN hypervisor"
+    return "kind='emulated' uses pyacrn's emulator instead"
 
 
 _libc: ctypes.CDLL | None = None
@@ -182,14 +199,33 @@ class EmulatedDevice(Device):
         return self.file.vm.vmid if self.file is not None else uapi.ACRN_INVALID_VMID
 
     def vcpu_state(self, vcpu_id: int) -> dict[str, Any]:
-        """The hypervisor's architectural state of a vCPU of this fd's VM (``CpuState.to_dict``)."""
+        """A vCPU's architectural state (``CpuState.to_dict``): live in a PAUSED VM (what the
+        accelerator stopped with), the landed state before START or for a vCPU that never ran;
+        EBUSY while the VM runs."""
         vmid = self.vmid
         if vmid == uapi.ACRN_INVALID_VMID:
             raise HsmError(errno.EINVAL, "vcpu_state", "no VM on this fd")
+        from acrn.emu.hv.state import VmState
+
+        hv = self.machine.hv
+        hv_vm = hv.vm(vmid)
+        if hv_vm is not None and hv_vm.state in (VmState.RUNNING, VmState.READY_TO_POWEROFF):
+            raise HsmError(
+                errno.EBUSY,
+                "vcpu_state",
+                f"VM {vmid} is {hv_vm.state.name}: its registers change under the read; pause() first",
+            )
         try:
-            return self.machine.hv.vcpu_state(vmid, vcpu_id).to_dict()
+            landed = hv.vcpu_state(vmid, vcpu_id).to_dict()
         except KeyError:
             raise HsmError(errno.EINVAL, "vcpu_state", f"VM {vmid} has no vCPU {vcpu_id}") from None
+        if hv_vm is not None and hv_vm.state == VmState.PAUSED:
+            # Paused after running: the accelerator holds the registers the vCPU stopped with.
+            vmrt = self.machine.runtime.vms.get(vmid)
+            runner = vmrt.vcpus.get(vcpu_id) if vmrt is not None else None
+            if runner is not None and not runner.reload:
+                return dict(runner.avcpu.get_state().to_dict())
+        return landed
 
     def interrupt_attach(self) -> None:
         """Emulate a signal to a thread blocked in ATTACH_IOREQ_CLIENT (it returns 0)."""
