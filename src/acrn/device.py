@@ -9,6 +9,11 @@ Every ioctl is logged on ``logging.getLogger("acrn.trace")`` at DEBUG, strace-li
 
     ACRN_IOCTL_CREATE_VM({vmid=0, ..., ioreq_buf=0x7f...}) = 0 => {vmid=1, vcpu_num=2, ...}
     ACRN_IOCTL_START_VM() = -1 EPERM
+    ACRN_IOCTL_NOTIFY_REQUEST_FINISH({vmid=1, reserved=0, vcpu=0}) = 0  # pio out 0x3f8 size 1 = 0x68 'h'
+
+NOTIFY_REQUEST_FINISH names the request it completes (a caller that knows the slot says so with
+:func:`trace_note`).  The ioreq loop's ATTACH, issued once per scan, is logged on
+``acrn.trace.attach`` (``acrn -vv``), except when it fails.
 
 Example::
 
@@ -24,6 +29,7 @@ import errno
 import fcntl
 import logging
 import os
+import threading
 from typing import TYPE_CHECKING, Any
 
 from acrn import uapi
@@ -34,6 +40,15 @@ if TYPE_CHECKING:
     from acrn.emu.machine import Machine
 
 trace = logging.getLogger("acrn.trace")
+#: ATTACH_IOREQ_CLIENT returns once per scan of the ioreq page: hundreds of lines that say nothing.
+trace_attach = logging.getLogger("acrn.trace.attach")
+_notes = threading.local()
+
+
+def trace_note(text: str) -> None:
+    """Attach ``text`` to the next ioctl this thread traces (e.g. the request a NOTIFY completes)."""
+    _notes.text = text
+
 
 DEFAULT_PATH = "/dev/acrn_hsm"
 
@@ -53,16 +68,23 @@ class Device:
             return self._ioctl(cmd, arg)
         name = uapi.IOCTL_NAMES.get(cmd, f"{cmd:#010x}")
         before = _describe(cmd, arg)
+        note = getattr(_notes, "text", None)
+        _notes.text = None
+        suffix = f"  # {note}" if note else ""
         try:
             ret = self._ioctl(cmd, arg)
         except OSError as e:
             ename = errno.errorcode.get(e.errno or 0, str(e.errno))
-            trace.debug("%s(%s) = -1 %s (%s)", name, before, ename, os.strerror(e.errno or 0))
+            if cmd == uapi.ACRN_IOCTL_ATTACH_IOREQ_CLIENT and e.errno == errno.ENODEV:
+                # How every ioreq loop ends: DESTROY_IOREQ_CLIENT wakes the blocked ATTACH.
+                suffix = "  # the client was destroyed: the ioreq loop ends"
+            trace.debug("%s(%s) = -1 %s (%s)%s", name, before, ename, os.strerror(e.errno or 0), suffix)
             raise
         after = ""
         if uapi.ioc_dir(cmd) & 2 and not isinstance(arg, int):
             after = " => " + _describe(cmd, arg)
-        trace.debug("%s(%s) = %d%s", name, before, ret, after)
+        log = trace_attach if cmd == uapi.ACRN_IOCTL_ATTACH_IOREQ_CLIENT else trace
+        log.debug("%s(%s) = %d%s%s", name, before, ret, after, suffix)
         return ret
 
     def _ioctl(self, cmd: int, arg: Any) -> int:
@@ -278,6 +300,30 @@ def _describe(cmd: int, arg: Any) -> str:
     if len(raw) < ctypes.sizeof(ctype):
         return f"<{len(raw)} bytes, short>"
     return _fmt(uapi.decode(ctype.from_buffer_copy(raw)))
+
+
+def describe_request(slot: uapi.acrn_io_request) -> str:
+    """One ioreq slot as a trace reads it: kind, direction, address, size and value."""
+    kind = slot.type
+    if kind == uapi.ACRN_IOREQ_TYPE_PORTIO:
+        r: Any = slot.reqs.pio_request
+        what = f"pio {'in' if r.direction == uapi.ACRN_IOREQ_DIR_READ else 'out'} {r.address:#x}"
+    elif kind == uapi.ACRN_IOREQ_TYPE_MMIO:
+        r = slot.reqs.mmio_request
+        what = f"mmio {'read' if r.direction == uapi.ACRN_IOREQ_DIR_READ else 'write'} {r.address:#x}"
+    elif kind == uapi.ACRN_IOREQ_TYPE_PCICFG:
+        r = slot.reqs.pci_request
+        rw = "read" if r.direction == uapi.ACRN_IOREQ_DIR_READ else "write"
+        what = f"pci {rw} {r.bus:02x}:{r.dev:02x}.{r.func} reg {r.reg:#x}"
+    else:
+        return f"request type {kind}"
+    size = int(r.size)
+    value = int(r.value) & ((1 << (8 * min(size, 8))) - 1 if size else 0xFFFFFFFF)
+    arrow = "->" if r.direction == uapi.ACRN_IOREQ_DIR_READ else "="
+    text = f"{what} size {size} {arrow} {value:#x}"
+    if size == 1 and 32 <= value < 127:
+        text += f" {chr(value)!r}"
+    return text
 
 
 def _raw(arg: Any) -> str:

@@ -440,6 +440,10 @@ class Vm:
 
     def notify_request_finish(self, vcpu: int) -> None:
         """ACRN_IOCTL_NOTIFY_REQUEST_FINISH: the request in ``vcpu``'s slot is handled."""
+        from acrn.device import describe_request, trace, trace_note
+
+        if trace.isEnabledFor(logging.DEBUG) and 0 <= vcpu < uapi.ACRN_IO_REQUEST_MAX:
+            trace_note(describe_request(self.ioreq_page.slots.req_slot[vcpu]))
         try:
             self.hsm.device.notify_request_finish(self.vmid, vcpu)
         except OSError as e:

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pyacrn {__version__}")
     parser.add_argument(
         "-v", "--verbose", action="count", default=0,
-        help="log every HSM ioctl (name, decoded argument, result); twice for debug logs",
+        help="loader decisions, exit details and every HSM ioctl (name, decoded argument, result, "
+        "the I/O request a NOTIFY completes); twice for debug logs and the ioreq loop's ATTACHes",
     )  # fmt: skip
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -64,6 +65,8 @@ def setup_logging(verbosity: int) -> None:
     logging.basicConfig(level=level, format="%(name)s: %(message)s", stream=sys.stderr)
     if verbosity >= 1:
         logging.getLogger("acrn.trace").setLevel(logging.DEBUG)
+        # The ioreq loop's ATTACH returns once per request: shown from -vv on.
+        logging.getLogger("acrn.trace.attach").setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
