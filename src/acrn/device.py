@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -192,12 +193,20 @@ class EmulatedDevice(Device):
 
         self.machine: Machine = machine if machine is not None else default_machine()
         self.file: HsmFile | None = self.machine.open()
+        self._regs_set: set[int] = set()  # vCPUs given SET_VCPU_REGS since the latest START/RESET
         self.description = "emulated HSM driver + ACRN hypervisor (pyacrn)"
 
     def _ioctl(self, cmd: int, arg: Any) -> int:
         if self.file is None:
             raise OSError(errno.EBADF, "device is closed")
-        return self.file.ioctl(cmd, arg)
+        ret = self.file.ioctl(cmd, arg)
+        if cmd == uapi.ACRN_IOCTL_SET_VCPU_REGS and not isinstance(arg, int):
+            # Registers set while PAUSED are newer than what the vCPU stopped with (vcpu_state).
+            with contextlib.suppress(TypeError, ValueError):
+                self._regs_set.add(int.from_bytes(bytes(memoryview(arg).cast("B")[:2]), "little"))
+        elif cmd in (uapi.ACRN_IOCTL_START_VM, uapi.ACRN_IOCTL_RESET_VM):
+            self._regs_set.clear()
+        return ret
 
     def notify_request_finish(self, vmid: int, vcpu: int) -> int:
         """The driver's NOTIFY_REQUEST_FINISH without the struct round trip (same checks and
@@ -222,8 +231,8 @@ class EmulatedDevice(Device):
 
     def vcpu_state(self, vcpu_id: int) -> dict[str, Any]:
         """A vCPU's architectural state (``CpuState.to_dict``): live in a PAUSED VM (what the
-        accelerator stopped with), the landed state before START or for a vCPU that never ran;
-        EBUSY while the VM runs."""
+        accelerator stopped with), the landed state before START, after RESET or SET_VCPU_REGS,
+        and for a vCPU that never ran; EBUSY while the VM runs."""
         vmid = self.vmid
         if vmid == uapi.ACRN_INVALID_VMID:
             raise HsmError(errno.EINVAL, "vcpu_state", "no VM on this fd")
@@ -245,7 +254,7 @@ class EmulatedDevice(Device):
             # Paused after running: the accelerator holds the registers the vCPU stopped with.
             vmrt = self.machine.runtime.vms.get(vmid)
             runner = vmrt.vcpus.get(vcpu_id) if vmrt is not None else None
-            if runner is not None and not runner.reload:
+            if runner is not None and not runner.reload and vcpu_id not in self._regs_set:
                 return dict(runner.avcpu.get_state().to_dict())
         return landed
 

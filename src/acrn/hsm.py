@@ -86,12 +86,11 @@ class MemSeg:
 
 
 class Hsm:
-    """One HSM file descriptor; at most one VM lives on it (spec 1.1)."""
+    """One HSM file descriptor; at most one VM lives on it (drivers/virt/acrn/hsm.c: acrn_dev_open)."""
 
     def __init__(self, device: Device) -> None:
         self.device = device
         self.vm: Vm | None = None
-        self._retired: list[Vm] = []  # destroyed VMs of this fd, whose memory close() frees
 
     @classmethod
     def open(cls, kind: str = "auto", **kwargs: Any) -> Hsm:
@@ -132,15 +131,17 @@ class Hsm:
         ``ioreq_page`` is the 4 KiB request page shared with the hypervisor; one is allocated when
         not given.  ``cpu_affinity`` 0 means all the pCPUs the VM's configuration allows.
         """
-        if self.vm is not None and not self.vm.destroyed:
-            # The kernel would accept it and orphan the first VM (drivers/virt/acrn/hsm.c:
-            # acrn_dev_ioctl does not check that the fd already holds one; the VM then leaks
-            # until the hypervisor is reset).
+        if self.vm is not None:
+            # The kernel does not refuse it up front (drivers/virt/acrn/hsm.c: acrn_dev_ioctl):
+            # a second VM on a live one orphans both, and after DESTROY_VM the fd keeps its
+            # DESTROYED flag, so a VM created on it could never be destroyed through it
+            # (drivers/virt/acrn/vm.c: acrn_vm_destroy).  acrn-dm closes the fd after DESTROY.
+            had = "held" if self.vm.destroyed else "holds"
             raise HsmError(
                 errno.EBUSY,
                 "ACRN_IOCTL_CREATE_VM",
-                f"this Hsm already holds VM {self.vm.vmid} ({self.vm.name!r}): destroy it first, "
-                "or open another Hsm (one fd = one VM)",
+                f"this Hsm {had} VM {self.vm.vmid} ({self.vm.name!r}); one fd serves one VM for its "
+                "lifetime: open another Hsm",
             )
         if not isinstance(cpu_affinity, int) or cpu_affinity < 0 or cpu_affinity > U64_MAX:
             raise ValueError(f"cpu_affinity {cpu_affinity!r} must be a 64-bit pCPU bitmap")
@@ -163,8 +164,6 @@ class Hsm:
             if own_page:
                 page.close()
             raise
-        if self.vm is not None:
-            self._retired.append(self.vm)  # destroyed; its memory goes at close()
         vm = Vm(
             self, req.vmid, req.vcpu_num, name if isinstance(name, str) else name.decode(), page, own_page
         )
@@ -172,11 +171,10 @@ class Hsm:
         return vm
 
     def close(self) -> None:
-        """Close the fd (the kernel then destroys the VM: pause first, spec 12.11), then free memory."""
+        """Close the fd (the kernel then destroys the VM: pause first, drivers/virt/acrn/hsm.c: acrn_dev_release), then free memory."""
         self.device.close()
-        for vm in [*self._retired, *([self.vm] if self.vm is not None else [])]:
-            vm._release_memory()
-        self._retired.clear()
+        if self.vm is not None:
+            self.vm._release_memory()
 
     def _create_vm_hint(self, name: str | bytes, cpu_affinity: int) -> str:
         """Why CREATE_VM said EINVAL, from the platform when pyacrn emulates it."""
@@ -214,7 +212,7 @@ class Hsm:
 
 
 class Vm:
-    """The VM on one HSM fd. Methods map one-to-one onto ioctls; see spec section 2 for each."""
+    """The VM on one HSM fd. Methods map one-to-one onto ioctls; docs/ioctls.md has each one's checks and errno."""
 
     def __init__(
         self, hsm: Hsm, vmid: int, vcpu_num: int, name: str, ioreq_page: IoreqPage, own_page: bool
@@ -227,7 +225,7 @@ class Vm:
         self._own_page = own_page
         self.memsegs: list[MemSeg] = []
         self._ram: list[HostMemory] = []
-        #: Set by a successful :meth:`destroy`; the fd may then create another VM.
+        #: Set by a successful :meth:`destroy` (the fd cannot serve another VM).
         self.destroyed = False
 
     def __repr__(self) -> str:
@@ -260,7 +258,7 @@ class Vm:
         self._lifecycle(uapi.ACRN_IOCTL_START_VM, "CREATED", "a paused VM is started again after reset()")
 
     def pause(self) -> None:
-        """ACRN_IOCTL_PAUSE_VM. Returns normally even when ACRN leaves an RTVM running (spec 12.10)."""
+        """ACRN_IOCTL_PAUSE_VM. Returns normally even when ACRN leaves an RTVM running (hypervisor/common/hypercall.c: hcall_pause_vm)."""
         self.hsm.ioctl(uapi.ACRN_IOCTL_PAUSE_VM)
 
     def reset(self) -> None:
@@ -386,7 +384,7 @@ class Vm:
         self.hsm.ioctl(uapi.ACRN_IOCTL_INJECT_MSI, uapi.acrn_msi_entry(msi_addr, msi_data))
 
     def set_irqline(self, gsi: int, op: int) -> None:
-        """ACRN_IOCTL_SET_IRQLINE: the u64 {gsi, op} is passed by value (spec 12.5)."""
+        """ACRN_IOCTL_SET_IRQLINE: the u64 {gsi, op} is passed by value (drivers/virt/acrn/hsm.c: acrn_dev_ioctl)."""
         self.hsm.ioctl(uapi.ACRN_IOCTL_SET_IRQLINE, uapi.irqline_value(gsi, op))
 
     def vm_intr_monitor(self, page: HostMemory) -> None:
@@ -512,7 +510,7 @@ class Vm:
         """ACRN_IOCTL_PM_GET_CPU_STATE. The target VM comes from the command word (default: this VM).
 
         The kernel writes back 8 bytes for the CNT queries, 48 for PX_DATA and 32 for CX_DATA through
-        an ioctl encoded as 8 bytes, so the buffer here is sized for the largest answer (spec 12.5).
+        an ioctl encoded as 8 bytes, so the buffer here is sized for the largest answer (drivers/virt/acrn/hsm.c: pmcmd_ioctl).
         """
         word = uapi.pm_cmd(self.vmid if vmid is None else vmid, vcpu_id, state_num, cmd_type)
         buf = bytearray(ctypes.sizeof(uapi.acrn_pstate_data))

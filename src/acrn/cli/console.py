@@ -207,6 +207,8 @@ def _status_text(session: VmSession, console: _Console, t0: float, last: dict[st
     last.update(t=now, total=total, counts=counts)
     if silent < SILENT_AFTER:
         return None
+    if session.paused_by_user:
+        return f"[acrn {now - t0:.0f} s] VM paused: Ctrl-A x ends the run"
     busiest = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]) if v > 0)
     engine = session.runtime.accel_name if session.runtime is not None else "kernel HSM"
     stats = getattr(session, "fallback_stats", None)
@@ -219,9 +221,15 @@ def _status_text(session: VmSession, console: _Console, t0: float, last: dict[st
         text += " (no exits: computing, or halted waiting for an interrupt)"
     if stats is not None and stats.total:
         text += f", {stats.total} fallback events"
-    if session.paused_by_user:
-        text += ", paused (Ctrl-A x quits)"
     return text + f"; console silent {silent:.0f} s"
+
+
+def _runners(session: VmSession) -> list[int]:
+    """The vCPUs the emulator has run (empty against the real HSM)."""
+    if session.runtime is None:
+        return []
+    vmrt = session.runtime.vms.get(session.vm.vmid)
+    return list(vmrt.vcpus) if vmrt is not None else []
 
 
 def _exit_counts(session: VmSession) -> dict[str, int]:
@@ -254,7 +262,8 @@ def _pause_and_show(session: VmSession, notice: Callable[[str], None]) -> None:
         session.vm.pause()
         session.paused_by_user = True
     lines = ["[acrn] VM paused (ACRN_IOCTL_PAUSE_VM); ACRN has no resume: Ctrl-A x ends the run"]
-    for vid in range(session.vm.vcpu_num):
+    ran = sorted(_runners(session)) or [0]  # vCPUs that never ran hold only their reset state
+    for vid in ran:
         try:
             st = session.vm.vcpu_state(vid)
         except HsmError as e:

@@ -20,7 +20,11 @@ def register(subparsers: Any) -> None:
 
     s = sub.add_parser("show", help="print a register file as a readable table")
     s.add_argument("file", help="JSON or 296-byte blob ('-' for stdin)")
-    s.add_argument("--effective", action="store_true", help="show the state after ACRN lands it (spec 4.3)")
+    s.add_argument(
+        "--effective",
+        action="store_true",
+        help="show the state after ACRN lands it (its set_vcpu_regs rules)",
+    )
     s.set_defaults(func=_show)
 
     v = sub.add_parser("validate", help="check a register file against the HSM, ACRN and VM-entry rules")

@@ -1,7 +1,7 @@
 """Booting a guest image the way acrn-dm does: layout, devices, ACPI, loader, BSP registers.
 
 :func:`prepare_boot` takes a :class:`~acrn.dm.vmm.VmSession` whose lowmem is mapped at GPA 0 and
-an :class:`ImageSpec`, and (spec acrn-hsm.md 7.1) maps the other RAM regions, registers the boot
+an :class:`ImageSpec`, and (devicemodel/core/main.c: main) maps the other RAM regions, registers the boot
 devices (i8042, RTC/CMOS, ACPI PM; the session already has the 16550 UART and the debug-exit
 port), writes the ACPI tables at 0xF2400, runs the loader acrn-dm would choose (vSBL > OVMF >
 bzImage > ELF; pyacrn's vmlinux loader when asked for), and issues SET_VCPU_REGS for vCPU 0.  It
