@@ -405,9 +405,13 @@ def _report(session: VmSession, result: RunResult, console: _Console, opts: RunO
             )
         for line in report.disassembly:
             print(f"  {line}", file=err)
+        from acrn.errors import without_design_refs
+
         for finding in report.findings:
             print(
-                f"  [{finding['level']} {finding['severity']}] {finding['rule']}: {finding['message']}",
+                without_design_refs(
+                    f"  [{finding['level']} {finding['severity']}] {finding['rule']}: {finding['message']}"
+                ),
                 file=err,
             )
     if result.reason == "timeout":
