@@ -162,7 +162,7 @@ def _open_hint(err: int | None, path: str) -> str:
     if err == errno.ENOENT:
         return (
             "no ACRN HSM driver here (the device exists only in an ACRN Service VM with "
-            "CONFIG_ACRN_HSM); kind='emulated' (or 'auto', acrn --device auto) uses pyacrn's emulator"
+            "CONFIG_ACRN_HSM); pyacrn's emulator needs none: Hsm.open('emulated'), acrn --device emulated"
         )
     if err in (errno.EACCES, errno.EPERM):
         return f"{path} needs root (or its group's access); kind='emulated' needs no privileges"

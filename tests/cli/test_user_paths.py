@@ -360,3 +360,24 @@ def test_ioctl_trace_decodes_io_requests_and_cleanup_logs_no_failure() -> None:
         assert bad not in err
     rr = run("-vv", "run", "--guest", "hello_real", *SOFT)
     assert "ATTACH_IOREQ_CLIENT() = 0" in rr.stderr
+
+
+@pytest.mark.soft
+def test_a_failing_stdout_ends_the_run_once(tmp_path: Path) -> None:
+    """/dev/full: ENOSPC on the first console byte ends the run with one line, not one per byte."""
+    spam = image(tmp_path, "spam.bin", SPAM)
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run(
+            acrn("run", "--load", f"{spam}@0x8000", "--preset", "real", *SOFT, "--timeout", "600"),
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=WAIT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    assert r.returncode == 1
+    no_traceback(r.stderr)
+    assert "VM ended: stdout-error (status 1)" in r.stderr and "No space left on device" in r.stderr
+
+
+def test_an_unwritable_result_file_is_refused_before_the_run(tmp_path: Path) -> None:
+    for option in ("--dump-state", "--json"):
+        r = run("run", "--guest", "hello_long", *SOFT, option, str(tmp_path / "no" / "such.json"))
+        assert r.returncode == 1 and f"acrn: error: {option} " in r.stderr
+        assert "VM ended" not in r.stderr

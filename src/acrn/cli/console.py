@@ -124,12 +124,10 @@ class _Console:
                 try:
                     sys.stdout.buffer.write(data)
                     sys.stdout.buffer.flush()
-                except BrokenPipeError:
-                    self._closed()
                 except OSError as e:
-                    if e.errno != errno.EPIPE:
-                        raise
-                    self._closed()
+                    # EPIPE: the reader went away (`| head`); anything else (ENOSPC on /dev/full,
+                    # EIO on a hung-up terminal) also ends the run once, not once per byte.
+                    self._closed(None if e.errno == errno.EPIPE else e)
         marker = self.opts.stop_at
         if marker is not None and self.session is not None:
             window = self._marker_window + data
@@ -137,14 +135,22 @@ class _Console:
                 self.session.request_stop("marker", 0, f"console printed {marker.decode(errors='replace')!r}")
             self._marker_window = window[-len(marker) :]
 
-    def _closed(self) -> None:
+    def _closed(self, error: OSError | None) -> None:
         self.stdout_closed = True
         # Later writes (ours, and the interpreter's final flush) go nowhere instead of failing.
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.buffer.flush()
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-        if self.session is not None:
+        if self.session is None:
+            return
+        if error is None:
             self.session.request_stop("stdout-closed", STATUS_STDOUT_CLOSED, "standard output was closed")
+        else:
+            self.session.request_stop(
+                "stdout-error", 1, f"writing the console to standard output: {error.strerror}"
+            )
 
     def _clear_status(self) -> None:
         sys.stderr.write("\r\x1b[K")
@@ -299,6 +305,10 @@ def run_session(
     from acrn.dm.loaders.boot import InteractiveConsole
     from acrn.dm.vmm import VmSession
 
+    for option, path in (("--dump-state", opts.dump_state), ("--json", opts.json_path)):
+        # Refuse an unwritable result file now, not after a long run.
+        if path and path != "-" and not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+            raise CliError(f"{option} {path}: its directory does not exist or is not writable")
     signals = _Signals()
     signals.install()
     console = _Console(opts)
@@ -395,7 +405,7 @@ def _report(session: VmSession, result: RunResult, console: _Console, opts: RunO
             print(f"  {stats.summary()}", file=err)
     report = result.report
     if result.reason not in ("halt", "debugexit", "timeout", "poweroff", "marker", "reset", "quit",
-                             "signal", "stdout-closed") and report is not None:  # fmt: skip
+                             "signal", "stdout-closed", "stdout-error") and report is not None:  # fmt: skip
         if report.state:
             st = report.state
             print(
