@@ -236,6 +236,7 @@ def test_too_many_vcpus_gives_einval_and_the_platform_limit(tmp_path: Path) -> N
     r = run("run", "-E", elf_debugexit(tmp_path), "-s", "4", "-m", "16M", *SOFT)
     assert r.returncode == 1
     assert "ACRN_IOCTL_CREATE_VM: EINVAL" in r.stderr and "at most 3 vCPUs" in r.stderr
+    assert "-s N puts the vCPUs on pCPUs 1..N" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     no_traceback(r.stderr)
 
 

@@ -20,6 +20,18 @@ from collections.abc import Sequence
 
 from acrn import __version__
 
+EXAMPLES = """\
+examples:
+  acrn info                              what this host offers (HSM, accelerators, platform)
+  acrn demo                              three built-in guests through the HSM interface
+  acrn run --guest hello_long            one built-in guest (acrn run --list-guests)
+  acrn run -k bzImage -B console=ttyS0   boot Linux as acrn-dm does (Ctrl-A h: console help)
+  acrn -v run --guest hello_real         the same, with the HSM ioctl trace
+  acrn regs preset --list                register presets; acrn regs validate FILE checks one
+
+acrn COMMAND --help shows each command's options and examples; README.md has a Troubleshooting table.
+"""
+
 #: Subcommand modules, in help order.
 COMMANDS = ("info", "regs", "run", "demo")
 
@@ -36,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="acrn",
         description="ACRN HSM userspace tools, with an emulated ACRN hypervisor when /dev/acrn_hsm is absent.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"pyacrn {__version__}")
     parser.add_argument(

@@ -179,6 +179,7 @@ class _Signals:
     def __init__(self) -> None:
         self.session: VmSession | None = None
         self.received: int | None = None
+        self.after_run = False
         self._old: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -198,7 +199,8 @@ class _Signals:
         if self.session is not None:
             self.session.request_stop("signal", 128 + signum, f"{name} (signal {signum})")
             return
-        raise CliError(f"{name} (signal {signum}) before the VM ran: nothing was started", 128 + signum)
+        when = "after the run, while writing its results" if self.after_run else "before the VM ran"
+        raise CliError(f"{name} (signal {signum}) {when}", 128 + signum)
 
 
 def _status_text(session: VmSession, console: _Console, t0: float, last: dict[str, Any]) -> str | None:
@@ -314,15 +316,11 @@ def run_session(
     console = _Console(opts)
     t0 = time.monotonic()
     try:
-        with VmSession(
-            name=name,
-            mem_size=mem_size,
-            device=opts.device,
-            accel=opts.accel,
-            console=console,
-            fast_path=opts.fast_path,
-            cpu_affinity=cpu_affinity,
-        ) as session:
+        session_cm = _open_session(
+            VmSession, name=name, mem_size=mem_size, device=opts.device, accel=opts.accel,
+            console=console, fast_path=opts.fast_path, cpu_affinity=cpu_affinity,
+        )  # fmt: skip
+        with session_cm as session:
             console.session = session
             session.no_reboot = no_reboot
             session.strict_regs = opts.strict
@@ -367,11 +365,24 @@ def run_session(
                 if status is not None:
                     status.join(timeout=5)
                 signals.session = None
+                signals.after_run = True
             wall = time.monotonic() - t0
             _report(session, result, console, opts, wall)
     finally:
         signals.restore()
     return result.status
+
+
+def _open_session(cls: type[VmSession], *, cpu_affinity: int, **kwargs: Any) -> VmSession:
+    """The session, with what CREATE_VM's EINVAL means for ``-s`` (vCPUs on pCPUs 1..N)."""
+    from acrn.errors import HsmError
+
+    try:
+        return cls(cpu_affinity=cpu_affinity, **kwargs)
+    except HsmError as e:
+        if e.operation != "ACRN_IOCTL_CREATE_VM" or not cpu_affinity:
+            raise
+        raise CliError(f"{e} (-s N puts the vCPUs on pCPUs 1..N)") from None
 
 
 def _choose_engine(session: VmSession, opts: RunOptions) -> None:

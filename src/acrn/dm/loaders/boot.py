@@ -122,7 +122,7 @@ def prepare_boot(session: VmSession, spec: ImageSpec, memsize: int) -> LoadResul
     acpi.install_acpi_tables(session, spec.cpus)
     result = run_loader(session, layout, spec)
     for note in result.notes:
-        log.info("%s: %s", result.loader, note)
+        log.debug("%s: %s", result.loader, note)  # acrn run -v prints them itself
     session.set_regs(result.regs)
 
     def reload() -> VcpuRegs:
