@@ -84,7 +84,7 @@ def test_elf_classes_point_at_the_right_option() -> None:
         check_elf(elf64, 1, "-E")
     with pytest.raises(LoaderError, match="for an ELF32 multiboot image use -E"):
         check_elf(elf32, 2, "--vmlinux")
-    with pytest.raises(LoaderError, match="this is a bzImage: use -k"):
+    with pytest.raises(LoaderError, match=r"this is a bzImage, not an ELF64 vmlinux \(--vmlinux\): use -k"):
         check_elf(_bzimage(), 2, "--vmlinux")
 
 

@@ -109,8 +109,10 @@ def check_elf(image: bytes, want_class: int, option: str) -> None:
     """An ELF executable of the class the option loads (1: ELF32 for -E, 2: ELF64 for --vmlinux)."""
     what = describe(image)
     if image[:4] != b"\x7fELF":
-        fix = "; this is a bzImage: use -k" if "bzImage" in what else ""
-        raise LoaderError(f"not an ELF file: {what}{fix}")
+        if "bzImage" in what:
+            wanted = "an ELF64 vmlinux" if want_class == 2 else "an ELF32 image"
+            raise LoaderError(f"this is a bzImage, not {wanted} ({option}): use -k")
+        raise LoaderError(f"not an ELF file: {what}")
     cls = image[4] if len(image) > 4 else 0
     if cls != want_class:
         if want_class == 1:
