@@ -474,7 +474,8 @@ def timeout_hints(console: _Console, opts: RunOptions) -> list[str]:
             out.append("no console= in -B: add -B 'console=ttyS0 earlyprintk=serial,ttyS0' to see the kernel")
         out.append(
             "a Linux boot takes minutes on this kind of KVM: --timeout none (the default for a boot) "
-            "or a longer --timeout; --hybrid runs the decompressor on the soft CPU"
+            "or a longer --timeout"
+            + ("" if opts.hybrid else "; --hybrid runs the decompressor on the soft CPU in about a second")
         )
     else:
         out.append("--timeout none waits for ever; --dump-state FILE shows where the vCPU was")
