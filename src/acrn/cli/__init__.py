@@ -16,7 +16,7 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from acrn import __version__
 
@@ -70,7 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(verbosity: int) -> None:
+def setup_logging(verbosity: int) -> Callable[[], None]:
+    """Configure logging for one command; returns what puts the trace loggers' levels back (so
+    that ``main()`` called in-process, as tests do, leaves no tracing behind)."""
+    names = ("acrn.trace", "acrn.trace.attach")
+    saved = {name: logging.getLogger(name).level for name in names}
+
+    def restore() -> None:
+        for name, lvl in saved.items():
+            logging.getLogger(name).setLevel(lvl)
+
     level = logging.WARNING
     if verbosity == 1:
         level = logging.INFO
@@ -81,6 +90,7 @@ def setup_logging(verbosity: int) -> None:
         logging.getLogger("acrn.trace").setLevel(logging.DEBUG)
         # The ioreq loop's ATTACH returns once per request: shown from -vv on.
         logging.getLogger("acrn.trace.attach").setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
+    return restore
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     # `acrn -v run` and `acrn run -v` mean the same: one verbosity, counted on either side.
     args.verbose += getattr(args, "sub_verbose", 0) or 0
-    setup_logging(args.verbose)
+    restore_logging = setup_logging(args.verbose)
     try:
         rc = args.func(args)
         return int(rc or 0)
@@ -120,3 +130,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        restore_logging()
