@@ -304,7 +304,7 @@ def run_session(
     no_reboot: bool = False,
 ) -> int:
     """Create the session, ``build`` it (images, registers), run it and report; the exit status."""
-    from acrn.dm.loaders.boot import InteractiveConsole
+    from acrn.dm.loaders.boot import InteractiveConsole, terminal_notice
     from acrn.dm.vmm import VmSession
 
     for option, path in (("--dump-state", opts.dump_state), ("--json", opts.json_path)):
@@ -330,8 +330,6 @@ def run_session(
                 engine = session.runtime.accel_name if session.runtime else "kernel HSM"
                 print(f"accelerator: {engine}", file=sys.stderr)
             signals.session = session
-            if signals.received is not None:  # a signal between building and running
-                signals._handler(signals.received, None)
             done = threading.Event()
             status = None
             if opts.status_line:
@@ -341,12 +339,10 @@ def run_session(
                 status.start()
             try:
                 if opts.interactive:
-                    ic: InteractiveConsole | None = None
 
                     def notice(text: str) -> None:
                         console.clear_status()
-                        assert ic is not None
-                        ic._notice(text)
+                        terminal_notice(text)
 
                     ic = InteractiveConsole(
                         session,

@@ -163,6 +163,13 @@ class ConsoleWatch:
 
 ESCAPE_KEY = 0x01  # Ctrl-A, then a command key (QEMU's -nographic escape)
 
+
+def terminal_notice(text: str) -> None:
+    """A message on stderr that reads right on a terminal in raw mode ("\\n" does not return the carriage)."""
+    sys.stderr.write(text.replace("\n", "\r\n") + "\r\n")
+    sys.stderr.flush()
+
+
 #: An escape command: (key, what it does, action).  ``x`` (quit) and Ctrl-A Ctrl-A are built in.
 EscapeCommand = tuple[str, str, Callable[[], None]]
 
@@ -187,16 +194,10 @@ class InteractiveConsole:
         self.session = session
         self.fd = sys.stdin.fileno() if fd is None else fd
         self.commands = {key: (text, action) for key, text, action in commands or []}
-        self.notice = notice if notice is not None else self._notice
+        self.notice = notice if notice is not None else terminal_notice
         self._saved: list[Any] | None = None
         self._stop_r, self._stop_w = os.pipe()
         self._thread = threading.Thread(target=self._loop, name="acrn-console", daemon=True)
-
-    @staticmethod
-    def _notice(text: str) -> None:
-        # In raw mode "\n" does not return the carriage.
-        sys.stderr.write(text.replace("\n", "\r\n") + "\r\n")
-        sys.stderr.flush()
 
     def help_text(self) -> str:
         lines = ["Ctrl-A h  this help", "Ctrl-A x  quit (ends the run, status 0)"]
