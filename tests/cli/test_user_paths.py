@@ -382,3 +382,21 @@ def test_an_unwritable_result_file_is_refused_before_the_run(tmp_path: Path) -> 
         r = run("run", "--guest", "hello_long", *SOFT, option, str(tmp_path / "no" / "such.json"))
         assert r.returncode == 1 and f"acrn: error: {option} " in r.stderr
         assert "VM ended" not in r.stderr
+
+
+def test_a_signal_before_the_vm_runs_is_one_error_line_with_128_plus_n() -> None:
+    """While images load (no session yet), SIGTERM/SIGINT/SIGHUP abort with the signal's status."""
+    from acrn.cli import CliError
+    from acrn.cli.console import _Signals
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        s = _Signals()
+        s.install()
+        try:
+            with pytest.raises(CliError) as e:
+                signal.raise_signal(sig)
+        finally:
+            s.restore()
+        assert e.value.status == 128 + sig
+        assert str(e.value) == f"{sig.name} (signal {int(sig)}) before the VM ran"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers put back
