@@ -174,17 +174,28 @@ class _Console:
 
 
 class _Signals:
-    """SIGINT/SIGTERM/SIGHUP end the run through the session (the main thread handles them)."""
+    """SIGINT/SIGTERM/SIGHUP end the run through the session.
+
+    Python runs a handler on the main thread between two bytecodes, possibly while that thread
+    holds a lock the stop would take (the session's stop Event, inside ``Event.wait``): the
+    handler therefore only writes the signal number to a pipe, and a thread of its own asks the
+    session to stop.  Before the session exists (and after the run) the handler raises
+    :class:`CliError` instead: nothing is running that a stop could end.
+    """
 
     def __init__(self) -> None:
         self.session: VmSession | None = None
-        self.received: int | None = None
         self.after_run = False
         self._old: dict[int, Any] = {}
+        self._pipe: tuple[int, int] | None = None
+        self._thread: threading.Thread | None = None
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread (tests call main() there)
+        self._pipe = os.pipe()
+        self._thread = threading.Thread(target=self._forward, name="acrn-signals", daemon=True)
+        self._thread.start()
         for sig in HANDLED_SIGNALS:
             self._old[sig] = signal.signal(sig, self._handler)
 
@@ -192,15 +203,35 @@ class _Signals:
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old.clear()
+        if self._pipe is not None:
+            r, w = self._pipe
+            os.write(w, b"\0")
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+            os.close(r)
+            os.close(w)
+            self._pipe = None
 
     def _handler(self, signum: int, _frame: object) -> None:
-        self.received = signum
-        name = signal.Signals(signum).name
-        if self.session is not None:
-            self.session.request_stop("signal", 128 + signum, f"{name} (signal {signum})")
+        if self.session is not None and self._pipe is not None:
+            os.write(self._pipe[1], bytes([signum]))
             return
+        name = signal.Signals(signum).name
         when = "after the run, while writing its results" if self.after_run else "before the VM ran"
         raise CliError(f"{name} (signal {signum}) {when}", 128 + signum)
+
+    def _forward(self) -> None:
+        assert self._pipe is not None
+        r = self._pipe[0]
+        while True:
+            data = os.read(r, 1)
+            if not data or data == b"\0":
+                return
+            signum = data[0]
+            session = self.session
+            if session is not None:
+                name = signal.Signals(signum).name
+                session.request_stop("signal", 128 + signum, f"{name} (signal {signum})")
 
 
 def _status_text(session: VmSession, console: _Console, t0: float, last: dict[str, Any]) -> str | None:
