@@ -9,21 +9,28 @@ Every ioctl is logged on ``logging.getLogger("acrn.trace")`` at DEBUG, strace-li
 
     ACRN_IOCTL_CREATE_VM({vmid=0, ..., ioreq_buf=0x7f...}) = 0 => {vmid=1, vcpu_num=2, ...}
     ACRN_IOCTL_START_VM() = -1 EPERM
+    ACRN_IOCTL_NOTIFY_REQUEST_FINISH({vmid=1, reserved=0, vcpu=0}) = 0  # pio out 0x3f8 size 1 = 0x68 'h'
+
+NOTIFY_REQUEST_FINISH names the request it completes (a caller that knows the slot says so with
+:func:`trace_note`).  The ioreq loop's ATTACH, issued once per scan, is logged on
+``acrn.trace.attach`` (``acrn -vv``), except when it fails.
 
 Example::
 
     from acrn.device import open_device
     with open_device("emulated") as dev:
-        dev.ioctl(uapi.ACRN_IOCTL_PAUSE_VM, 0)   # OSError EINVAL: no VM yet (spec 1.2)
+        dev.ioctl(uapi.ACRN_IOCTL_PAUSE_VM, 0)   # OSError EINVAL: no VM yet (hsm.c: acrn_dev_ioctl)
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
 import logging
 import os
+import threading
 from typing import TYPE_CHECKING, Any
 
 from acrn import uapi
@@ -34,6 +41,15 @@ if TYPE_CHECKING:
     from acrn.emu.machine import Machine
 
 trace = logging.getLogger("acrn.trace")
+#: ATTACH_IOREQ_CLIENT returns once per scan of the ioreq page: hundreds of lines that say nothing.
+trace_attach = logging.getLogger("acrn.trace.attach")
+_notes = threading.local()
+
+
+def trace_note(text: str) -> None:
+    """Attach ``text`` to the next ioctl this thread traces (e.g. the request a NOTIFY completes)."""
+    _notes.text = text
+
 
 DEFAULT_PATH = "/dev/acrn_hsm"
 
@@ -53,16 +69,23 @@ class Device:
             return self._ioctl(cmd, arg)
         name = uapi.IOCTL_NAMES.get(cmd, f"{cmd:#010x}")
         before = _describe(cmd, arg)
+        note = getattr(_notes, "text", None)
+        _notes.text = None
+        suffix = f"  # {note}" if note else ""
         try:
             ret = self._ioctl(cmd, arg)
         except OSError as e:
             ename = errno.errorcode.get(e.errno or 0, str(e.errno))
-            trace.debug("%s(%s) = -1 %s (%s)", name, before, ename, os.strerror(e.errno or 0))
+            if cmd == uapi.ACRN_IOCTL_ATTACH_IOREQ_CLIENT and e.errno == errno.ENODEV:
+                # How every ioreq loop ends: DESTROY_IOREQ_CLIENT wakes the blocked ATTACH.
+                suffix = "  # the client was destroyed: the ioreq loop ends"
+            trace.debug("%s(%s) = -1 %s (%s)%s", name, before, ename, os.strerror(e.errno or 0), suffix)
             raise
         after = ""
         if uapi.ioc_dir(cmd) & 2 and not isinstance(arg, int):
             after = " => " + _describe(cmd, arg)
-        trace.debug("%s(%s) = %d%s", name, before, ret, after)
+        log = trace_attach if cmd == uapi.ACRN_IOCTL_ATTACH_IOREQ_CLIENT else trace
+        log.debug("%s(%s) = %d%s%s", name, before, ret, after, suffix)
         return ret
 
     def _ioctl(self, cmd: int, arg: Any) -> int:
@@ -107,7 +130,10 @@ class KernelDevice(Device):
 
     def __init__(self, path: str = DEFAULT_PATH) -> None:
         self.path = path
-        self.fd: int | None = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self.fd: int | None = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise HsmError(e.errno or errno.EIO, f"open {path}", _open_hint(e.errno, path)) from None
         self.description = f"{path} (kernel HSM driver)"
 
     def _ioctl(self, cmd: int, arg: Any) -> int:
@@ -129,6 +155,20 @@ class KernelDevice(Device):
         if self.fd is not None:
             fd, self.fd = self.fd, None
             os.close(fd)
+
+
+def _open_hint(err: int | None, path: str) -> str:
+    """Why /dev/acrn_hsm did not open, and what to do."""
+    if err == errno.ENOENT:
+        return (
+            "no ACRN HSM driver here (the device exists only in an ACRN Service VM with "
+            "CONFIG_ACRN_HSM); pyacrn's emulator needs none: Hsm.open('emulated'), acrn --device emulated"
+        )
+    if err in (errno.EACCES, errno.EPERM):
+        return f"{path} needs root (or its group's access); kind='emulated' needs no privileges"
+    if err == errno.ENODEV:
+        return "the HSM driver is loaded but not running on the ACRN hypervisor"
+    return "kind='emulated' uses pyacrn's emulator instead"
 
 
 _libc: ctypes.CDLL | None = None
@@ -153,12 +193,20 @@ class EmulatedDevice(Device):
 
         self.machine: Machine = machine if machine is not None else default_machine()
         self.file: HsmFile | None = self.machine.open()
+        self._regs_set: set[int] = set()  # vCPUs given SET_VCPU_REGS since the latest START/RESET
         self.description = "emulated HSM driver + ACRN hypervisor (pyacrn)"
 
     def _ioctl(self, cmd: int, arg: Any) -> int:
         if self.file is None:
             raise OSError(errno.EBADF, "device is closed")
-        return self.file.ioctl(cmd, arg)
+        ret = self.file.ioctl(cmd, arg)
+        if cmd == uapi.ACRN_IOCTL_SET_VCPU_REGS and not isinstance(arg, int):
+            # Registers set while PAUSED are newer than what the vCPU stopped with (vcpu_state).
+            with contextlib.suppress(TypeError, ValueError):
+                self._regs_set.add(int.from_bytes(bytes(memoryview(arg).cast("B")[:2]), "little"))
+        elif cmd in (uapi.ACRN_IOCTL_START_VM, uapi.ACRN_IOCTL_RESET_VM):
+            self._regs_set.clear()
+        return ret
 
     def notify_request_finish(self, vmid: int, vcpu: int) -> int:
         """The driver's NOTIFY_REQUEST_FINISH without the struct round trip (same checks and
@@ -182,14 +230,33 @@ class EmulatedDevice(Device):
         return self.file.vm.vmid if self.file is not None else uapi.ACRN_INVALID_VMID
 
     def vcpu_state(self, vcpu_id: int) -> dict[str, Any]:
-        """The hypervisor's architectural state of a vCPU of this fd's VM (``CpuState.to_dict``)."""
+        """A vCPU's architectural state (``CpuState.to_dict``): live in a PAUSED VM (what the
+        accelerator stopped with), the landed state before START, after RESET or SET_VCPU_REGS,
+        and for a vCPU that never ran; EBUSY while the VM runs."""
         vmid = self.vmid
         if vmid == uapi.ACRN_INVALID_VMID:
             raise HsmError(errno.EINVAL, "vcpu_state", "no VM on this fd")
+        from acrn.emu.hv.state import VmState
+
+        hv = self.machine.hv
+        hv_vm = hv.vm(vmid)
+        if hv_vm is not None and hv_vm.state in (VmState.RUNNING, VmState.READY_TO_POWEROFF):
+            raise HsmError(
+                errno.EBUSY,
+                "vcpu_state",
+                f"VM {vmid} is {hv_vm.state.name}: its registers change under the read; pause() first",
+            )
         try:
-            return self.machine.hv.vcpu_state(vmid, vcpu_id).to_dict()
+            landed = hv.vcpu_state(vmid, vcpu_id).to_dict()
         except KeyError:
             raise HsmError(errno.EINVAL, "vcpu_state", f"VM {vmid} has no vCPU {vcpu_id}") from None
+        if hv_vm is not None and hv_vm.state == VmState.PAUSED:
+            # Paused after running: the accelerator holds the registers the vCPU stopped with.
+            vmrt = self.machine.runtime.vms.get(vmid)
+            runner = vmrt.vcpus.get(vcpu_id) if vmrt is not None else None
+            if runner is not None and not runner.reload and vcpu_id not in self._regs_set:
+                return dict(runner.avcpu.get_state().to_dict())
+        return landed
 
     def interrupt_attach(self) -> None:
         """Emulate a signal to a thread blocked in ATTACH_IOREQ_CLIENT (it returns 0)."""
@@ -257,6 +324,30 @@ def _describe(cmd: int, arg: Any) -> str:
     if len(raw) < ctypes.sizeof(ctype):
         return f"<{len(raw)} bytes, short>"
     return _fmt(uapi.decode(ctype.from_buffer_copy(raw)))
+
+
+def describe_request(slot: uapi.acrn_io_request) -> str:
+    """One ioreq slot as a trace reads it: kind, direction, address, size and value."""
+    kind = slot.type
+    if kind == uapi.ACRN_IOREQ_TYPE_PORTIO:
+        r: Any = slot.reqs.pio_request
+        what = f"pio {'in' if r.direction == uapi.ACRN_IOREQ_DIR_READ else 'out'} {r.address:#x}"
+    elif kind == uapi.ACRN_IOREQ_TYPE_MMIO:
+        r = slot.reqs.mmio_request
+        what = f"mmio {'read' if r.direction == uapi.ACRN_IOREQ_DIR_READ else 'write'} {r.address:#x}"
+    elif kind == uapi.ACRN_IOREQ_TYPE_PCICFG:
+        r = slot.reqs.pci_request
+        rw = "read" if r.direction == uapi.ACRN_IOREQ_DIR_READ else "write"
+        what = f"pci {rw} {r.bus:02x}:{r.dev:02x}.{r.func} reg {r.reg:#x}"
+    else:
+        return f"request type {kind}"
+    size = int(r.size)
+    value = int(r.value) & ((1 << (8 * min(size, 8))) - 1 if size else 0xFFFFFFFF)
+    arrow = "->" if r.direction == uapi.ACRN_IOREQ_DIR_READ else "="
+    text = f"{what} size {size} {arrow} {value:#x}"
+    if size == 1 and 32 <= value < 127:
+        text += f" {chr(value)!r}"
+    return text
 
 
 def _raw(arg: Any) -> str:

@@ -151,7 +151,8 @@ def test_output_into_a_closed_pipe_ends_quietly() -> None:
 def test_run_elf64_is_refused_by_the_elf_loader_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """acrn-dm's -E loads ELFCLASS32 only (spec acrn-hsm.md 7.3): a 64-bit ELF is a loader error."""
+    """acrn-dm's -E loads ELFCLASS32 only (devicemodel/core/sw_load_elf.c: acrn_load_elf): a 64-bit
+    ELF is refused before the VM exists, naming the file and the option to use instead."""
     img = tmp_path / "k64.elf"
     img.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(0x100))
     rc = main(
@@ -159,4 +160,5 @@ def test_run_elf64_is_refused_by_the_elf_loader_in_one_line(
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1
-    assert err[0].startswith("acrn: error: elf loader:") and "ELF32" in err[0]
+    assert err[0].startswith(f"acrn: error: {img}: an ELF64 file") and "ELF32" in err[0]
+    assert "use --vmlinux" in err[0]

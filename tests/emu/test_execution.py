@@ -250,7 +250,11 @@ def test_faithful_ioreq_path_walks_every_slot_state(machine: Machine) -> None:
         )
         assert (direction, address) == (uapi.ACRN_IOREQ_DIR_WRITE, 0x80)
     # NOTIFY marks COMPLETE (or the vCPU already took it and freed it: never back to PENDING).
-    assert set(after_notify) <= {uapi.ACRN_IOREQ_STATE_COMPLETE, uapi.ACRN_IOREQ_STATE_FREE}
+    # A slot read after an earlier NOTIFY may already hold the guest's next request (PROCESSING).
+    assert set(after_notify[-1:]) <= {uapi.ACRN_IOREQ_STATE_COMPLETE, uapi.ACRN_IOREQ_STATE_FREE}
+    assert set(after_notify[:-1]) <= {
+        uapi.ACRN_IOREQ_STATE_COMPLETE, uapi.ACRN_IOREQ_STATE_FREE, uapi.ACRN_IOREQ_STATE_PROCESSING
+    }  # fmt: skip
     assert state == uapi.ACRN_IOREQ_STATE_FREE
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 from typing import TYPE_CHECKING
 
 from acrn.cli import CliError
-from acrn.cli.run import add_vm_options
+from acrn.cli.run import RAW_TIMEOUT, add_vm_options, check_accel
 
 if TYPE_CHECKING:
     from acrn.dm.vmm import RunResult
@@ -21,11 +23,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="boot the built-in real-, protected- and long-mode guests through the HSM interface",
         description="For each mode: CREATE_VM, SET_MEMSEG, copy the guest, SET_VCPU_REGS (the only way the "
         "mode is entered), START_VM, serve its UART through the ioreq path, then PAUSE/DESTROY.",
+        epilog="examples:\n  acrn demo\n  acrn demo --accel soft hello_long\n  acrn -v demo hello_real"
+        "      (the HSM ioctl trace)\n  acrn demo --json\n\n"
+        "acrn run --list-guests lists the built-in guests; acrn run --guest NAME runs one with the "
+        "console, signals and --json of acrn run.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "guests", nargs="*", metavar="GUEST", help="built-in guests to run (default: the three hello guests)"
     )
-    add_vm_options(p)
+    p.add_argument("--json", action="store_true", help="one JSON result per guest on stdout")
+    add_vm_options(p, timeout_help=f"seconds per guest, or 'none' (default {RAW_TIMEOUT:.0f})")
     p.set_defaults(func=run)
 
 
@@ -34,19 +42,29 @@ def run(args: argparse.Namespace) -> int:
 
     for name in args.guests:
         if name not in GUESTS:
-            raise CliError(f"unknown guest {name!r} (built in: {', '.join(sorted(GUESTS))})", status=2)
+            raise CliError(f"unknown guest {name!r} (built in: {', '.join(GUESTS)})", status=2)
+    check_accel(args.accel, args.device)
+    timeout = RAW_TIMEOUT if args.timeout is None else args.timeout
     failures = 0
     for name in args.guests or DEMO_GUESTS:
-        ok, accel, result = _run_guest(name, args)
+        ok, accel, result = _run_guest(name, args, None if math.isinf(timeout) else timeout)
         text = result.output.decode(errors="replace").rstrip("\n")
         failures += not ok
-        print(f"[{name} on {accel}, {result.seconds * 1000:.0f} ms] {text}")
+        if args.json:
+            doc = {
+                "guest": name, "ok": ok, "reason": result.reason, "status": result.status,
+                "detail": result.detail, "seconds": round(result.seconds, 3), "accelerator": accel,
+                "exits": result.exits, "console_bytes": len(result.output), "output": text,
+            }  # fmt: skip
+            print(json.dumps(doc), flush=True)
+            continue
+        print(f"[{name} on {accel}, {result.seconds * 1000:.0f} ms] {text}", flush=True)
         if not ok:
             print(f"  FAILED: {result.summary()}", file=sys.stderr)
     return 1 if failures else 0
 
 
-def _run_guest(name: str, args: argparse.Namespace) -> tuple[bool, str, RunResult]:
+def _run_guest(name: str, args: argparse.Namespace, timeout: float | None) -> tuple[bool, str, RunResult]:
     """One guest from CREATE_VM to DESTROY: (as expected?, where it ran, the run's result)."""
     from acrn.dm.vmm import VmSession
     from acrn.guests import GUESTS
@@ -70,7 +88,7 @@ def _run_guest(name: str, args: argparse.Namespace) -> tuple[bool, str, RunResul
         sessions.append(session)
         session.load(guest.load_gpa, guest.image())
         session.set_regs(guest.regs())
-        result = session.run(timeout=args.timeout)
+        result = session.run(timeout=timeout)
         accel = session.runtime.accelerator.name if session.runtime else session.hsm.kind
         ended = ("halt",) if session.runtime is not None else ("halt", "marker")
     ok = result.reason in ended and (expected is None or result.output == expected)

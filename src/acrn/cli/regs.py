@@ -20,7 +20,11 @@ def register(subparsers: Any) -> None:
 
     s = sub.add_parser("show", help="print a register file as a readable table")
     s.add_argument("file", help="JSON or 296-byte blob ('-' for stdin)")
-    s.add_argument("--effective", action="store_true", help="show the state after ACRN lands it (spec 4.3)")
+    s.add_argument(
+        "--effective",
+        action="store_true",
+        help="show the state after ACRN lands it (its set_vcpu_regs rules)",
+    )
     s.set_defaults(func=_show)
 
     v = sub.add_parser("validate", help="check a register file against the HSM, ACRN and VM-entry rules")
@@ -45,8 +49,15 @@ def register(subparsers: Any) -> None:
     c.add_argument("-o", "--output", help="JSON file to write (default: stdout)")
     c.set_defaults(func=_decode)
 
-    r = sub.add_parser("preset", help="print a preset state as JSON: reset, bzimage, ovmf, elf, vsbl, long64")
-    r.add_argument("name")
+    r = sub.add_parser(
+        "preset",
+        help="print a preset state as JSON: reset, bzimage, ovmf, elf, vsbl, long64 (--list: parameters)",
+        epilog="examples:\n  acrn regs preset --list\n  acrn regs preset bzimage --param lowmem=0x10000000"
+        "\n  acrn regs preset long64 --param entry=0x100000 -o state.json && acrn regs validate state.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("name", nargs="?", help="the preset (acrn regs preset --list shows them)")
+    r.add_argument("--list", action="store_true", help="list the presets with their parameters and defaults")
     r.add_argument("--param", action="append", default=[], metavar="K=V",
                    help="preset parameter (integers in any base, booleans true/false); repeatable")  # fmt: skip
     r.add_argument("-o", "--output", help="write JSON here instead of stdout")
@@ -75,8 +86,10 @@ def _validate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([f.to_dict() for f in findings], indent=2))
     else:
+        from acrn.errors import without_design_refs
+
         for f in findings:
-            print(f"{f.severity}: {f.rule}: {f.message} [{f.source}]")
+            print(without_design_refs(f"{f.severity}: {f.rule}: {f.message} [{f.source}]"))
         errors = sum(f.severity == "error" for f in findings)
         print(f"{args.file}: {errors} error(s), {len(findings) - errors} warning(s) at level {args.level}")
     return 1 if has_errors(findings) else 0
@@ -111,11 +124,40 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _preset(args: argparse.Namespace) -> int:
+    from acrn.cli import CliError
     from acrn.regs import io, presets
 
+    if args.list:
+        _list_presets()
+        return 0
+    if not args.name:
+        raise CliError(f"preset: give a name ({', '.join(presets.PRESETS)}) or --list", status=2)
     params = presets.parse_params(args.name, args.param)
     _emit(io.dumps_json(presets.make(args.name, **params)), args.output)
     return 0
+
+
+def _list_presets() -> None:
+    """Each preset, what it is (the first line of its doc) and its parameters with their defaults."""
+    import inspect
+
+    from acrn.errors import without_design_refs
+    from acrn.regs import presets
+
+    for name, fn in presets.PRESETS.items():
+        doc = without_design_refs((inspect.getdoc(fn) or "").split("\n", 1)[0])
+        params = []
+        for p in inspect.signature(fn).parameters.values():
+            default = p.default
+            if isinstance(default, bool) or default is inspect.Parameter.empty:
+                shown = str(default).lower() if isinstance(default, bool) else "required"
+            elif isinstance(default, int):
+                shown = f"{default:#x}" if default > 9 else str(default)
+            else:
+                shown = repr(default)
+            params.append(f"{p.name}={shown}")
+        print(f"{name:<8} {doc}")
+        print(f"         parameters: {', '.join(params) if params else 'none'}")
 
 
 def _emit(text: str, output: str | None) -> None:

@@ -1,6 +1,6 @@
 """One VM driven end to end through the HSM interface, as acrn-dm drives it.
 
-:class:`VmSession` is the device model's main sequence (spec 7.1 and 5.6): open the HSM, CREATE_VM,
+:class:`VmSession` is the device model's main sequence (devicemodel/core/main.c: main, vm_loop): open the HSM, CREATE_VM,
 SET_MEMSEG for guest RAM, copy images, SET_VCPU_REGS for the BSP, CREATE_IOREQ_CLIENT, START_VM, run
 the ioreq loop, and on the way out PAUSE_VM, DESTROY_IOREQ_CLIENT (which ends the loop),
 DESTROY_VM and close.  Every step is an ioctl, so ``acrn -v`` shows the whole conversation.
@@ -125,7 +125,7 @@ class VmSession:
         if owner == "device-model":
             self.pit = I8254(irq=self._on_pit_irq)
             self.pit.attach(self.bus)
-        # PCICFG requests (the kernel's CF8/CFC combiner, spec 5.4) go to bus 0 with the host bridge.
+        # PCICFG requests (the kernel's CF8/CFC combiner, drivers/virt/acrn/ioreq.c: handle_cf8cfc) go to bus 0 with the host bridge.
         self.pci = PciBus()
         self.hostbridge = PciHostBridge()
         self.hostbridge.attach(self.pci)
@@ -148,6 +148,12 @@ class VmSession:
         self.no_reboot = False
         self.reload: Callable[[], VcpuRegs] | None = None
         self.resets = 0
+        #: Validate every SET_VCPU_REGS state at level ``abi`` before the ioctl (``acrn run --strict``).
+        self.strict_regs = False
+        #: Set by a caller that paused the VM itself (``acrn run``'s Ctrl-A p): ACRN cannot resume it.
+        self.paused_by_user = False
+        #: The fallback accelerator's counters when the caller installed one (``acrn run``).
+        self.fallback_stats: Any = None
 
     # ------------------------------------------------------------------ building
     def load(self, gpa: int, data: bytes) -> None:
@@ -188,7 +194,8 @@ class VmSession:
             self.request_stop("reset", 0, f"guest reset ({why})")
             return
         # acrn-dm holds NOTIFY back from here on (the request that asked for the reset included):
-        # CLEAR_VM_IOREQ and RESET_VM complete what is outstanding (spec 5.6 step 3, 5.5).
+        # CLEAR_VM_IOREQ and RESET_VM complete what is outstanding (devicemodel/core/main.c: vm_system_reset;
+        # drivers/virt/acrn/ioreq.c: acrn_ioreq_request_clear).
         if self._loop is not None:
             self._loop.notify_postponed = True
         self._reset_requested = True
@@ -207,8 +214,9 @@ class VmSession:
             self._loop.notify_postponed = False
         self._start()
 
-    def set_regs(self, regs: VcpuRegs, *, strict: bool = False) -> None:
-        self.vm.set_vcpu_regs(regs, strict=strict)
+    def set_regs(self, regs: VcpuRegs, *, strict: bool | None = None) -> None:
+        """SET_VCPU_REGS for vCPU 0's state; ``strict`` (default :attr:`strict_regs`) validates first."""
+        self.vm.set_vcpu_regs(regs, strict=self.strict_regs if strict is None else strict)
 
     # ------------------------------------------------------------------ running
     def _on_output(self, data: bytes) -> None:
@@ -263,7 +271,9 @@ class VmSession:
     def run(self, timeout: float | None = None) -> RunResult:
         """START_VM and serve I/O until the guest stops, exits through the debug port or times out."""
         t0 = time.monotonic()
-        self._stop_event.clear()
+        if self._requested is None:
+            # A stop asked for before the run (a signal while the caller set up) still ends it.
+            self._stop_event.clear()
         self._debugexit_status = None
         if self.runtime is not None:
             self.runtime.remove_stop_callback(self._on_stop)
@@ -281,8 +291,8 @@ class VmSession:
             self.runtime.set_fast_handler(self.vm.vmid, loop.complete)
             self._start()
         else:
-            # acrn-dm's vm_loop thread: CREATE_IOREQ_CLIENT, START_VM, then ATTACH (spec 5.6, 7.1
-            # step 7); the thread starts after START so that its first ATTACH follows it too.  The
+            # acrn-dm's vm_loop thread: CREATE_IOREQ_CLIENT, START_VM, then ATTACH (devicemodel/core/main.c:
+            # vm_loop, add_cpu); the thread starts after START so that its first ATTACH follows it too.  The
             # client outlives guest resets, as in acrn-dm.
             new_thread = self._loop_thread is None
             if new_thread:
@@ -344,7 +354,7 @@ class VmSession:
         result.output = bytes(self.output)
 
     def close(self) -> None:
-        """Tear down as acrn-dm does (spec 5.6 step 4): PAUSE, DESTROY_IOREQ_CLIENT, join the loop,
+        """Tear down as acrn-dm does (devicemodel/core/main.c: main, after vm_loop): PAUSE, DESTROY_IOREQ_CLIENT, join the loop,
         PAUSE again, DESTROY_VM, close."""
         if self._closed:
             return

@@ -1,7 +1,7 @@
 """Booting a guest image the way acrn-dm does: layout, devices, ACPI, loader, BSP registers.
 
 :func:`prepare_boot` takes a :class:`~acrn.dm.vmm.VmSession` whose lowmem is mapped at GPA 0 and
-an :class:`ImageSpec`, and (spec acrn-hsm.md 7.1) maps the other RAM regions, registers the boot
+an :class:`ImageSpec`, and (devicemodel/core/main.c: main) maps the other RAM regions, registers the boot
 devices (i8042, RTC/CMOS, ACPI PM; the session already has the 16550 UART and the debug-exit
 port), writes the ACPI tables at 0xF2400, runs the loader acrn-dm would choose (vSBL > OVMF >
 bzImage > ELF; pyacrn's vmlinux loader when asked for), and issues SET_VCPU_REGS for vCPU 0.  It
@@ -10,7 +10,7 @@ SET_VCPU_REGS), so an i8042 0xFE reset reboots the guest.
 
 :class:`ConsoleWatch` ends a run when the guest's console prints a marker (for tests and
 benchmarks, e.g. ``Linux version``) and :class:`InteractiveConsole` feeds a terminal's keys to the
-UART in raw mode, with QEMU's escape: Ctrl-A x quits.
+UART in raw mode, with QEMU's escapes: Ctrl-A h lists them, Ctrl-A x quits.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def prepare_boot(session: VmSession, spec: ImageSpec, memsize: int) -> LoadResul
     acpi.install_acpi_tables(session, spec.cpus)
     result = run_loader(session, layout, spec)
     for note in result.notes:
-        log.info("%s: %s", result.loader, note)
+        log.debug("%s: %s", result.loader, note)  # acrn run -v prints them itself
     session.set_regs(result.regs)
 
     def reload() -> VcpuRegs:
@@ -161,18 +161,49 @@ class ConsoleWatch:
         self._tail = window[-len(self.marker) :]
 
 
-ESCAPE_KEY = 0x01  # Ctrl-A, then x: quit (QEMU's -nographic escape)
+ESCAPE_KEY = 0x01  # Ctrl-A, then a command key (QEMU's -nographic escape)
+
+
+def terminal_notice(text: str) -> None:
+    """A message on stderr that reads right on a terminal in raw mode ("\\n" does not return the carriage)."""
+    sys.stderr.write(text.replace("\n", "\r\n") + "\r\n")
+    sys.stderr.flush()
+
+
+#: An escape command: (key, what it does, action).  ``x`` (quit) and Ctrl-A Ctrl-A are built in.
+EscapeCommand = tuple[str, str, Callable[[], None]]
 
 
 class InteractiveConsole:
-    """stdin -> UART in raw mode while the guest runs; Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A."""
+    """stdin -> UART in raw mode while the guest runs, with QEMU's Ctrl-A escapes.
 
-    def __init__(self, session: VmSession, fd: int | None = None) -> None:
+    Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A, Ctrl-A h prints the commands (to ``notice``);
+    ``commands`` adds more (``acrn run``: p pauses and shows the registers, s prints a status).
+    The terminal is restored on exit whatever ended the run (a signal handler that stops the
+    session included: the caller leaves the ``with`` block normally).
+    """
+
+    def __init__(
+        self,
+        session: VmSession,
+        fd: int | None = None,
+        *,
+        commands: list[EscapeCommand] | None = None,
+        notice: Callable[[str], None] | None = None,
+    ) -> None:
         self.session = session
         self.fd = sys.stdin.fileno() if fd is None else fd
+        self.commands = {key: (text, action) for key, text, action in commands or []}
+        self.notice = notice if notice is not None else terminal_notice
         self._saved: list[Any] | None = None
         self._stop_r, self._stop_w = os.pipe()
         self._thread = threading.Thread(target=self._loop, name="acrn-console", daemon=True)
+
+    def help_text(self) -> str:
+        lines = ["Ctrl-A h  this help", "Ctrl-A x  quit (ends the run, status 0)"]
+        lines += [f"Ctrl-A {key}  {text}" for key, (text, _) in self.commands.items()]
+        lines.append("Ctrl-A Ctrl-A  send Ctrl-A to the guest")
+        return "\n".join(lines)
 
     def __enter__(self) -> InteractiveConsole:
         import termios
@@ -180,19 +211,48 @@ class InteractiveConsole:
 
         if os.isatty(self.fd):
             self._saved = termios.tcgetattr(self.fd)
-            tty.setraw(self.fd)
+            try:
+                tty.setraw(self.fd)
+            except BaseException:
+                self.restore()
+                raise
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def restore(self) -> None:
+        """Put the terminal back as it was (idempotent)."""
         import termios
 
-        os.write(self._stop_w, b"x")
-        self._thread.join(timeout=2)
-        if self._saved is not None:
-            termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
-        os.close(self._stop_r)
-        os.close(self._stop_w)
+        saved, self._saved = self._saved, None
+        if saved is not None:
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, saved)
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            os.write(self._stop_w, b"x")
+            self._thread.join(timeout=2)
+        finally:
+            self.restore()
+            os.close(self._stop_r)
+            os.close(self._stop_w)
+
+    def _escape(self, key: int) -> bool:
+        """Run the command after Ctrl-A; True when the console must stop (quit)."""
+        ch = chr(key).lower()
+        if ch == "x":
+            self.session.request_stop("quit", 0, "Ctrl-A x")
+            return True
+        if ch == "h" or ch == "?":
+            self.notice(self.help_text())
+        elif ch in self.commands:
+            try:
+                self.commands[ch][1]()
+            except Exception as e:  # a console command must never end the console
+                self.notice(f"[acrn] Ctrl-A {ch}: {e}")
+                log.debug("console command %r failed", ch, exc_info=True)
+        else:
+            self.notice(f"[acrn] unknown escape Ctrl-A {ch!r}: Ctrl-A h lists the commands")
+        return False
 
     def _loop(self) -> None:
         import select
@@ -209,13 +269,14 @@ class InteractiveConsole:
             for b in data:
                 if escape:
                     escape = False
-                    if b in (ord("x"), ord("X")):
-                        if out:
-                            self.session.uart.feed(bytes(out))
-                        self.session.request_stop("quit", 0, "Ctrl-A x")
-                        return
                     if b == ESCAPE_KEY:
                         out.append(b)
+                        continue
+                    if out:
+                        self.session.uart.feed(bytes(out))
+                        out.clear()
+                    if self._escape(b):
+                        return
                     continue
                 if b == ESCAPE_KEY:
                     escape = True

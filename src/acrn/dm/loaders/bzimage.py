@@ -1,4 +1,4 @@
-"""acrn-dm's direct bzImage boot (``acrn_sw_load_bzimage``, spec acrn-hsm.md 7.3), quirks included.
+"""acrn-dm's direct bzImage boot (devicemodel/core/sw_load_bzimage.c: ``acrn_sw_load_bzimage``), quirks included.
 
 Guest layout (``lowmem`` = RAM below 2 GiB; RAMDISK_LOAD_SIZE = roundup(ramdisk_size + 8 KiB, 4 KiB))::
 

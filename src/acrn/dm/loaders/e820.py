@@ -1,4 +1,4 @@
-"""The guest e820 memory map acrn-dm builds (``acrn_create_e820_table``, spec acrn-hsm.md 7.2).
+"""The guest e820 memory map acrn-dm builds (devicemodel/core/sw_load_common.c: ``acrn_create_e820_table``).
 
 Seven template entries, filled in from the memory layout, then every zero-length entry removed::
 
@@ -12,7 +12,7 @@ Seven template entries, filled in from the memory layout, then every zero-length
 
 [0xA0000, 1 MiB) is a hole; the ACPI tables sit in it at 0xF2400.  (acrn-dm's removal loop stops
 one entry short, so with highmem 0 it leaves a zero-length reserved entry at 4 GiB in the table;
-the spec states the intent, "zero-length entries are removed", which is what is built here.)
+its comment states the intent, "zero-length entries are removed", which is what is built here.)
 """
 
 from __future__ import annotations

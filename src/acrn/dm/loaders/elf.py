@@ -1,4 +1,4 @@
-"""acrn-dm's ELF loader (``-E``, ``acrn_sw_load_elf``, spec acrn-hsm.md 7.3): static ELF32 + multiboot.
+"""acrn-dm's ELF loader (``-E``, devicemodel/core/sw_load_elf.c: ``acrn_sw_load_elf``): static ELF32 + multiboot.
 
 This is how acrn-unit-test images boot.  Rules, in acrn-dm's order:
 
@@ -9,12 +9,12 @@ This is how acrn-unit-test images boot.  Rules, in acrn-dm's order:
   p_memsz and copied (p_filesz bytes) to **GPA = p_vaddr**; it must end at or below lowmem.
 * GDT at lowmem - 64 KiB: null, code 0x00CF9B000000FFFF (selector 0x08), data (0x10); limit 23.
 * BSP: cr0 0x31, cs_sel 0x08, cs_ar 0xCF9B (the descriptor's flags byte, reserved AR bits 11:8
-  set, spec 12.21), data selectors 0x10, rip = e_entry, EAX = 0x2BADB002.
+  set, as sw_load_elf.c writes it), data selectors 0x10, rip = e_entry, EAX = 0x2BADB002.
 * Multiboot info only if the header flags are exactly 0x2 (else the load fails): flags = MEMORY,
   mem_lower 0, mem_upper = (lowmem - 64 KiB) / 1024, at GPA 0x20000, EBX = 0x20000.  (acrn-dm's
   C source computes the info pointer as ``(struct multiboot_info *)base + 0x20000``, which
-  scales the offset by the struct size; the spec's rule, the block at 0x20000 that EBX names,
-  is what is built here.)
+  scales the offset by the struct size; the intended rule, the block at 0x20000 that EBX
+  names, is what is built here.)
 """
 
 from __future__ import annotations

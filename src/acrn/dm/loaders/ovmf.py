@@ -1,4 +1,4 @@
-"""acrn-dm's firmware loader (``--ovmf``, ``acrn_sw_load_ovmf``, spec acrn-hsm.md 7.3).
+"""acrn-dm's firmware loader (``--ovmf``, devicemodel/core/sw_load_ovmf.c: ``acrn_sw_load_ovmf``).
 
 The image ends at 4 GiB, so its reset vector is at 4 GiB - 16 and the BSP starts there in real
 mode: cr0 0x30, CS 0xF000 with base 0xFFFF0000, limit 0xFFFF, AR 0x9F, IP 0xFFF0, and GDTR/IDTR

@@ -1,7 +1,7 @@
 """An uncompressed ``vmlinux`` (ELF64) entered through Linux's 64-bit boot protocol.
 
 Not an acrn-dm loader: this is how Firecracker and QEMU microvm boot, and it skips the bzImage
-decompressor (about 85 s of guest time on the development machines' KVM, spec kvm-and-boot.md 1).
+decompressor (about 85 s of guest time on the development machines' KVM; README.md, "Booting Linux").
 Boot protocol rules (Documentation/arch/x86/boot.rst, "64-bit boot protocol"): long mode with
 paging on, the kernel, zero page and command line identity-mapped, a GDT with flat 4 GiB
 descriptors for __BOOT_CS (0x10) and __BOOT_DS (0x18), interrupts off, RSI = boot_params, entry at

@@ -1,6 +1,6 @@
 """Linux x86 boot protocol: the setup header and the zero page (``boot_params``).
 
-Offsets are those of Documentation/arch/x86/boot.rst (spec kvm-and-boot.md 3.0); the header sits
+Offsets are those of Documentation/arch/x86/boot.rst; the header sits
 at the same offset in the bzImage file and in the 4 KiB zero page.
 """
 
