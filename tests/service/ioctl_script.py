@@ -225,6 +225,7 @@ def table() -> Script:
         if cmd != uapi.ACRN_IOCTL_CREATE_VM:
             s.ioctl(f"fresh.{name.removeprefix('ACRN_IOCTL_')}", cmd, "arg", expect="EINVAL")
     s.ioctl("fresh.unknown", 0xA299, 0, expect="EINVAL")
+    s.ioctl("fresh.other_type", 0xAE01, 0, expect="EINVAL")  # any type reaches acrn_dev_ioctl
     s.close()
 
     # ---- CREATE_VM refusals
@@ -261,6 +262,7 @@ def table() -> Script:
            out=_CREATE_OUT, expect=(0, "0"))  # a misaligned ioreq_buf: the page base is used  # fmt: skip
     s.ioctl("unknown_cmd", 0xA299, 0, expect="ENOTTY")
     s.ioctl("unknown_cmd_struct", 0xC010A2F0, "arg", expect="ENOTTY")
+    s.ioctl("unknown_cmd_other_type", 0x5411, "arg", expect="ENOTTY")  # TIOCOUTQ: not the socket's answer
 
     # ---- the VM of all other cases
     s.open()

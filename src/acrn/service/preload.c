@@ -7,8 +7,8 @@
  *   - stat/access/open of /dev/acrn_hsm succeed; the fd returned is a SOCK_SEQPACKET
  *     connection to the service, so dup, fork, O_CLOEXEC and close behave as for the
  *     kernel's file (the service releases the file when the last reference goes);
- *   - ioctls of type 0xA2 on that fd travel to the service with their argument bytes; the
- *     result, errno and the bytes the kernel writes back return;
+ *   - ioctls on that fd (those of type 0xA2 with their argument bytes) travel to the
+ *     service; the result, errno and the bytes the kernel writes back return;
  *   - user addresses inside arguments are shared with the service, never copied: a shared
  *     mapping travels as its file (SCM_RIGHTS), private memory is first turned into a
  *     shared mapping in place (memfd, same address, same contents), as vhost-user shares
@@ -39,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -821,10 +822,17 @@ EXPORT int ioctl(int fd, unsigned long request, ...)
 	va_end(ap);
 	if (!real_ioctl)
 		preload_init();
-	if (active && ((request >> 8) & 0xFF) == 0xA2) {
+	/* Every ioctl on the HSM's file reaches its driver (acrn_dev_ioctl: EINVAL without a VM,
+	 * ENOTTY for an unknown command), whatever its type, except the few the VFS answers for
+	 * any file (fs/ioctl.c: do_vfs_ioctl), which mean the same for the socket.  Other types
+	 * are looked at only on an fd already known as the HSM (no fstat per foreign ioctl). */
+	uint32_t cmd = (uint32_t)request;
+	int known = fd >= 0 && fd < MAX_TRACKED && hsm_ino[fd];
+	if (active && (((cmd >> 8) & 0xFF) == 0xA2 || known) && cmd != FIOCLEX && cmd != FIONCLEX &&
+	    cmd != FIONBIO && cmd != FIOASYNC) {
 		unsigned long ino = hsm_file(fd);
 		if (ino)
-			return forward_ioctl(fd, ino, (uint32_t)request, arg);
+			return forward_ioctl(fd, ino, cmd, arg);
 	}
 	return real_ioctl(fd, request, arg);
 }
