@@ -245,6 +245,19 @@ def table() -> Script:
     # hypervisor until the release, which makes the vmids below depend on its timing without
     # the service's settle_releases; the reuse cases test that)
 
+    # ---- close() releases the file before it returns (the name, vmid and slot are free at once)
+    # (a running VM: its release, which pauses and destroys it, takes a while)
+    ram = dict(type=uapi.ACRN_MEMMAP_RAM, attr=uapi.ACRN_MEM_ACCESS_RWX, user_vm_pa=0, len=16 * PAGE)
+    for i in range(10):
+        s.open()
+        s.call(f"reuse{i}.create", uapi.ACRN_IOCTL_CREATE_VM, creation(b"t-reuse"), addrs={_IOREQ_BUF: "page"},
+               out=_CREATE_OUT, expect=(0, "0"))  # fmt: skip
+        s.call(f"reuse{i}.memseg", uapi.ACRN_IOCTL_SET_MEMSEG, uapi.acrn_vm_memmap(**ram), addrs={_VMA_BASE: "ram"},
+               expect=(0, "0"))  # fmt: skip
+        s.call(f"reuse{i}.regs", uapi.ACRN_IOCTL_SET_VCPU_REGS, real_mode_regs(), expect=(0, "0"))
+        s.ioctl(f"reuse{i}.start", uapi.ACRN_IOCTL_START_VM, 0, expect=(0, "0"))
+        s.close()
+
     # ---- a CREATE_VM whose write-back faults: the VM exists (and stays with the fd)
     s.open()
     s.step("mem", "roarg", 1)
