@@ -1,0 +1,51 @@
+"""Threads and signals on one HSM fd, from a C client through ``acrn exec``.
+
+``clients/threads.c``: one thread blocked in ATTACH_IOREQ_CLIENT while others NOTIFY,
+SET_IRQLINE, INJECT_MSI and START_VM on the same fd; a signal during ATTACH (ATTACH returns 0,
+as ``drivers/virt/acrn/ioreq.c: acrn_ioreq_client_wait`` ignores the result of its wait); and
+acrn-dm's Ctrl-C pattern, PAUSE_VM and DESTROY_IOREQ_CLIENT from the signal handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .conftest import ACCELS, run_exec
+
+
+@pytest.mark.parametrize("accel", ACCELS)
+def test_attach_blocks_only_its_thread(accel: str, cclient: Callable[[str], Path], tmp_path: Path) -> None:
+    r = run_exec(accel, [str(cclient("threads")), "multi", "t-multi"], tmp_path)
+    assert r.stdout.splitlines() == [
+        # 20 of each while the attacher stayed inside one ATTACH call
+        "others irqline=20 msi=20 notify_einval=20 attacher_blocked_throughout=1",
+        "notifier notified=52",  # the guest's read, its 50 writes and its last write
+        "guest writes=50 in_order=1",
+        "teardown 0 0 0",
+    ], r.stderr
+
+
+@pytest.mark.parametrize("mode", ["plain", "plain-restart"])
+@pytest.mark.parametrize("accel", ACCELS)
+def test_signal_during_attach_returns_0(
+    accel: str, mode: str, cclient: Callable[[str], Path], tmp_path: Path
+) -> None:
+    r = run_exec(accel, [str(cclient("threads")), mode, f"t-{mode}"], tmp_path)
+    # ATTACH returned 0 with nothing pending; the fd still works (PAUSE, DESTROY_IOREQ_CLIENT, DESTROY_VM)
+    assert r.stdout.splitlines() == ["attach first=0/0 handler_ran=1", "teardown 0 0 0"], r.stderr
+
+
+@pytest.mark.parametrize("mode", ["ctrlc-self", "ctrlc-other"])
+@pytest.mark.parametrize("accel", ACCELS)
+def test_ioctls_from_a_signal_handler(
+    accel: str, mode: str, cclient: Callable[[str], Path], tmp_path: Path
+) -> None:
+    r = run_exec(accel, [str(cclient("threads")), mode, f"t-{mode}"], tmp_path)
+    lines = r.stdout.splitlines()
+    assert lines[0] == "handler pause=0/0 destroy_client=0/0", r.stderr
+    # The blocked ATTACH returns 0 (interrupted) or ENODEV (its client destroyed); then ENODEV.
+    assert lines[1] in ("attach first=0/0 next=-1/ENODEV", "attach first=-1/ENODEV next=-1/ENODEV"), r.stderr
+    assert lines[2:] == ["destroy_vm 0"], r.stderr  # the handler's PAUSE_VM took effect
