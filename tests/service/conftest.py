@@ -133,8 +133,8 @@ class Service:
         return run_exec(str(self.path), argv, self.tmp, **kw)
 
     def popen(self, argv: list[str]) -> subprocess.Popen[str]:
-        """``acrn exec --hv`` in the background, stdout and stderr piped."""
-        return subprocess.Popen([*ACRN, "exec", "--hv", str(self.path), "--", *argv], stdout=subprocess.PIPE,
+        """``acrn exec --hv`` in the background, stdin, stdout and stderr piped."""
+        return subprocess.Popen([*ACRN, "exec", "--hv", str(self.path), "--", *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=isolated_env(self.tmp), cwd=self.tmp)  # fmt: skip
 
     def stop(self) -> str:
