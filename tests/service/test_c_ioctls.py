@@ -47,10 +47,9 @@ def test_ioctl_table_matches_the_in_process_hsm(
         if results[label][:2] != want_
     }
     assert not wrong, f"named cases that differ from ACRN (got, expected): {wrong}"
-    # Each of the 27 was called on a fresh fd, on a destroyed VM's fd, and with a VM.
-    assert (
-        sum(1 for label in results if label.split(".")[1] == "fresh") == 28
-    )  # + an unknown command and one of another type
+    # Each of the 27 was called on a fresh fd (+ an unknown command and one of another type), on
+    # a destroyed VM's fd, and with a VM.
+    assert sum(1 for label in results if label.split(".")[1] == "fresh") == 28
     assert sum(1 for label in results if label.split(".")[1] == "destroyed") == 26
     with_vm = {
         line.split()[2]
