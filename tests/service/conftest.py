@@ -153,8 +153,9 @@ class Service:
 @pytest.fixture
 def hv_service(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Service]:
     """A background ``acrn hv`` on a temporary socket, with the accelerator of the test's ``accel``
-    parameter (``--no-fallback``: each test runs on the one accelerator it names)."""
-    accel = request.node.callspec.params.get("accel", "auto")
+    parameter, else auto (``--no-fallback``: each test runs on the one accelerator it names)."""
+    callspec = getattr(request.node, "callspec", None)
+    accel = callspec.params.get("accel", "auto") if callspec is not None else "auto"
     path = tmp_path / "hv.sock"
     proc = subprocess.Popen([*ACRN, "hv", "--socket", str(path), "--accel", accel, "--no-fallback"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
