@@ -33,6 +33,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -726,6 +727,15 @@ static int forward_ioctl(int fd, unsigned long ino, uint32_t cmd, unsigned long 
 	req->arg_len = (uint32_t)got;
 	size_t msglen = sizeof(*req) + req->nmem * sizeof(struct acrn_svc_mem) + got;
 
+	/* ATTACH: signals wait (blocked) until the call waits for its answer, so that none is
+	 * lost between the entry of the ioctl and that wait (the kernel's wait sees a signal
+	 * that is already pending). */
+	sigset_t allmask, oldmask;
+	int masked = cmd == ATTACH_IOREQ_CLIENT;
+	if (masked) {
+		sigfillset(&allmask);
+		pthread_sigmask(SIG_BLOCK, &allmask, &oldmask);
+	}
 	struct channel oneoff;
 	struct channel *ch = chan_get(fd, ino, &oneoff);
 	int ret = -1, err = 0;
@@ -741,21 +751,25 @@ static int forward_ioctl(int fd, unsigned long ino, uint32_t cmd, unsigned long 
 		err = EIO;
 		goto done;
 	}
-	/* Wait for the answer.  poll() is never restarted after a signal handler, so a signal
+	/* Wait for the answer.  ppoll() is never restarted after a signal handler, so a signal
 	 * that reaches a caller blocked in ATTACH is seen here and the call returns 0, as the
-	 * kernel's does. */
+	 * kernel's does; one that came during the call's preparation was held pending by the
+	 * mask and is delivered inside ppoll.  The service ignores a cancellation that reaches
+	 * it before the call is waiting (it may still be queued): it is sent again every 50 ms
+	 * until the answer comes. */
 	int cancelled = 0;
 	for (;;) {
 		struct pollfd p = {ch->fd, POLLIN, 0};
-		int r = poll(&p, 1, -1);
-		if (r < 0 && errno == EINTR) {
-			if (cmd == ATTACH_IOREQ_CLIENT && !cancelled) {
-				struct acrn_svc_ctl ctl = {ACRN_SVC_CTL_MAGIC, ACRN_SVC_CTL_CANCEL, ch->id, 0, req->seq};
-				send_fds(fd, &ctl, sizeof(ctl), NULL, 0);
-				cancelled = 1;
-			}
+		struct timespec again = {0, 50 * 1000000L};
+		int r = masked ? ppoll(&p, 1, cancelled ? &again : NULL, &oldmask) : poll(&p, 1, -1);
+		if (masked && ((r < 0 && errno == EINTR) || (r == 0 && cancelled))) {
+			struct acrn_svc_ctl ctl = {ACRN_SVC_CTL_MAGIC, ACRN_SVC_CTL_CANCEL, ch->id, 0, req->seq};
+			send_fds(fd, &ctl, sizeof(ctl), NULL, 0);
+			cancelled = 1;
 			continue;
 		}
+		if (r < 0 && errno == EINTR)
+			continue;
 		break;
 	}
 	struct {
@@ -789,6 +803,8 @@ out:
 	for (int i = 0; i < nfds; i++)
 		if (!(req->fd_index == i))
 			real_close(fds[i]);
+	if (masked)
+		pthread_sigmask(SIG_SETMASK, &oldmask, NULL);
 	if (trace) {
 		if (err)
 			say("%s(%#lx) = -1 %s", name, arg, strerrorname_np(err) ? strerrorname_np(err) : "?");

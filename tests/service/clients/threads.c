@@ -11,6 +11,8 @@
  *                 does nothing: ATTACH returns 0 (drivers/virt/acrn/ioreq.c:
  *                 acrn_ioreq_client_wait ignores the result of the wait)
  *   plain-restart the same with SA_RESTART: ATTACH still returns 0 (it is not restarted)
+ *   plain-inside  100 times: one SIGUSR1, sent once the thread is inside ATTACH (in the poll
+ *                 of its system call, /proc/self/task/TID/syscall): it must return 0 each time
  *   ctrlc-self    acrn-dm's Ctrl-C: the thread blocked in ATTACH gets SIGALRM; the handler
  *                 does PAUSE_VM and DESTROY_IOREQ_CLIENT on the fd (from inside the blocked
  *                 call's thread); ATTACH returns 0 or ENODEV, the next one ENODEV
@@ -267,15 +269,69 @@ static void ctrlc_handler(int sig)
 }
 
 static int first_ret = 99, first_errno, next_ret = 99, next_errno;
+static pid_t attach_tid;
 
 static void *blocked_attacher(void *unused)
 {
 	(void)unused;
+	__atomic_store_n(&attach_tid, gettid(), __ATOMIC_SEQ_CST);
 	__atomic_store_n(&in_attach, 1, __ATOMIC_SEQ_CST);
 	first_ret = ioctl(fd, ACRN_IOCTL_ATTACH_IOREQ_CLIENT, 0);
 	first_errno = first_ret < 0 ? errno : 0;
 	__atomic_store_n(&attach_done, 1, __ATOMIC_SEQ_CST);
 	return NULL;
+}
+
+/* Whether the thread is inside poll/ppoll (the wait of a forwarded ioctl). */
+static int in_poll(pid_t tid)
+{
+	char path[64], buf[64];
+	snprintf(path, sizeof(path), "/proc/self/task/%d/syscall", (int)tid);
+	int f = open(path, O_RDONLY | O_CLOEXEC);
+	if (f < 0)
+		return 0;
+	ssize_t n = read(f, buf, sizeof(buf) - 1);
+	close(f);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	long nr = strtol(buf, NULL, 10);
+	return nr == 7 || nr == 271; /* x86-64 poll, ppoll */
+}
+
+/* One signal, once the thread waits inside ATTACH, many times over: none may be lost. */
+static int inside(const char *name)
+{
+	struct sigaction sa = {0};
+	sa.sa_handler = noop_handler;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGUSR1, &sa, NULL);
+	setup(name, idle_guest, idle_guest_end, 1);
+	for (int round = 0; round < 100; round++) {
+		__atomic_store_n(&attach_tid, 0, __ATOMIC_SEQ_CST);
+		__atomic_store_n(&attach_done, 0, __ATOMIC_SEQ_CST);
+		pthread_create(&attach_thread, NULL, blocked_attacher, NULL);
+		pid_t tid;
+		while (!(tid = __atomic_load_n(&attach_tid, __ATOMIC_SEQ_CST)))
+			sleep_ms(1);
+		for (int i = 0; i < 30000 && !in_poll(tid); i++)
+			usleep(100);
+		pthread_kill(attach_thread, SIGUSR1);
+		for (int i = 0; i < 1000 && !__atomic_load_n(&attach_done, __ATOMIC_SEQ_CST); i++)
+			sleep_ms(10);
+		if (!__atomic_load_n(&attach_done, __ATOMIC_SEQ_CST)) {
+			printf("round %d: the signal was lost: ATTACH did not return\n", round);
+			return 1;
+		}
+		pthread_join(attach_thread, NULL);
+		if (first_ret != 0) {
+			printf("round %d: ATTACH returned %d/%s\n", round, first_ret, strerrorname_np(first_errno) ?: "0");
+			return 1;
+		}
+	}
+	printf("100 signals, 100 returns\n");
+	teardown();
+	return 0;
 }
 
 static int signals(const char *mode, const char *name)
@@ -347,5 +403,7 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "multi") == 0)
 		return multi(argv[2]);
+	if (strcmp(argv[1], "plain-inside") == 0)
+		return inside(argv[2]);
 	return signals(argv[1], argv[2]);
 }
