@@ -792,6 +792,15 @@ static int forward_ioctl(int fd, unsigned long ino, uint32_t cmd, unsigned long 
 	} else {
 		ret = (int)reply.rep.ret;
 	}
+	if (cmd == ATTACH_IOREQ_CLIENT && cancelled && err == ENODEV) {
+		/* A signal reached this thread in ATTACH.  In Linux its wait ends there and returns
+		 * 0 (drivers/virt/acrn/ioreq.c: acrn_ioreq_client_wait checks is_destroying before
+		 * the ioctl returns), and the handler runs only afterwards.  Here the handler has run
+		 * while the call was still out: a DESTROY_IOREQ_CLIENT it made (acrn-dm's Ctrl-C)
+		 * must not show in this call; the next ATTACH gives ENODEV. */
+		err = 0;
+		ret = 0;
+	}
 done:
 	if (ch) {
 		ch->busy = 0;
