@@ -7,8 +7,8 @@
  *   - stat/access/open of /dev/acrn_hsm succeed; the fd returned is a SOCK_SEQPACKET
  *     connection to the service, so dup, fork, O_CLOEXEC and close behave as for the
  *     kernel's file (the service releases the file when the last reference goes);
- *   - ioctls of type 0xA2 on that fd travel to the service with their argument bytes; the
- *     result, errno and the bytes the kernel writes back return;
+ *   - ioctls on that fd (those of type 0xA2 with their argument bytes) travel to the
+ *     service; the result, errno and the bytes the kernel writes back return;
  *   - user addresses inside arguments are shared with the service, never copied: a shared
  *     mapping travels as its file (SCM_RIGHTS), private memory is first turned into a
  *     shared mapping in place (memfd, same address, same contents), as vhost-user shares
@@ -33,12 +33,14 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -738,6 +740,15 @@ static int forward_ioctl(int fd, unsigned long ino, uint32_t cmd, unsigned long 
 	req->arg_len = (uint32_t)got;
 	size_t msglen = sizeof(*req) + req->nmem * sizeof(struct acrn_svc_mem) + got;
 
+	/* ATTACH: signals wait (blocked) until the call waits for its answer, so that none is
+	 * lost between the entry of the ioctl and that wait (the kernel's wait sees a signal
+	 * that is already pending). */
+	sigset_t allmask, oldmask;
+	int masked = cmd == ATTACH_IOREQ_CLIENT;
+	if (masked) {
+		sigfillset(&allmask);
+		pthread_sigmask(SIG_BLOCK, &allmask, &oldmask);
+	}
 	struct channel oneoff;
 	struct channel *ch = chan_get(fd, ino, &oneoff);
 	int ret = -1, err = 0;
@@ -753,21 +764,25 @@ static int forward_ioctl(int fd, unsigned long ino, uint32_t cmd, unsigned long 
 		err = EIO;
 		goto done;
 	}
-	/* Wait for the answer.  poll() is never restarted after a signal handler, so a signal
+	/* Wait for the answer.  ppoll() is never restarted after a signal handler, so a signal
 	 * that reaches a caller blocked in ATTACH is seen here and the call returns 0, as the
-	 * kernel's does. */
+	 * kernel's does; one that came during the call's preparation was held pending by the
+	 * mask and is delivered inside ppoll.  The service ignores a cancellation that reaches
+	 * it before the call is waiting (it may still be queued): it is sent again every 50 ms
+	 * until the answer comes. */
 	int cancelled = 0;
 	for (;;) {
 		struct pollfd p = {ch->fd, POLLIN, 0};
-		int r = poll(&p, 1, -1);
-		if (r < 0 && errno == EINTR) {
-			if (cmd == ATTACH_IOREQ_CLIENT && !cancelled) {
-				struct acrn_svc_ctl ctl = {ACRN_SVC_CTL_MAGIC, ACRN_SVC_CTL_CANCEL, ch->id, 0, req->seq};
-				send_fds(fd, &ctl, sizeof(ctl), NULL, 0);
-				cancelled = 1;
-			}
+		struct timespec again = {0, 50 * 1000000L};
+		int r = masked ? ppoll(&p, 1, cancelled ? &again : NULL, &oldmask) : poll(&p, 1, -1);
+		if (masked && ((r < 0 && errno == EINTR) || (r == 0 && cancelled))) {
+			struct acrn_svc_ctl ctl = {ACRN_SVC_CTL_MAGIC, ACRN_SVC_CTL_CANCEL, ch->id, 0, req->seq};
+			send_fds(fd, &ctl, sizeof(ctl), NULL, 0);
+			cancelled = 1;
 			continue;
 		}
+		if (r < 0 && errno == EINTR)
+			continue;
 		break;
 	}
 	struct {
@@ -790,6 +805,15 @@ static int forward_ioctl(int fd, unsigned long ino, uint32_t cmd, unsigned long 
 	} else {
 		ret = (int)reply.rep.ret;
 	}
+	if (cmd == ATTACH_IOREQ_CLIENT && cancelled && err == ENODEV) {
+		/* A signal reached this thread in ATTACH.  In Linux its wait ends there and returns
+		 * 0 (drivers/virt/acrn/ioreq.c: acrn_ioreq_client_wait checks is_destroying before
+		 * the ioctl returns), and the handler runs only afterwards.  Here the handler has run
+		 * while the call was still out: a DESTROY_IOREQ_CLIENT it made (acrn-dm's Ctrl-C)
+		 * must not show in this call; the next ATTACH gives ENODEV. */
+		err = 0;
+		ret = 0;
+	}
 done:
 	if (ch) {
 		ch->busy = 0;
@@ -801,6 +825,8 @@ out:
 	for (int i = 0; i < nfds; i++)
 		if (!(req->fd_index == i))
 			real_close(fds[i]);
+	if (masked)
+		pthread_sigmask(SIG_SETMASK, &oldmask, NULL);
 	if (trace) {
 		if (err)
 			say("%s(%#lx) = -1 %s", name, arg, strerrorname_np(err) ? strerrorname_np(err) : "?");
@@ -834,10 +860,17 @@ EXPORT int ioctl(int fd, unsigned long request, ...)
 	va_end(ap);
 	if (!real_ioctl)
 		preload_init();
-	if (active && ((request >> 8) & 0xFF) == 0xA2) {
+	/* Every ioctl on the HSM's file reaches its driver (acrn_dev_ioctl: EINVAL without a VM,
+	 * ENOTTY for an unknown command), whatever its type, except the few the VFS answers for
+	 * any file (fs/ioctl.c: do_vfs_ioctl), which mean the same for the socket.  Other types
+	 * are looked at only on an fd already known as the HSM (no fstat per foreign ioctl). */
+	uint32_t cmd = (uint32_t)request;
+	int known = fd >= 0 && fd < MAX_TRACKED && hsm_ino[fd];
+	if (active && (((cmd >> 8) & 0xFF) == 0xA2 || known) && cmd != FIOCLEX && cmd != FIONCLEX &&
+	    cmd != FIONBIO && cmd != FIOASYNC) {
 		unsigned long ino = hsm_file(fd);
 		if (ino)
-			return forward_ioctl(fd, ino, (uint32_t)request, arg);
+			return forward_ioctl(fd, ino, cmd, arg);
 	}
 	return real_ioctl(fd, request, arg);
 }

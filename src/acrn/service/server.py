@@ -52,6 +52,8 @@ _EMBEDDED: dict[int, int | str] = {
 _EVENTFD_CMDS = (uapi.ACRN_IOCTL_IOEVENTFD, uapi.ACRN_IOCTL_IRQFD)
 _POLL_HUP = select.POLLHUP | select.POLLERR | select.POLLRDHUP | select.POLLNVAL
 _HELLO_TIMEOUT = 10.0
+#: Bound on the wait for a release that is due (settle_releases); it takes milliseconds.
+_SETTLE_TIMEOUT = 10.0
 MAX_CHANNELS = 256
 
 
@@ -149,7 +151,20 @@ class OpenFile:
         self._in_flight = 0
         self._closing = False
         self.released = False
+        #: Set once the HSM file is released (its VM destroyed).
+        self.gone = threading.Event()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+
+    def abandoned(self) -> bool:
+        """Whether the client's last reference is already gone (the kernel has delivered the EOF)
+        and no call of a live thread holds the file: its release is due and needs nobody else."""
+        if self.gone.is_set():
+            return False
+        if not _peer_gone(self.sock):
+            return False
+        with self._lock:
+            channels = list(self.channels.values())
+        return all(ch.current is None or _peer_gone(ch.sock) for ch in channels)
 
     # ------------------------------------------------------------------ the control thread
     def serve(self) -> None:
@@ -295,6 +310,8 @@ class OpenFile:
         self, req: protocol.acrn_svc_req, mems: list[protocol.acrn_svc_mem], arg: bytes, fds: list[int]
     ) -> tuple[int, bytes]:
         cmd = req.cmd
+        if cmd == uapi.ACRN_IOCTL_CREATE_VM:
+            self.service.settle_releases(self)
         buf = bytearray(arg)
         value = req.value
         where = _EMBEDDED.get(cmd)
@@ -386,6 +403,7 @@ class OpenFile:
             self.hsm.interrupt_attach()
         self.hsm.release()  # destroys the VM; a blocked ATTACH wakes with ENODEV
         self.released = True
+        self.gone.set()
         with self._lock:
             channels = list(self.channels.values())
         for ch in channels:
@@ -578,6 +596,24 @@ class HvService:
         log.info("pid %d opened the HSM (%d open)", pid, len(self.files))
         f.serve()
 
+    def settle_releases(self, caller: OpenFile | None = None) -> None:
+        """Finish the releases that are already due before going on.
+
+        In Linux, ``close()`` of the last reference (or the exit of a process) releases the HSM
+        file before it returns, so a CREATE_VM that follows finds the name, the vmid and the
+        configuration slot free.  Here the release runs on the file's control thread once it
+        sees the EOF; a client's next CREATE_VM may overtake it.  The EOF is already visible
+        on the connection when ``close()`` returns, so waiting here for the files whose EOF is
+        visible gives the same order.
+        """
+        with self._lock:
+            files = [f for f in self.files if f is not caller]
+        for f in files:
+            if f.abandoned() and not f.gone.wait(_SETTLE_TIMEOUT):
+                log.warning(
+                    "pid %d: its HSM file was closed but not released within %.0f s", f.pid, _SETTLE_TIMEOUT
+                )
+
     def file_released(self, f: OpenFile) -> None:
         with self._lock:
             self.files.discard(f)
@@ -587,6 +623,7 @@ class HvService:
     def status(self) -> dict[str, Any]:
         """The service and its live VMs (what ``acrn ps`` prints)."""
         hv = self.machine.hv
+        self.settle_releases()
         with self._lock:
             files = list(self.files)
         owners = {f.hsm.vm.vmid: f for f in files if f.hsm.vm.valid}
@@ -615,6 +652,19 @@ class HvService:
             "open_files": len(files),
             "vms": vms,
         }
+
+
+def _peer_gone(sock: socket.socket) -> bool:
+    """Whether the other end of ``sock`` is closed (or ``sock`` itself already is)."""
+    try:
+        fd = sock.fileno()
+        if fd < 0:
+            return True
+        p = select.poll()
+        p.register(fd, select.POLLRDHUP)
+        return any(ev & _POLL_HUP for _, ev in p.poll(0))
+    except (OSError, ValueError):
+        return True
 
 
 def _live(path: str) -> bool:
