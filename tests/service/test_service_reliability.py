@@ -1,0 +1,369 @@
+"""The hypervisor service stays up and leaks nothing, whatever a client sends or does (issue 15).
+
+The service runs in this process (``HvService(Machine(), path)`` on a temporary socket) and is
+driven from Python with raw datagrams (``tests/fuzz/service_wire.py``).  After each scenario
+``settle`` waits until every open file is released and checks that the process is back where it
+was: its fds (/proc/self/fd), its threads, its mappings (/proc/self/maps, within a small slack for
+the allocator) and the hypervisor's VM list; then that the service still accepts a client.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from acrn import uapi
+from acrn.emu.machine import Machine
+from acrn.service import protocol
+from acrn.service.server import HvService
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fuzz.service_wire import (
+    Snapshot,
+    add_channel,
+    call,
+    connect,
+    ctl_bytes,
+    hello_bytes,
+    is_closed,
+    memfd,
+    open_file,
+    req_bytes,
+    settle,
+)
+
+PAGE = mmap.PAGESIZE
+EFAULT, EINVAL = -14, -22
+
+
+@pytest.fixture
+def service() -> Iterator[HvService]:
+    d = tempfile.mkdtemp(prefix="acrn-svc-")
+    svc = HvService(Machine(), os.path.join(d, "hv.sock"))
+    svc.start()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+        svc.machine.runtime.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def before(service: HvService) -> Snapshot:
+    # One client first, so that what the first connection sets up once (imports, caches) is
+    # not counted as a leak.
+    s = open_file(service.path)
+    ch, _ = add_channel(s)
+    call(ch, req_bytes(uapi.ACRN_IOCTL_PAUSE_VM))
+    ch.close()
+    s.close()
+    deadline = time.monotonic() + 10
+    while service.files and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return Snapshot.take(service)
+
+
+def create_vm(ch: socket.socket, ioreq_fd: int, *, name: bytes = b"svc-rel", seq: int = 1) -> int:
+    """CREATE_VM with its ioreq page in ``ioreq_fd`` (a memfd), as the preload library sends it."""
+    vm = uapi.acrn_vm_creation()
+    ctypes.memmove(vm.uuid.b, name.ljust(16, b"\0"), 16)
+    vm.ioreq_buf = 0x7000_0000_0000  # the client's address; the mem entry says what backs it
+    mem = protocol.acrn_svc_mem(0x7000_0000_0000, PAGE, 0, mmap.PROT_READ | mmap.PROT_WRITE, 0)
+    r = call(ch, req_bytes(uapi.ACRN_IOCTL_CREATE_VM, 0x1000, arg=bytes(vm), mems=[mem], seq=seq), [ioreq_fd])
+    return r.ret
+
+
+# ------------------------------------------------------------------------------ before the hello
+_HELLO = hello_bytes()
+BEFORE_HELLO: dict[str, bytes] = {
+    "empty": b"",
+    "one byte": b"x",
+    "short": _HELLO[:-1],
+    "oversized": _HELLO + bytes(4096),
+    "one more byte": _HELLO + b"\0",
+    "wrong magic": hello_bytes(magic=0xDEADBEEF),
+    "wrong version": hello_bytes(version=99),
+    "unknown kind": hello_bytes(kind=7),
+    "a control message": ctl_bytes(protocol.CTL_CHANNEL),
+    "a request": req_bytes(uapi.ACRN_IOCTL_PAUSE_VM),
+    "64 KiB of garbage": os.urandom(1 << 16),
+}
+
+
+@pytest.mark.parametrize("data", BEFORE_HELLO.values(), ids=BEFORE_HELLO.keys())
+def test_garbage_instead_of_the_hello_is_hung_up_on(
+    service: HvService, before: Snapshot, data: bytes
+) -> None:
+    s = connect(service.path)
+    r, w = os.pipe()
+    try:
+        socket.send_fds(s, [data], [r, w])  # fds attached, where none are expected either
+    finally:
+        os.close(r)
+        os.close(w)
+    assert is_closed(s)
+    s.close()
+    settle(service, before)
+
+
+def test_a_hello_with_fds_attached_opens_and_the_fds_are_not_kept(
+    service: HvService, before: Snapshot
+) -> None:
+    s = connect(service.path)
+    fds = [memfd(PAGE) for _ in range(protocol.MAX_FDS)]
+    socket.send_fds(s, [_HELLO], fds)
+    for fd in fds:
+        os.close(fd)
+    rep = protocol.acrn_svc_hello_reply.from_buffer_copy(s.recv(64))
+    assert rep.status == 0
+    s.close()
+    settle(service, before)
+
+
+def test_a_thousand_fds_on_one_connection_are_dropped(service: HvService, before: Snapshot) -> None:
+    """SCM_RIGHTS carries at most 253 fds a message: four messages of 250, before and after hello."""
+    fds = [memfd(0) for _ in range(250)]
+    try:
+        s = connect(service.path)
+        socket.send_fds(s, [_HELLO], fds)
+        assert is_closed(s)  # more fds than the service takes: the message is truncated
+        s.close()
+        s = open_file(service.path)
+        for _ in range(3):
+            with pytest.raises(OSError):  # hung up on after the first
+                for _ in range(3):
+                    socket.send_fds(s, [ctl_bytes(protocol.CTL_CANCEL)], fds)
+                    time.sleep(0.05)
+        s.close()
+    finally:
+        for fd in fds:
+            os.close(fd)
+    settle(service, before)
+
+
+def test_a_client_that_never_says_hello_does_not_block_others(service: HvService, before: Snapshot) -> None:
+    silent = [connect(service.path) for _ in range(8)]
+    s = open_file(service.path)
+    ch, _ = add_channel(s)
+    assert call(ch, req_bytes(uapi.ACRN_IOCTL_PAUSE_VM)).ret == EINVAL  # no VM on this file yet
+    for c in (*silent, ch, s):
+        c.close()
+    settle(service, before)
+
+
+# ------------------------------------------------------------------------------ the main socket
+def _pipe_channel(main: socket.socket) -> None:
+    r, w = os.pipe()
+    try:
+        socket.send_fds(main, [ctl_bytes(protocol.CTL_CHANNEL)], [r])
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def _stream_channel(main: socket.socket) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        socket.send_fds(main, [ctl_bytes(protocol.CTL_CHANNEL)], [b.fileno()])
+
+
+def _udp_channel(main: socket.socket) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        socket.send_fds(main, [ctl_bytes(protocol.CTL_CHANNEL)], [u.fileno()])
+
+
+def _two_channels(main: socket.socket) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b, c, d:
+        socket.send_fds(main, [ctl_bytes(protocol.CTL_CHANNEL)], [b.fileno(), d.fileno()])
+
+
+def _send(data: bytes) -> Callable[[socket.socket], None]:
+    return lambda main: main.sendall(data)
+
+
+ON_MAIN: dict[str, Callable[[socket.socket], None]] = {
+    "empty": _send(b""),
+    "short": _send(ctl_bytes(protocol.CTL_CANCEL)[:-1]),
+    "oversized": _send(ctl_bytes(protocol.CTL_CANCEL) + bytes(8192)),
+    "wrong magic": _send(ctl_bytes(protocol.CTL_CANCEL, magic=protocol.REQ_MAGIC)),
+    "unknown op": _send(ctl_bytes(77)),
+    "a channel without its fd": _send(ctl_bytes(protocol.CTL_CHANNEL)),
+    "a second hello": _send(_HELLO),
+    "a request": _send(req_bytes(uapi.ACRN_IOCTL_PAUSE_VM)),
+    "a channel that is a pipe": _pipe_channel,
+    "a channel that is a stream socket": _stream_channel,
+    "a channel that is a UDP socket": _udp_channel,
+    "a channel with two fds": _two_channels,
+}
+
+
+@pytest.mark.parametrize("send", ON_MAIN.values(), ids=ON_MAIN.keys())
+def test_garbage_on_the_main_socket_releases_the_file(
+    service: HvService, before: Snapshot, send: Callable[[socket.socket], None]
+) -> None:
+    s = open_file(service.path)
+    ch, _ = add_channel(s)
+    fd = memfd(PAGE)
+    assert create_vm(ch, fd) == 0
+    os.close(fd)
+    assert len(service.machine.hv.vms()) == before.vms + 1
+    send(s)
+    assert is_closed(s)  # the file is released: its VM with it
+    assert is_closed(ch)
+    s.close()
+    ch.close()
+    settle(service, before)
+
+
+def test_cancels_that_match_nothing_are_ignored(service: HvService, before: Snapshot) -> None:
+    s = open_file(service.path)
+    ch, cid = add_channel(s)
+    r, w = os.pipe()
+    socket.send_fds(s, [ctl_bytes(protocol.CTL_CANCEL, channel=cid, seq=5)], [r, w])  # fds: closed
+    os.close(r)
+    os.close(w)
+    for channel, seq in ((0, 0), (cid + 100, 1), (2**32 - 1, 2**64 - 1)):
+        s.send(ctl_bytes(protocol.CTL_CANCEL, channel=channel, seq=seq))
+    assert call(ch, req_bytes(uapi.ACRN_IOCTL_PAUSE_VM, seq=1)).ret == EINVAL
+    s.close()
+    ch.close()
+    settle(service, before)
+
+
+def test_more_channels_than_the_service_takes(service: HvService, before: Snapshot) -> None:
+    """Past MAX_CHANNELS a registration is closed (the client's call fails), the file stays."""
+    from acrn.service.server import MAX_CHANNELS
+
+    s = open_file(service.path)
+    chans = [add_channel(s)[0] for _ in range(MAX_CHANNELS)]
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    socket.send_fds(s, [ctl_bytes(protocol.CTL_CHANNEL)], [b.fileno()])
+    b.close()
+    assert is_closed(a)
+    a.close()
+    assert call(chans[-1], req_bytes(uapi.ACRN_IOCTL_PAUSE_VM)).ret == EINVAL
+    for c in chans:
+        c.close()
+    s.close()
+    settle(service, before)
+
+
+# ------------------------------------------------------------------------------ a channel
+_VM = bytes(uapi.acrn_vm_creation())
+
+
+def _mem(
+    fd_index: int = 0, length: int = PAGE, offset: int = 0, start: int = 0x7000_0000_0000
+) -> protocol.acrn_svc_mem:
+    return protocol.acrn_svc_mem(start, length, offset, mmap.PROT_READ | mmap.PROT_WRITE, fd_index)
+
+
+def _vm(ioreq_buf: int = 0x7000_0000_0000) -> bytes:
+    vm = uapi.acrn_vm_creation()
+    vm.ioreq_buf = ioreq_buf
+    return bytes(vm)
+
+
+def _pipe_fds() -> list[int]:
+    return list(os.pipe())
+
+
+#: Well-formed datagrams whose contents are wrong: an errno (never the service) pays for them.
+#: (request, fds to attach, the result CREATE_VM must get)
+LYING: dict[str, tuple[bytes, Callable[[], list[int]], int]] = {
+    "memory entry naming a missing fd": (
+        req_bytes(uapi.ACRN_IOCTL_CREATE_VM, 1, arg=_vm(), mems=[_mem(fd_index=3)]),
+        lambda: [memfd(PAGE)],
+        EINVAL,
+    ),
+    "memory entry with a negative fd index": (
+        req_bytes(uapi.ACRN_IOCTL_CREATE_VM, 1, arg=_vm(), mems=[_mem(fd_index=-5)]),
+        lambda: [memfd(PAGE)],
+        EINVAL,
+    ),
+    "memory entry backed by a pipe": (
+        req_bytes(uapi.ACRN_IOCTL_CREATE_VM, 1, arg=_vm(), mems=[_mem()]),
+        _pipe_fds,
+        EINVAL,
+    ),
+    "memory entry of length zero": (
+        req_bytes(uapi.ACRN_IOCTL_CREATE_VM, 1, arg=_vm(), mems=[_mem(length=0)]),
+        lambda: [memfd(PAGE)],
+        EINVAL,
+    ),
+    "memory entry of 2**63 bytes": (
+        req_bytes(uapi.ACRN_IOCTL_CREATE_VM, 1, arg=_vm(), mems=[_mem(length=2**63)]),
+        lambda: [memfd(PAGE)],
+        EINVAL,
+    ),
+    "memory entry not containing the address": (
+        req_bytes(uapi.ACRN_IOCTL_CREATE_VM, 1, arg=_vm(0x1000), mems=[_mem()]),
+        lambda: [memfd(PAGE)],
+        EINVAL,
+    ),
+    "a struct command with its bytes short and read-only": (
+        req_bytes(
+            uapi.ACRN_IOCTL_CREATE_VM,
+            1,
+            arg=_vm()[:20],
+            flags=protocol.ARG_BUF | protocol.ARG_SHORT | protocol.ARG_RO,
+        ),
+        lambda: [],
+        EFAULT,
+    ),
+    "eight fds and none expected": (
+        req_bytes(uapi.ACRN_IOCTL_CREATE_VM, 1, arg=_vm(), flags=protocol.ARG_BUF | protocol.ADDR_FAULT),
+        lambda: [memfd(PAGE) for _ in range(protocol.MAX_FDS)],
+        EINVAL,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", LYING.values(), ids=LYING.keys())
+def test_a_request_that_lies_gets_an_errno(
+    service: HvService, before: Snapshot, case: tuple[bytes, Callable[[], list[int]], int]
+) -> None:
+    data, make_fds, want = case
+    s = open_file(service.path)
+    ch, _ = add_channel(s)
+    page = mmap.mmap(-1, 2 * PAGE)
+    if (
+        data[4:8] == uapi.ACRN_IOCTL_CREATE_VM.to_bytes(4, "little")
+        and int.from_bytes(data[8:16], "little") == 0
+    ):
+        # The request names an address of the service's process that is readable and writable,
+        # and says a valid struct lies there: the service must not follow it.
+        view = ctypes.c_char.from_buffer(page)
+        base = ctypes.addressof(view)
+        del view
+        page[: len(_VM)] = _vm(base + PAGE)
+        data = data[:8] + base.to_bytes(8, "little") + data[16:]
+    fds = make_fds()
+    try:
+        r = call(ch, data, fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert r.ret == want
+    assert uapi.acrn_vm_creation.from_buffer_copy(page[: len(_VM)]).vmid == 0, "the service wrote into itself"
+    page.close()
+    # The channel still works.
+    fd = memfd(PAGE)
+    assert create_vm(ch, fd, seq=2) == 0
+    os.close(fd)
+    ch.close()
+    s.close()
+    settle(service, before)
