@@ -29,6 +29,7 @@ from acrn.service.server import HvService
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fuzz.service_wire import (
+    REQ_SIZE,
     Snapshot,
     add_channel,
     call,
@@ -262,7 +263,49 @@ def test_more_channels_than_the_service_takes(service: HvService, before: Snapsh
 
 
 # ------------------------------------------------------------------------------ a channel
+_PAUSE = req_bytes(uapi.ACRN_IOCTL_PAUSE_VM)
 _VM = bytes(uapi.acrn_vm_creation())
+ON_CHANNEL: dict[str, bytes] = {
+    "short header": _PAUSE[: REQ_SIZE - 1],
+    "wrong magic": req_bytes(uapi.ACRN_IOCTL_PAUSE_VM, magic=protocol.CTL_MAGIC),
+    "oversized": bytes(protocol.MAX_REQ + 4096),
+    "one byte more than the largest": req_bytes(
+        uapi.ACRN_IOCTL_CREATE_VM,
+        arg=bytes(protocol.MAX_ARG),
+        mems=[protocol.acrn_svc_mem()] * protocol.MAX_MEM,
+    )
+    + b"\0",
+    "arg_len longer than the bytes": req_bytes(uapi.ACRN_IOCTL_CREATE_VM, arg=_VM, arg_len=len(_VM) + 1),
+    "arg_len shorter than the bytes": req_bytes(uapi.ACRN_IOCTL_CREATE_VM, arg=_VM, arg_len=len(_VM) - 1),
+    "arg_len past the maximum": req_bytes(uapi.ACRN_IOCTL_CREATE_VM, arg=_VM, arg_len=2**32 - 1),
+    "nmem past the maximum": req_bytes(uapi.ACRN_IOCTL_CREATE_VM, arg=_VM, nmem=protocol.MAX_MEM + 1),
+    "nmem without its entries": req_bytes(uapi.ACRN_IOCTL_CREATE_VM, arg=_VM, nmem=1),
+    "nmem 2**32-1": req_bytes(uapi.ACRN_IOCTL_CREATE_VM, nmem=2**32 - 1),
+    "a hello": _HELLO,
+    "a control message": ctl_bytes(protocol.CTL_CANCEL),
+    "64 KiB of garbage": os.urandom(1 << 16),
+}
+
+
+@pytest.mark.parametrize("data", ON_CHANNEL.values(), ids=ON_CHANNEL.keys())
+def test_a_malformed_request_ends_its_channel_only(service: HvService, before: Snapshot, data: bytes) -> None:
+    s = open_file(service.path)
+    ch, _ = add_channel(s)
+    fd = memfd(PAGE)
+    assert create_vm(ch, fd) == 0
+    r, w = os.pipe()
+    socket.send_fds(ch, [data], [fd, r, w])
+    for x in (fd, r, w):
+        os.close(x)
+    assert is_closed(ch)
+    ch.close()
+    # The file and its VM are untouched: another channel carries on.
+    assert len(service.machine.hv.vms()) == before.vms + 1
+    ch2, _ = add_channel(s)
+    assert call(ch2, req_bytes(uapi.ACRN_IOCTL_CREATE_IOREQ_CLIENT)).ret >= 0
+    ch2.close()
+    s.close()
+    settle(service, before)
 
 
 def _mem(

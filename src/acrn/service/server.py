@@ -29,6 +29,7 @@ import stat
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -164,6 +165,7 @@ class OpenFile:
         poller.register(main, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         watched: dict[int, Channel] = {}
+        hung_up: weakref.WeakSet[Channel] = weakref.WeakSet()
         main_open = True
         while True:
             with self._lock:
@@ -171,9 +173,16 @@ class OpenFile:
                 # ioctl holds the kernel's); the loop keeps watching their channels till then.
                 if self.service.stopping or (self._closing and not self._in_flight):
                     return
+                # A channel that ended leaves the poll set at once: poll() holds a reference to
+                # every file it waits on, so its socket would stay open (the client would not
+                # see it close) while this thread waits.  Its fd number may already be reused.
+                for fd, ch in list(watched.items()):
+                    if self.channels.get(ch.id) is not ch:
+                        del watched[fd]
+                        poller.unregister(fd)
                 for ch in self.channels.values():
                     fd = ch.sock.fileno()
-                    if fd >= 0 and fd not in watched:
+                    if fd >= 0 and fd not in watched and ch not in hung_up:
                         watched[fd] = ch
                         poller.register(fd, select.POLLRDHUP)
             for fd, ev in poller.poll():
@@ -191,6 +200,7 @@ class OpenFile:
                     # flight ends, as a fatal signal ends a blocked ioctl.
                     ch = watched.pop(fd)
                     poller.unregister(fd)
+                    hung_up.add(ch)  # not polled again: its thread ends once its call returns
                     if ch.current is not None and ch.current[1] == uapi.ACRN_IOCTL_ATTACH_IOREQ_CLIENT:
                         self.hsm.interrupt_attach()
 
@@ -258,6 +268,7 @@ class OpenFile:
         with self._lock:
             self.channels.pop(ch.id, None)
             self._lock.notify_all()
+        self._wake()  # the control loop stops polling its socket
 
     # ------------------------------------------------------------------ calls
     @contextlib.contextmanager
