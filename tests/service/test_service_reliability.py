@@ -342,6 +342,21 @@ LYING: dict[str, tuple[bytes, Callable[[], list[int]], int]] = {
         _pipe_fds,
         EINVAL,
     ),
+    "memory entry past the end of its memfd": (
+        req_bytes(uapi.ACRN_IOCTL_CREATE_VM, 1, arg=_vm(), mems=[_mem()]),
+        lambda: [memfd(0)],
+        EINVAL,
+    ),
+    "memory entry at an offset past the end": (
+        req_bytes(uapi.ACRN_IOCTL_CREATE_VM, 1, arg=_vm(), mems=[_mem(offset=PAGE)]),
+        lambda: [memfd(PAGE)],
+        EINVAL,
+    ),
+    "memory entry backed by /dev/zero": (
+        req_bytes(uapi.ACRN_IOCTL_CREATE_VM, 1, arg=_vm(), mems=[_mem()]),
+        lambda: [os.open("/dev/zero", os.O_RDWR | os.O_CLOEXEC)],
+        EINVAL,
+    ),
     "memory entry of length zero": (
         req_bytes(uapi.ACRN_IOCTL_CREATE_VM, 1, arg=_vm(), mems=[_mem(length=0)]),
         lambda: [memfd(PAGE)],
