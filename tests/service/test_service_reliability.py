@@ -372,6 +372,11 @@ LYING: dict[str, tuple[bytes, Callable[[], list[int]], int]] = {
         lambda: [memfd(PAGE)],
         EINVAL,
     ),
+    "a struct command without its bytes (a pointer into the service)": (
+        req_bytes(uapi.ACRN_IOCTL_CREATE_VM, 0, flags=0),  # value filled in by the test
+        lambda: [],
+        EFAULT,
+    ),
     "a struct command with its bytes short and read-only": (
         req_bytes(
             uapi.ACRN_IOCTL_CREATE_VM,

@@ -50,6 +50,8 @@ _EMBEDDED: dict[int, int | str] = {
     uapi.ACRN_IOCTL_VM_INTR_MONITOR: "value",
 }
 _EVENTFD_CMDS = (uapi.ACRN_IOCTL_IOEVENTFD, uapi.ACRN_IOCTL_IRQFD)
+#: Commands whose argument points to bytes the driver reads or writes (a struct, or a u64).
+_POINTER_CMDS = frozenset(c for c, k in uapi.IOCTL_ARG.items() if isinstance(k, type) or k == "u64ptr")
 _POLL_HUP = select.POLLHUP | select.POLLERR | select.POLLRDHUP | select.POLLNVAL
 _HELLO_TIMEOUT = 10.0
 MAX_CHANNELS = 256
@@ -328,7 +330,9 @@ class OpenFile:
         scratch: Scratch | None = None
         arg_obj: object
         if not req.flags & protocol.ARG_BUF:
-            arg_obj = value
+            # A pointer sent without its bytes would be followed in the service's own memory
+            # (read, and written back): to the driver it is an address that cannot be read.
+            arg_obj = guard_address(value) if cmd in _POINTER_CMDS else value
         elif req.flags & (protocol.ARG_SHORT | protocol.ARG_RO):
             scratch = Scratch(bytes(buf), read_only=bool(req.flags & protocol.ARG_RO))
             arg_obj = scratch.address
