@@ -63,14 +63,14 @@ def _has_interp(f: object, head: bytes) -> bool:
     little = head[5] == 1
     e = "<" if little else ">"
     if is64:
-        phoff, = struct.unpack_from(e + "Q", head, 0x20)
+        (phoff,) = struct.unpack_from(e + "Q", head, 0x20)
         phentsize, phnum = struct.unpack_from(e + "HH", head, 0x36)
     else:
-        phoff, = struct.unpack_from(e + "I", head, 0x1C)
+        (phoff,) = struct.unpack_from(e + "I", head, 0x1C)
         phentsize, phnum = struct.unpack_from(e + "HH", head, 0x2A)
     for i in range(min(phnum, 256)):
         f.seek(phoff + i * phentsize)
-        ptype, = struct.unpack(e + "I", f.read(4))
+        (ptype,) = struct.unpack(e + "I", f.read(4))
         if ptype == 3:  # PT_INTERP
             return True
     return False
@@ -93,9 +93,13 @@ def run(args: argparse.Namespace) -> int:
     tmpdir: str | None = None
     if args.hv:
         if not _live(args.hv):
-            raise CliError(f"--hv {args.hv}: no pyacrn hypervisor service answers there; start one with `acrn hv`")
+            raise CliError(
+                f"--hv {args.hv}: no pyacrn hypervisor service answers there; start one with `acrn hv`"
+            )
         if machine_opts:
-            raise CliError("--accel/--hybrid/--no-fallback configure a private service; the one at --hv has its own", 2)
+            raise CliError(
+                "--accel/--hybrid/--no-fallback configure a private service; the one at --hv has its own", 2
+            )
         path = args.hv
     elif not machine_opts and _live(default_socket_path()):
         path = default_socket_path()

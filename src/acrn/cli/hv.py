@@ -14,13 +14,21 @@ from acrn.cli import CliError
 
 def add_machine_options(p: argparse.ArgumentParser) -> None:
     """The emulated machine's options, shared by ``acrn hv`` and ``acrn exec``'s private service."""
-    p.add_argument("--accel", choices=("auto", "kvm", "soft"), default="auto",
-                   help="how vCPUs execute: KVM, the soft CPU (unicorn), or KVM where it works (default)")
-    p.add_argument("--hybrid", action="store_true",
-                   help="run each vCPU on the soft CPU until its first interrupt or exception, then on "
-                        "KVM (what makes a Linux boot fast on a slow KVM)")
-    p.add_argument("--no-fallback", action="store_true",
-                   help="KVM emulation failures end the VM (no soft-CPU fallback)")
+    p.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "soft"),
+        default="auto",
+        help="how vCPUs execute: KVM, the soft CPU (unicorn), or KVM where it works (default)",
+    )
+    p.add_argument(
+        "--hybrid",
+        action="store_true",
+        help="run each vCPU on the soft CPU until its first interrupt or exception, then on "
+        "KVM (what makes a Linux boot fast on a slow KVM)",
+    )
+    p.add_argument(
+        "--no-fallback", action="store_true", help="KVM emulation failures end the VM (no soft-CPU fallback)"
+    )
 
 
 def make_machine(args: argparse.Namespace) -> object:

@@ -38,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         st: dict[str, Any] = query_status(path)
     except (OSError, ValueError) as e:
-        raise CliError(f"no pyacrn hypervisor service answers at {path} ({e}); start one with `acrn hv`") from None
+        raise CliError(
+            f"no pyacrn hypervisor service answers at {path} ({e}); start one with `acrn hv`"
+        ) from None
     if args.json:
         print(json.dumps(st, indent=2))
         return 0

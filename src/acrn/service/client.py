@@ -54,7 +54,7 @@ class ServiceDevice(KernelDevice):
 
     kind = "service"
 
-    def __init__(self, socket: str | None = None) -> None:  # noqa: A002 - the option's name
+    def __init__(self, socket: str | None = None) -> None:
         path = socket or default_socket_path()
         lib = _load()
         fd = lib.acrn_preload_open(path.encode(), os.O_RDWR | os.O_CLOEXEC)

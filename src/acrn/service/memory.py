@@ -28,7 +28,14 @@ log = logging.getLogger("acrn.service")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _MAP_FAILED = ctypes.c_void_p(-1).value
@@ -108,11 +115,13 @@ class ClientMemory:
                 try:
                     base = map_fd(fd, mem.len, mem.offset, prot)
                 except OSError as e:
-                    log.warning("client memory: cannot map %d bytes at offset %#x: %s", mem.len, mem.offset, e)
+                    log.warning(
+                        "client memory: cannot map %d bytes at offset %#x: %s", mem.len, mem.offset, e
+                    )
                     return guard_address(client_addr)
                 hit = (base, mem.len)
                 self._maps[key] = hit
-        return hit[0] + (client_addr - mem.start)
+        return hit[0] + (client_addr - int(mem.start))
 
     @property
     def mapped_bytes(self) -> int:

@@ -259,10 +259,8 @@ class OpenFile:
             self._next_channel += 1
             ch = Channel(self, cid, sock)
             self.channels[cid] = ch
-        try:
+        with contextlib.suppress(OSError):
             sock.send(bytes(protocol.acrn_svc_channel_hello(protocol.CTL_MAGIC, cid)))
-        except OSError:
-            pass
         ch.thread.start()
         return True
 
@@ -316,12 +314,18 @@ class OpenFile:
         if where is not None:
             if where == "value":
                 value = self._translate(req, mems, fds, value)
-            elif isinstance(where, int) and len(buf) >= where + 8:
-                if cmd != uapi.ACRN_IOCTL_SET_MEMSEG or int.from_bytes(buf[0:4], "little") == uapi.ACRN_MEMMAP_RAM:
-                    client_addr = int.from_bytes(buf[where : where + 8], "little")
-                    restore = (where, bytes(buf[where : where + 8]))
-                    svc = self._translate(req, mems, fds, client_addr)
-                    buf[where : where + 8] = svc.to_bytes(8, "little")
+            elif (
+                isinstance(where, int)
+                and len(buf) >= where + 8
+                and (
+                    cmd != uapi.ACRN_IOCTL_SET_MEMSEG
+                    or int.from_bytes(buf[0:4], "little") == uapi.ACRN_MEMMAP_RAM
+                )
+            ):
+                client_addr = int.from_bytes(buf[where : where + 8], "little")
+                restore = (where, bytes(buf[where : where + 8]))
+                svc = self._translate(req, mems, fds, client_addr)
+                buf[where : where + 8] = svc.to_bytes(8, "little")
         if cmd in _EVENTFD_CMDS and len(buf) >= 4:
             if req.flags & protocol.FD_SENT and 0 <= req.fd_index < len(fds):
                 buf[0:4] = fds[req.fd_index].to_bytes(4, "little")
@@ -398,7 +402,12 @@ class OpenFile:
 
     def status(self) -> dict[str, Any]:
         vm = self.hsm.vm
-        return {"pid": self.pid, "uid": self.uid, "vmid": vm.vmid if vm.valid else None, "opened": self.opened}
+        return {
+            "pid": self.pid,
+            "uid": self.uid,
+            "vmid": vm.vmid if vm.valid else None,
+            "opened": self.opened,
+        }
 
 
 def _changed_prefix(before: bytes, after: bytes) -> bytes:
@@ -563,10 +572,8 @@ class HvService:
         f = OpenFile(self, conn, pid, uid)
         with self._lock:
             self.files.add(f)
-        try:
+        with contextlib.suppress(OSError):
             conn.send(bytes(protocol.acrn_svc_hello_reply(protocol.HELLO_MAGIC, 0)))
-        except OSError:
-            pass
         log.info("pid %d opened the HSM (%d open)", pid, len(self.files))
         f.serve()
 
@@ -628,7 +635,13 @@ def query_status(path: str, timeout: float = 5.0) -> dict[str, Any]:
     try:
         s.settimeout(timeout)
         s.connect(path)
-        s.send(bytes(protocol.acrn_svc_hello(protocol.HELLO_MAGIC, protocol.VERSION, protocol.STATUS, os.getpid(), 0)))
+        s.send(
+            bytes(
+                protocol.acrn_svc_hello(
+                    protocol.HELLO_MAGIC, protocol.VERSION, protocol.STATUS, os.getpid(), 0
+                )
+            )
+        )
         chunks = s.recv(1 << 20)
     finally:
         s.close()
