@@ -430,3 +430,152 @@ def test_a_request_that_lies_gets_an_errno(
     ch.close()
     s.close()
     settle(service, before)
+
+
+# ------------------------------------------------------------------------------ clients that go away
+RAM = 1 << 20
+RAM_AT = 0x7100_0000_0000
+#: Real mode at 0: OUT to port 0x80 forever (every exit is an I/O request for the client).
+OUT_LOOP = bytes([0xBA, 0x80, 0x00, 0xEE, 0xEB, 0xFD])  # mov dx, 0x80; l: out dx, al; jmp l
+
+
+def start_vm(ch: socket.socket, name: bytes) -> None:
+    """CREATE_VM, 1 MiB of RAM running OUT_LOOP, an ioreq client, START_VM: as acrn-dm does."""
+    ioreq = memfd(PAGE)
+    assert create_vm(ch, ioreq, name=name, seq=1) == 0
+    os.close(ioreq)
+    ram = memfd(RAM)
+    os.pwrite(ram, OUT_LOOP, 0)
+    m = uapi.acrn_vm_memmap(type=uapi.ACRN_MEMMAP_RAM, attr=uapi.ACRN_MEM_ACCESS_RWX, user_vm_pa=0, len=RAM)
+    m.vma_base = RAM_AT
+    mem = protocol.acrn_svc_mem(RAM_AT, RAM, 0, mmap.PROT_READ | mmap.PROT_WRITE, 0)
+    assert call(ch, req_bytes(uapi.ACRN_IOCTL_SET_MEMSEG, 1, arg=bytes(m), mems=[mem], seq=2), [ram]).ret == 0
+    os.close(ram)
+    r = uapi.acrn_vcpu_regs()
+    r.vcpu_regs.cr0, r.vcpu_regs.cs_ar, r.vcpu_regs.cs_limit = 0x30, 0x9F, 0xFFFF
+    assert call(ch, req_bytes(uapi.ACRN_IOCTL_SET_VCPU_REGS, 1, arg=bytes(r), seq=3)).ret == 0
+    assert call(ch, req_bytes(uapi.ACRN_IOCTL_CREATE_IOREQ_CLIENT, seq=4)).ret >= 0
+    assert call(ch, req_bytes(uapi.ACRN_IOCTL_START_VM, seq=5)).ret == 0
+
+
+def _wait(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_disconnect_while_attach_blocks(service: HvService, before: Snapshot) -> None:
+    """ATTACH blocks (no VM running): the client closes both sockets; the file is released."""
+    s = open_file(service.path)
+    ch, _ = add_channel(s)
+    fd = memfd(PAGE)
+    assert create_vm(ch, fd) == 0
+    os.close(fd)
+    assert call(ch, req_bytes(uapi.ACRN_IOCTL_CREATE_IOREQ_CLIENT, seq=2)).ret >= 0
+    ch.send(req_bytes(uapi.ACRN_IOCTL_ATTACH_IOREQ_CLIENT, seq=3))
+    f = next(iter(service.files))
+    _wait(lambda: any(c.current is not None for c in f.channels.values()))
+    ch.close()
+    s.close()
+    settle(service, before)
+
+
+def test_main_closed_while_attach_blocks_then_channel(service: HvService, before: Snapshot) -> None:
+    """The last close of the file while a call is in flight: the call holds the file (as an ioctl
+    holds the kernel's) until the calling thread goes too."""
+    s = open_file(service.path)
+    ch, _ = add_channel(s)
+    fd = memfd(PAGE)
+    assert create_vm(ch, fd) == 0
+    os.close(fd)
+    assert call(ch, req_bytes(uapi.ACRN_IOCTL_CREATE_IOREQ_CLIENT, seq=2)).ret >= 0
+    ch.send(req_bytes(uapi.ACRN_IOCTL_ATTACH_IOREQ_CLIENT, seq=3))
+    f = next(iter(service.files))
+    _wait(lambda: any(c.current is not None for c in f.channels.values()))
+    s.close()
+    time.sleep(0.2)
+    ch.close()
+    settle(service, before)
+
+
+@pytest.mark.parametrize("when", ["attached", "request pending", "after notify"])
+def test_disconnect_while_the_vm_runs(service: HvService, before: Snapshot, when: str) -> None:
+    s = open_file(service.path)
+    ch, _ = add_channel(s)
+    start_vm(ch, b"svc-running")
+    if when != "attached":
+        assert call(ch, req_bytes(uapi.ACRN_IOCTL_ATTACH_IOREQ_CLIENT, seq=6)).ret == 0
+    if when == "after notify":
+        n = uapi.acrn_ioreq_notify(vmid=0, vcpu=0)
+        call(ch, req_bytes(uapi.ACRN_IOCTL_NOTIFY_REQUEST_FINISH, 1, arg=bytes(n), seq=7))
+    else:
+        ch.send(req_bytes(uapi.ACRN_IOCTL_ATTACH_IOREQ_CLIENT, seq=8))
+    vm = service.machine.hv.vms()[0]
+    assert vm.state.name == "RUNNING"
+    s.close()
+    ch.close()
+    settle(service, before)
+
+
+def test_a_client_that_never_reads_its_replies(service: HvService, before: Snapshot) -> None:
+    """Requests pile up until the service blocks sending a reply; other clients go on, and when
+    the client goes, so does everything it held."""
+    s = open_file(service.path)
+    ch, _ = add_channel(s)
+    fd = memfd(PAGE)
+    assert create_vm(ch, fd) == 0
+    os.close(fd)
+    ch.setblocking(False)
+    sent = 0
+    req = req_bytes(uapi.ACRN_IOCTL_PM_GET_CPU_STATE, 1, arg=bytes(48))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            ch.send(req)
+            sent += 1
+        except BlockingIOError:
+            time.sleep(0.05)
+            try:
+                ch.send(req)
+                sent += 1
+            except BlockingIOError:
+                break
+    assert sent > 10
+    other = open_file(service.path)
+    och, _ = add_channel(other)
+    assert call(och, req_bytes(uapi.ACRN_IOCTL_PAUSE_VM)).ret == EINVAL
+    och.close()
+    other.close()
+    s.close()
+    ch.close()
+    settle(service, before)
+
+
+def _cycles(service: HvService, n: int) -> None:
+    for i in range(n):
+        s = connect(service.path)
+        if i % 3 == 0:
+            s.close()  # before the hello
+            continue
+        s.send(hello_bytes())
+        if i % 3 == 1:
+            s.close()  # without reading the reply
+            continue
+        s.recv(64)
+        ch, _ = add_channel(s)
+        call(ch, req_bytes(uapi.ACRN_IOCTL_PAUSE_VM))
+        s.close()
+        ch.close()
+
+
+def test_a_thousand_connect_disconnect_cycles(service: HvService, before: Snapshot) -> None:
+    _cycles(service, 1000)
+    settle(service, before, timeout=60)
+
+
+@pytest.mark.slow
+def test_fifty_thousand_connect_disconnect_cycles(service: HvService, before: Snapshot) -> None:
+    for _ in range(50):
+        _cycles(service, 1000)
+        settle(service, before, timeout=60)
