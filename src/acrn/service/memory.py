@@ -19,6 +19,7 @@ import ctypes
 import logging
 import mmap
 import os
+import stat
 import threading
 
 from acrn.service import protocol
@@ -93,6 +94,17 @@ class ClientMemory:
             return guard_address(client_addr)
         prot = mem.prot & (mmap.PROT_READ | mmap.PROT_WRITE)
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or mem.offset + mem.len > st.st_size:
+            # A page past the end of the file raises SIGBUS in the service when the driver
+            # touches it, which would end every client's VMs; the client's own access faults.
+            log.warning(
+                "client memory: %d bytes at offset %#x of a file of %d bytes (mode %o); refused",
+                mem.len,
+                mem.offset,
+                st.st_size,
+                st.st_mode,
+            )
+            return guard_address(client_addr)
         key = (st.st_dev, st.st_ino, mem.offset, mem.len, prot)
         with self._lock:
             hit = self._maps.get(key)

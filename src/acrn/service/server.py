@@ -29,6 +29,7 @@ import stat
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,8 @@ _EMBEDDED: dict[int, int | str] = {
     uapi.ACRN_IOCTL_VM_INTR_MONITOR: "value",
 }
 _EVENTFD_CMDS = (uapi.ACRN_IOCTL_IOEVENTFD, uapi.ACRN_IOCTL_IRQFD)
+#: Commands whose argument points to bytes the driver reads or writes (a struct, or a u64).
+_POINTER_CMDS = frozenset(c for c, k in uapi.IOCTL_ARG.items() if isinstance(k, type) or k == "u64ptr")
 _POLL_HUP = select.POLLHUP | select.POLLERR | select.POLLRDHUP | select.POLLNVAL
 _HELLO_TIMEOUT = 10.0
 #: Bound on the wait for a release that is due (settle_releases); it takes milliseconds.
@@ -180,6 +183,7 @@ class OpenFile:
         poller.register(main, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         watched: dict[int, Channel] = {}
+        hung_up: weakref.WeakSet[Channel] = weakref.WeakSet()
         main_open = True
         while True:
             with self._lock:
@@ -187,9 +191,16 @@ class OpenFile:
                 # ioctl holds the kernel's); the loop keeps watching their channels till then.
                 if self.service.stopping or (self._closing and not self._in_flight):
                     return
+                # A channel that ended leaves the poll set at once: poll() holds a reference to
+                # every file it waits on, so its socket would stay open (the client would not
+                # see it close) while this thread waits.  Its fd number may already be reused.
+                for fd, ch in list(watched.items()):
+                    if self.channels.get(ch.id) is not ch:
+                        del watched[fd]
+                        poller.unregister(fd)
                 for ch in self.channels.values():
                     fd = ch.sock.fileno()
-                    if fd >= 0 and fd not in watched:
+                    if fd >= 0 and fd not in watched and ch not in hung_up:
                         watched[fd] = ch
                         poller.register(fd, select.POLLRDHUP)
             for fd, ev in poller.poll():
@@ -207,6 +218,7 @@ class OpenFile:
                     # flight ends, as a fatal signal ends a blocked ioctl.
                     ch = watched.pop(fd)
                     poller.unregister(fd)
+                    hung_up.add(ch)  # not polled again: its thread ends once its call returns
                     if ch.current is not None and ch.current[1] == uapi.ACRN_IOCTL_ATTACH_IOREQ_CLIENT:
                         self.hsm.interrupt_attach()
 
@@ -272,6 +284,7 @@ class OpenFile:
         with self._lock:
             self.channels.pop(ch.id, None)
             self._lock.notify_all()
+        self._wake()  # the control loop stops polling its socket
 
     # ------------------------------------------------------------------ calls
     @contextlib.contextmanager
@@ -339,7 +352,9 @@ class OpenFile:
         scratch: Scratch | None = None
         arg_obj: object
         if not req.flags & protocol.ARG_BUF:
-            arg_obj = value
+            # A pointer sent without its bytes would be followed in the service's own memory
+            # (read, and written back): to the driver it is an address that cannot be read.
+            arg_obj = guard_address(value) if cmd in _POINTER_CMDS else value
         elif req.flags & (protocol.ARG_SHORT | protocol.ARG_RO):
             scratch = Scratch(bytes(buf), read_only=bool(req.flags & protocol.ARG_RO))
             arg_obj = scratch.address
