@@ -296,3 +296,23 @@ def test_kernel_transport_runs_under_acrn_exec() -> None:
     assert [line.split("]")[1].strip() for line in lines] == [
         "hello from real mode", "hello from protected mode", "hello from long mode"]  # fmt: skip
     assert all(" on kernel," in line for line in lines)
+
+
+@needs_preload
+@pytest.mark.soft
+def test_acrn_run_and_demo_take_the_service_with_hv(service: HvService) -> None:
+    """pyacrn's device model beside other clients' VMs: --hv SOCKET opens the service's HSM."""
+    r = subprocess.run(
+        [*ACRN, "demo", "--hv", service.path, "hello_long"], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    assert "on service" in r.stdout and "hello from long mode" in r.stdout
+    r = subprocess.run(
+        [*ACRN, "run", "--hv", service.path, "--guest", "hello_real", "--stop-at", "real mode", "--timeout", "60"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "hello from real mode" in r.stdout
+    bad = subprocess.run([*ACRN, "run", "--hv", service.path, "--accel", "kvm", "--guest", "hello_real"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "service's own options" in bad.stderr and "Traceback" not in bad.stderr

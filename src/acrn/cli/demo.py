@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from acrn.cli import CliError
-from acrn.cli.run import RAW_TIMEOUT, add_vm_options, check_accel
+from acrn.cli.run import RAW_TIMEOUT, add_vm_options, check_accel, use_service
 
 if TYPE_CHECKING:
     from acrn.dm.vmm import RunResult
@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     for name in args.guests:
         if name not in GUESTS:
             raise CliError(f"unknown guest {name!r} (built in: {', '.join(GUESTS)})", status=2)
+    use_service(args)
     check_accel(args.accel, args.device)
     timeout = RAW_TIMEOUT if args.timeout is None else args.timeout
     failures = 0

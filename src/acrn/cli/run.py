@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -124,9 +125,15 @@ def add_vm_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, time
     )
     p.add_argument(
         "--device",
-        choices=("auto", "kernel", "emulated"),
+        choices=("auto", "kernel", "emulated", "service"),
         default="auto",
-        help="HSM to use: /dev/acrn_hsm, the emulator, or whichever exists (default)",
+        help="HSM to use: /dev/acrn_hsm, the emulator in this process, the host's hypervisor service "
+        "(acrn hv), or /dev/acrn_hsm if it exists and else the emulator (default)",
+    )
+    p.add_argument(
+        "--hv",
+        metavar="SOCKET",
+        help="run on the hypervisor service listening on SOCKET (acrn hv), beside other clients' VMs",
     )
     p.add_argument(
         "--ioreq",
@@ -142,9 +149,20 @@ def add_vm_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, time
     )  # fmt: skip
 
 
+def use_service(args: argparse.Namespace) -> None:
+    """``--hv SOCKET``: the device is the service there (its machine chooses the accelerator)."""
+    if getattr(args, "hv", None):
+        if args.device not in ("auto", "service"):
+            raise CliError(f"--hv and --device {args.device}: --hv means the service's HSM", status=2)
+        if args.accel != "auto":
+            raise CliError("--accel with --hv: the service's own options choose its accelerator", status=2)
+        os.environ["ACRN_HV_SOCKET"] = args.hv
+        args.device = "service"
+
+
 def check_accel(accel: str, device: str) -> None:
     """Refuse an accelerator that cannot run here, with the reason, before any VM exists."""
-    if accel == "auto" or device == "kernel":
+    if accel == "auto" or device in ("kernel", "service"):
         return
     from acrn.emu.accel import availability
 
@@ -320,6 +338,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list_guests:
         return _list_guests()
     mode = _mode(args)
+    use_service(args)
     _check_accel_options(args)
     from acrn.cli.console import RunOptions
 
