@@ -138,7 +138,7 @@ class Service:
                                 stderr=subprocess.PIPE, text=True, env=isolated_env(self.tmp), cwd=self.tmp)  # fmt: skip
 
     def stop(self) -> str:
-        """SIGTERM, then SIGKILL if it does not stop within WAIT; its stderr."""
+        """SIGTERM, then SIGKILL if it does not stop within WAIT; its log (stderr)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -146,8 +146,7 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read()
+        return (self.tmp / "hv.log").read_text()
 
 
 @pytest.fixture
@@ -157,9 +156,11 @@ def hv_service(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Servi
     callspec = getattr(request.node, "callspec", None)
     accel = callspec.params.get("accel", "auto") if callspec is not None else "auto"
     path = tmp_path / "hv.sock"
-    proc = subprocess.Popen([*ACRN, "hv", "--socket", str(path), "--accel", accel, "--no-fallback"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=isolated_env(tmp_path), start_new_session=True)  # fmt: skip
+    # Its log goes to a file: a pipe nobody reads could fill and stop the service.
+    with open(tmp_path / "hv.log", "w") as log:
+        proc = subprocess.Popen([*ACRN, "hv", "--socket", str(path), "--accel", accel, "--no-fallback"],
+                                stdout=subprocess.DEVNULL, stderr=log, text=True, env=isolated_env(tmp_path),
+                                start_new_session=True)  # fmt: skip
     svc = Service(proc, path, tmp_path)
     try:
         wait_for("acrn hv to listen", lambda: _live(str(path)) or proc.poll() is not None)
