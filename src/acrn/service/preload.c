@@ -57,7 +57,7 @@
 
 /* ---------------------------------------------------------------- the ACRN ioctls */
 /* Argument kinds of the 27 ioctls of <linux/acrn.h> (numbers checked against the header by
- * tests/service/test_preload.py). */
+ * tests/service/test_service_python.py). */
 enum argkind { A_NONE, A_VALUE, A_STRUCT, A_PM };
 enum embedded { E_NONE, E_IOREQ_BUF, E_VMA_BASE, E_MONITOR, E_EVENTFD };
 

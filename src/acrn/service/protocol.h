@@ -12,7 +12,7 @@
  * i.e. when the last process holding the descriptor closed it or died, and no call is in
  * flight.
  *
- * src/acrn/service/protocol.py mirrors this header; tests/service/test_protocol_layout.py
+ * src/acrn/service/protocol.py mirrors this header; tests/service/test_service_python.py
  * compiles it and compares.
  */
 #ifndef ACRN_SERVICE_PROTOCOL_H

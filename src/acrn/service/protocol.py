@@ -4,7 +4,7 @@ One connection to the service is one open file of ``/dev/acrn_hsm``; its first m
 :class:`acrn_svc_hello`.  The connection then carries control messages only (:class:`acrn_svc_ctl`:
 channel registrations with the channel's fd attached, and cancellations); each calling thread
 sends :class:`acrn_svc_req` on a channel of its own and gets one :class:`acrn_svc_rep` back.
-Every integer is little-endian.  ``tests/service/test_protocol.py`` compiles ``protocol.h`` and
+Every integer is little-endian.  ``tests/service/test_service_python.py`` compiles ``protocol.h`` and
 checks these layouts and constants against it.
 """
 
