@@ -400,3 +400,14 @@ def test_a_signal_before_the_vm_runs_is_one_error_line_with_128_plus_n() -> None
         assert e.value.status == 128 + sig
         assert str(e.value) == f"{sig.name} (signal {int(sig)}) before the VM ran"
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers put back
+
+
+def test_json_has_a_result_for_a_run_that_never_started(tmp_path: Path) -> None:
+    res = tmp_path / "result.json"
+    text = image(tmp_path, "notes.txt", b"just some notes\n")
+    r = run("run", "-k", text, *SOFT, "--json", str(res))
+    assert r.returncode == 1
+    doc = json.loads(res.read_text())
+    assert (doc["reason"], doc["status"]) == ("error", 1) and "not a bzImage" in doc["detail"]
+    r = run("run", "--guest", "hello_long", "-s", "2", "--json", "-")
+    assert r.returncode == 2 and json.loads(r.stdout)["status"] == 2

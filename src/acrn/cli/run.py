@@ -313,6 +313,30 @@ def _list_guests() -> int:
 def run(args: argparse.Namespace) -> int:
     if args.list_guests:
         return _list_guests()
+    try:
+        return _run(args)
+    except (CliError, OSError, ValueError) as e:
+        # --json promises a result for every run, one that never started included.
+        if args.json:
+            _json_error(args.json, e)
+        raise
+
+
+def _json_error(path: str, e: Exception) -> None:
+    import contextlib
+    import json
+
+    status = e.status if isinstance(e, CliError) else 1
+    text = json.dumps({"reason": "error", "status": status, "detail": str(e), "console_bytes": 0})
+    with contextlib.suppress(OSError):
+        if path == "-":
+            print(text, flush=True)
+        else:
+            with open(path, "w") as out:
+                out.write(text + "\n")
+
+
+def _run(args: argparse.Namespace) -> int:
     mode = _mode(args)
     _check_accel_options(args)
     from acrn.cli.console import RunOptions
