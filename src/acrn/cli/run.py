@@ -282,6 +282,9 @@ def _mode(args: argparse.Namespace) -> str:
     )
     if args.entry is not None and not args.preset:
         refuse(["--entry"], "only with --preset (--regs and --guest carry their own RIP)")
+    if not args.guest and not args.load:
+        which = "--preset" if args.preset else "--regs"
+        refuse([which], "no image to run: add --load FILE@GPA (or run a built-in guest: --guest NAME)")
     return "raw"
 
 
