@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import textwrap
 from typing import TYPE_CHECKING
 
 from acrn.cli import CliError
@@ -159,11 +160,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "run",
         help="run a built-in guest, raw images with a register state, or boot a kernel",
-        description="Create a VM through the HSM, put an image in guest RAM, set vCPU 0's registers with "
-        "ACRN_IOCTL_SET_VCPU_REGS and run it with a 16550 UART at 0x3F8 (the console) and a debug-exit "
-        "port at 0xF4. The image is a built-in guest (--guest), raw files (--load) with a register "
-        "state (--regs, --preset), or a kernel or firmware booted with acrn-dm's loaders (-k, -E, "
-        "--ovmf) or as Firecracker boots a vmlinux (--vmlinux).",
+        description=textwrap.fill(
+            "Create a VM through the HSM, put an image in guest RAM, set vCPU 0's registers with "
+            "ACRN_IOCTL_SET_VCPU_REGS and run it with a 16550 UART at 0x3F8 (the console) and a "
+            "debug-exit port at 0xF4. The image is a built-in guest (--guest), raw files (--load) with "
+            "a register state (--regs, --preset), or a kernel or firmware booted with acrn-dm's "
+            "loaders (-k, -E, --ovmf) or as Firecracker boots a vmlinux (--vmlinux).",
+            width=96,
+        ),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
