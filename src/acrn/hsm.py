@@ -171,7 +171,8 @@ class Hsm:
         return vm
 
     def close(self) -> None:
-        """Close the fd (the kernel then destroys the VM: pause first, drivers/virt/acrn/hsm.c: acrn_dev_release), then free memory."""
+        """Close the fd (the kernel then destroys the VM: pause first, drivers/virt/acrn/hsm.c:
+        acrn_dev_release), then free memory."""
         self.device.close()
         if self.vm is not None:
             self.vm._release_memory()
@@ -212,7 +213,8 @@ class Hsm:
 
 
 class Vm:
-    """The VM on one HSM fd. Methods map one-to-one onto ioctls; docs/ioctls.md has each one's checks and errno."""
+    """The VM on one HSM fd. Methods map one-to-one onto ioctls; docs/ioctls.md has each one's checks
+    and errno."""
 
     def __init__(
         self, hsm: Hsm, vmid: int, vcpu_num: int, name: str, ioreq_page: IoreqPage, own_page: bool
@@ -258,7 +260,8 @@ class Vm:
         self._lifecycle(uapi.ACRN_IOCTL_START_VM, "CREATED", "a paused VM is started again after reset()")
 
     def pause(self) -> None:
-        """ACRN_IOCTL_PAUSE_VM. Returns normally even when ACRN leaves an RTVM running (hypervisor/common/hypercall.c: hcall_pause_vm)."""
+        """ACRN_IOCTL_PAUSE_VM. Returns normally even when ACRN leaves an RTVM running
+        (hypervisor/common/hypercall.c: hcall_pause_vm)."""
         self.hsm.ioctl(uapi.ACRN_IOCTL_PAUSE_VM)
 
     def reset(self) -> None:
@@ -384,7 +387,8 @@ class Vm:
         self.hsm.ioctl(uapi.ACRN_IOCTL_INJECT_MSI, uapi.acrn_msi_entry(msi_addr, msi_data))
 
     def set_irqline(self, gsi: int, op: int) -> None:
-        """ACRN_IOCTL_SET_IRQLINE: the u64 {gsi, op} is passed by value (drivers/virt/acrn/hsm.c: acrn_dev_ioctl)."""
+        """ACRN_IOCTL_SET_IRQLINE: the u64 {gsi, op} is passed by value (drivers/virt/acrn/hsm.c:
+        acrn_dev_ioctl)."""
         self.hsm.ioctl(uapi.ACRN_IOCTL_SET_IRQLINE, uapi.irqline_value(gsi, op))
 
     def vm_intr_monitor(self, page: HostMemory) -> None:
@@ -510,7 +514,8 @@ class Vm:
         """ACRN_IOCTL_PM_GET_CPU_STATE. The target VM comes from the command word (default: this VM).
 
         The kernel writes back 8 bytes for the CNT queries, 48 for PX_DATA and 32 for CX_DATA through
-        an ioctl encoded as 8 bytes, so the buffer here is sized for the largest answer (drivers/virt/acrn/hsm.c: pmcmd_ioctl).
+        an ioctl encoded as 8 bytes, so the buffer here is sized for the largest answer
+        (drivers/virt/acrn/hsm.c: pmcmd_ioctl).
         """
         word = uapi.pm_cmd(self.vmid if vmid is None else vmid, vcpu_id, state_num, cmd_type)
         buf = bytearray(ctypes.sizeof(uapi.acrn_pstate_data))

@@ -221,11 +221,13 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(
 def test_set_vcpu_regs_eperm_says_which_rule(tmp_path: Path) -> None:
     from acrn.guests import GUESTS
 
-    regs = GUESTS["hello_protected"].regs()
+    g = GUESTS["hello_protected"]
+    regs = g.regs()
     regs.cr0 = 0x11  # PE|ET without NE
     f = tmp_path / "regs.json"
     f.write_text(json.dumps(regs.to_json_dict(hex_values=True)))
-    r = run("run", "--regs", str(f), *SOFT)
+    img = image(tmp_path, "g.bin", g.image())
+    r = run("run", "--regs", str(f), "--load", f"{img}@{g.load_gpa:#x}", *SOFT)
     assert r.returncode == 1
     line = r.stderr.strip()
     assert line.startswith("acrn: error: ACRN_IOCTL_SET_VCPU_REGS: EPERM (Operation not permitted): ")
@@ -253,6 +255,7 @@ def test_too_many_vcpus_gives_einval_and_the_platform_limit(tmp_path: Path) -> N
         (["--guest", "hello_long", "--debugexit"], "--debugexit: the debug-exit port 0xF4 is always present"),
         (["--guest", "hello_long", "--hybrid", "--accel", "soft"], "--hybrid: applies to KVM"),
         ([], "nothing to run"),
+        (["--preset", "long"], "--preset: no image to run: add --load FILE@GPA"),
         (["--guest", "nosuch"], "no such built-in guest"),
     ],
 )
@@ -400,3 +403,14 @@ def test_a_signal_before_the_vm_runs_is_one_error_line_with_128_plus_n() -> None
         assert e.value.status == 128 + sig
         assert str(e.value) == f"{sig.name} (signal {int(sig)}) before the VM ran"
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers put back
+
+
+def test_json_has_a_result_for_a_run_that_never_started(tmp_path: Path) -> None:
+    res = tmp_path / "result.json"
+    text = image(tmp_path, "notes.txt", b"just some notes\n")
+    r = run("run", "-k", text, *SOFT, "--json", str(res))
+    assert r.returncode == 1
+    doc = json.loads(res.read_text())
+    assert (doc["reason"], doc["status"]) == ("error", 1) and "not a bzImage" in doc["detail"]
+    r = run("run", "--guest", "hello_long", "-s", "2", "--json", "-")
+    assert r.returncode == 2 and json.loads(r.stdout)["status"] == 2

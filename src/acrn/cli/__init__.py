@@ -126,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(
-            f"acrn: internal error: {type(e).__name__}: {e} (acrn --debug {args.command} ... shows the traceback)",
+            f"acrn: internal error: {type(e).__name__}: {e} "
+            f"(acrn --debug {args.command} ... shows the traceback)",
             file=sys.stderr,
         )
         return 1

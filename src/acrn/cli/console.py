@@ -380,8 +380,10 @@ def run_session(
                     ic = InteractiveConsole(
                         session,
                         commands=[
-                            ("p", "pause the VM and show the vCPU registers", lambda: _pause_and_show(session, notice)),
-                            ("s", "status: time, engine, exits, console bytes", lambda: _status_now(session, console, t0, notice)),
+                            ("p", "pause the VM and show the vCPU registers",
+                             lambda: _pause_and_show(session, notice)),
+                            ("s", "status: time, engine, exits, console bytes",
+                             lambda: _status_now(session, console, t0, notice)),
                         ],
                         notice=notice,
                     )  # fmt: skip

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+import textwrap
 from typing import TYPE_CHECKING
 
 from acrn.cli import CliError
@@ -21,8 +22,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo",
         help="boot the built-in real-, protected- and long-mode guests through the HSM interface",
-        description="For each mode: CREATE_VM, SET_MEMSEG, copy the guest, SET_VCPU_REGS (the only way the "
-        "mode is entered), START_VM, serve its UART through the ioreq path, then PAUSE/DESTROY.",
+        description=textwrap.fill(
+            "For each mode: CREATE_VM, SET_MEMSEG, copy the guest, SET_VCPU_REGS (the only way the "
+            "mode is entered), START_VM, serve its UART through the ioreq path, then PAUSE/DESTROY.",
+            width=96,
+        ),
         epilog="examples:\n  acrn demo\n  acrn demo --accel soft hello_long\n  acrn -v demo hello_real"
         "      (the HSM ioctl trace)\n  acrn demo --json\n\n"
         "acrn run --list-guests lists the built-in guests; acrn run --guest NAME runs one with the "

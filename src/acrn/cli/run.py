@@ -11,6 +11,7 @@ import argparse
 import math
 import os
 import sys
+import textwrap
 from typing import TYPE_CHECKING
 
 from acrn.cli import CliError
@@ -177,11 +178,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "run",
         help="run a built-in guest, raw images with a register state, or boot a kernel",
-        description="Create a VM through the HSM, put an image in guest RAM, set vCPU 0's registers with "
-        "ACRN_IOCTL_SET_VCPU_REGS and run it with a 16550 UART at 0x3F8 (the console) and a debug-exit "
-        "port at 0xF4. The image is a built-in guest (--guest), raw files (--load) with a register "
-        "state (--regs, --preset), or a kernel or firmware booted with acrn-dm's loaders (-k, -E, "
-        "--ovmf) or as Firecracker boots a vmlinux (--vmlinux).",
+        description=textwrap.fill(
+            "Create a VM through the HSM, put an image in guest RAM, set vCPU 0's registers with "
+            "ACRN_IOCTL_SET_VCPU_REGS and run it with a 16550 UART at 0x3F8 (the console) and a "
+            "debug-exit port at 0xF4. The image is a built-in guest (--guest), raw files (--load) with "
+            "a register state (--regs, --preset), or a kernel or firmware booted with acrn-dm's "
+            "loaders (-k, -E, --ovmf) or as Firecracker boots a vmlinux (--vmlinux).",
+            width=96,
+        ),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -306,6 +310,9 @@ def _mode(args: argparse.Namespace) -> str:
     )
     if args.entry is not None and not args.preset:
         refuse(["--entry"], "only with --preset (--regs and --guest carry their own RIP)")
+    if not args.guest and not args.load:
+        which = "--preset" if args.preset else "--regs"
+        refuse([which], "no image to run: add --load FILE@GPA (or run a built-in guest: --guest NAME)")
     return "raw"
 
 
@@ -337,6 +344,30 @@ def _list_guests() -> int:
 def run(args: argparse.Namespace) -> int:
     if args.list_guests:
         return _list_guests()
+    try:
+        return _run(args)
+    except (CliError, OSError, ValueError) as e:
+        # --json promises a result for every run, one that never started included.
+        if args.json:
+            _json_error(args.json, e)
+        raise
+
+
+def _json_error(path: str, e: Exception) -> None:
+    import contextlib
+    import json
+
+    status = e.status if isinstance(e, CliError) else 1
+    text = json.dumps({"reason": "error", "status": status, "detail": str(e), "console_bytes": 0})
+    with contextlib.suppress(OSError):
+        if path == "-":
+            print(text, flush=True)
+        else:
+            with open(path, "w") as out:
+                out.write(text + "\n")
+
+
+def _run(args: argparse.Namespace) -> int:
     mode = _mode(args)
     use_service(args)
     _check_accel_options(args)

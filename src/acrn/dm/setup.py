@@ -1,11 +1,13 @@
 """Register states and guest-memory scaffolding for ``acrn run --preset`` (raw images, no loader).
 
 ``real``: real mode with CS covering the entry (selector = entry's 64 KiB segment), cr0 ET|NE (NE is
-required by ACRN's CR0 check, hypervisor/arch/x86/guest/virtual_cr.c: is_valid_cr0_cr4).  ``protected``: acrn-dm's 32-bit bzImage state (cr0 0x31, CS
-0x10 AR 0xC09B flat 4 GiB, DS/SS/ES 0x18; devicemodel/core/sw_load_bzimage.c) with a 4-entry flat GDT written to guest RAM.
+required by ACRN's CR0 check, hypervisor/arch/x86/guest/virtual_cr.c: is_valid_cr0_cr4).
+``protected``: acrn-dm's 32-bit bzImage state (cr0 0x31, CS 0x10 AR 0xC09B flat 4 GiB, DS/SS/ES 0x18;
+devicemodel/core/sw_load_bzimage.c) with a 4-entry flat GDT written to guest RAM.
 ``long``: 64-bit long mode entered directly (cr0 PG|PE|NE|ET, cr4 PAE, EFER LME|LMA, CS AR 0xA09B with
-L=1; hypervisor/arch/x86/guest/vcpu.c: set_vcpu_regs), with a GDT and identity-mapping page tables (1 GiB, 2 MiB pages) written to
-guest RAM below the built-in guests' load address 0x8000 (GDT 0x500, PML4 0x1000, PDPT 0x2000, PD 0x3000).
+L=1; hypervisor/arch/x86/guest/vcpu.c: set_vcpu_regs), with a GDT and identity-mapping page tables
+(1 GiB, 2 MiB pages) written to guest RAM below the built-in guests' load address 0x8000 (GDT 0x500,
+PML4 0x1000, PDPT 0x2000, PD 0x3000).
 """
 
 from __future__ import annotations

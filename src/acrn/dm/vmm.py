@@ -1,9 +1,10 @@
 """One VM driven end to end through the HSM interface, as acrn-dm drives it.
 
-:class:`VmSession` is the device model's main sequence (devicemodel/core/main.c: main, vm_loop): open the HSM, CREATE_VM,
-SET_MEMSEG for guest RAM, copy images, SET_VCPU_REGS for the BSP, CREATE_IOREQ_CLIENT, START_VM, run
-the ioreq loop, and on the way out PAUSE_VM, DESTROY_IOREQ_CLIENT (which ends the loop),
-DESTROY_VM and close.  Every step is an ioctl, so ``acrn -v`` shows the whole conversation.
+:class:`VmSession` is the device model's main sequence (devicemodel/core/main.c: main, vm_loop):
+open the HSM, CREATE_VM, SET_MEMSEG for guest RAM, copy images, SET_VCPU_REGS for the BSP,
+CREATE_IOREQ_CLIENT, START_VM, run the ioreq loop, and on the way out PAUSE_VM,
+DESTROY_IOREQ_CLIENT (which ends the loop), DESTROY_VM and close.  Every step is an ioctl, so
+``acrn -v`` shows the whole conversation.
 
 How a run ends (:class:`RunResult.reason` and the exit status ``acrn run`` returns):
 
@@ -19,6 +20,10 @@ reason             status       when
 ``poweroff``       0            ACPI S5 through the PM1 control port (:mod:`acrn.dm.devices.acpi_pm`)
 ``reset``          0            a guest reset with ``no_reboot`` (else acrn-dm's reset sequence runs)
 ``marker``         0            a caller's :meth:`VmSession.request_stop` (e.g. a console marker)
+``quit``           0            ``acrn run``'s Ctrl-A x (a caller's request_stop, as the three below)
+``signal``         128+N        ``acrn run`` got SIGINT, SIGTERM or SIGHUP (N)
+``stdout-closed``  141          ``acrn run``'s standard output was closed (128 + SIGPIPE)
+``stdout-error``   1            writing the console to standard output failed otherwise
 =================  ===========  ==================================================================
 
 Stops other than debug-exit and timeout are known only to the emulator (the real HSM has no such
@@ -125,7 +130,8 @@ class VmSession:
         if owner == "device-model":
             self.pit = I8254(irq=self._on_pit_irq)
             self.pit.attach(self.bus)
-        # PCICFG requests (the kernel's CF8/CFC combiner, drivers/virt/acrn/ioreq.c: handle_cf8cfc) go to bus 0 with the host bridge.
+        # PCICFG requests (the kernel's CF8/CFC combiner, drivers/virt/acrn/ioreq.c:
+        # handle_cf8cfc) go to bus 0 with the host bridge.
         self.pci = PciBus()
         self.hostbridge = PciHostBridge()
         self.hostbridge.attach(self.pci)
@@ -354,7 +360,8 @@ class VmSession:
         result.output = bytes(self.output)
 
     def close(self) -> None:
-        """Tear down as acrn-dm does (devicemodel/core/main.c: main, after vm_loop): PAUSE, DESTROY_IOREQ_CLIENT, join the loop,
+        """Tear down as acrn-dm does (devicemodel/core/main.c: main, after vm_loop): PAUSE,
+        DESTROY_IOREQ_CLIENT, join the loop,
         PAUSE again, DESTROY_VM, close."""
         if self._closed:
             return

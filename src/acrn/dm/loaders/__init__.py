@@ -1,11 +1,13 @@
-"""acrn-dm's software loaders (devicemodel/core/sw_load_common.c: acrn_sw_load), one module each, plus a 64-bit vmlinux loader.
+"""acrn-dm's software loaders (devicemodel/core/sw_load_common.c: acrn_sw_load), one module each,
+plus a 64-bit vmlinux loader.
 
 Every loader is a pure function of the image bytes, the guest memory layout and a
 :class:`GuestMemory` to write into; it returns a :class:`LoadResult` holding the BSP's
 SET_VCPU_REGS argument and the decisions it took (addresses and sizes, printed by ``acrn run -v``).
 No loader issues an ioctl, so every placement rule is testable without a VM.
 
-Memory layout (:class:`MemoryLayout`, devicemodel/core/vmmapi.c: vm_setup_memory): ``lowmem = min(memsize, 2 GiB)`` at GPA 0,
+Memory layout (:class:`MemoryLayout`, devicemodel/core/vmmapi.c: vm_setup_memory):
+``lowmem = min(memsize, 2 GiB)`` at GPA 0,
 ``highmem = memsize - lowmem`` at GPA 4 GiB, and for firmware images a BIOS region of the image
 size rounded up to 2 MiB that ends at 4 GiB.
 """

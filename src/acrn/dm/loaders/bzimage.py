@@ -1,4 +1,5 @@
-"""acrn-dm's direct bzImage boot (devicemodel/core/sw_load_bzimage.c: ``acrn_sw_load_bzimage``), quirks included.
+"""acrn-dm's direct bzImage boot (devicemodel/core/sw_load_bzimage.c: ``acrn_sw_load_bzimage``),
+quirks included.
 
 Guest layout (``lowmem`` = RAM below 2 GiB; RAMDISK_LOAD_SIZE = roundup(ramdisk_size + 8 KiB, 4 KiB))::
 

@@ -100,7 +100,8 @@ def check_bzimage(kernel: bytes, memsize_lowmem: int, ramdisk_size: int) -> list
             raise LoaderError(
                 f"the kernel needs {hdr.init_size:#x} bytes (init_size) from 16 MiB"
                 + (f" and the ramdisk {ramdisk_size} bytes below the top" if ramdisk_size else "")
-                + f": {memsize_lowmem >> 20} MiB of RAM is too little; needs -m {_round_mib(lowmem_needed)}M or more"
+                + f": {memsize_lowmem >> 20} MiB of RAM is too little; "
+                f"needs -m {_round_mib(lowmem_needed)}M or more"
             )
     return warnings
 

@@ -1,4 +1,5 @@
-"""acrn-dm's ELF loader (``-E``, devicemodel/core/sw_load_elf.c: ``acrn_sw_load_elf``): static ELF32 + multiboot.
+"""acrn-dm's ELF loader (``-E``, devicemodel/core/sw_load_elf.c: ``acrn_sw_load_elf``): static ELF32 +
+multiboot.
 
 This is how acrn-unit-test images boot.  Rules, in acrn-dm's order:
 
