@@ -1,6 +1,6 @@
 /*
  * ioevent_probe: 32-bit protected mode; the accesses a virtio driver makes to a queue-notify
- * register, on a port (DX) and at an MMIO address (ESI), for ioeventfd tests (spec acrn-hsm.md 6.1).
+ * register, on a port (DX) and at an MMIO address (ESI), for ioeventfd tests (drivers/virt/acrn/ioeventfd.c).
  * Every value read is zero-extended and written as a dword to the report port 0xE0.  In order:
  *   1. word read of port DX                  -> report
  *   2. word write of CX to port DX           (the matching kick)

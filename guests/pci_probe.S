@@ -9,7 +9,7 @@
  *   6. dword at 0xCFC with the enable bit clear (the kernel answers 0xFFFFFFFF)
  *   7. command register after a word write of 0xFFFF to 00:00.0 reg 0x04
  *   8. the same dword after a dword write of 0 with the enable bit clear (dropped by the kernel)
- * then halts.  The HSM turns the data-port accesses into PCICFG requests (spec acrn-hsm.md 5.4).
+ * then halts.  The HSM turns the data-port accesses into PCICFG requests (drivers/virt/acrn/ioreq.c: handle_cf8cfc).
  */
 	.set	CONF_ADDR, 0xCF8
 	.set	CONF_DATA, 0xCFC

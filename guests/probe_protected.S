@@ -1,7 +1,7 @@
 /*
  * probe_protected: 32-bit protected-mode landing probe (acrn-dm bzImage state).  Same lines as
  * probe_real; the DS:0x10000 read succeeds with the 4 GiB limit ACRN lands when CR0.PE = 1
- * (spec 4.3 step 1) and prints DSLIMIT=ok.  There is no IDT: a fault here is a triple fault.
+ * (vcpu.c: set_vcpu_regs) and prints DSLIMIT=ok.  There is no IDT: a fault here is a triple fault.
  */
 	.include "macros.inc"
 	.include "probe.inc"

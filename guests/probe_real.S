@@ -1,7 +1,7 @@
 /*
  * probe_real: real-mode landing probe.  Prints CR0/CR3/CR4/EFER/RFLAGS, the six selectors and
  * GDTR/IDTR, then reads DS:0x10000 through a 32-bit address.  ACRN lands DS with limit 0xFFFF
- * when CR0.PE = 0 (spec 4.3 step 1), so the read raises #GP (vector 13; #SS 12 is hooked too);
+ * when CR0.PE = 0 (vcpu.c: set_vcpu_regs), so the read raises #GP (vector 13; #SS 12 is hooked too);
  * the handlers installed in the real-mode IVT print DSLIMIT=fault.  A 4 GiB limit prints DSLIMIT=ok.
  */
 	.include "macros.inc"

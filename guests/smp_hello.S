@@ -7,7 +7,7 @@
  * "BSP saw AP" and halts with interrupts disabled, which ends the VM.
  *
  * The AP saves the EBX it starts with (the reset template's 0, or what SET_VCPU_REGS gave it: ACRN
- * keeps a never-run vCPU's registers through INIT, spec acrn-hsm.md 4.4), switches to protected mode
+ * keeps a never-run vCPU's registers through INIT, vlapic.c: vlapic_process_init_sipi), switches to protected mode
  * through the image's GDT, prints "AP RBX=0x<ebx>", sets the flag and waits in sti; hlt forever.
  */
 	.include "macros.inc"

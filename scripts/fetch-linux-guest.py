@@ -3,7 +3,7 @@
 
 Nothing from Debian's archive is committed: everything lands in the repository's ignored
 ``work-guests/linux/`` (or ``--dest``), which the tests and benchmarks read (``ACRN_GUEST_DIR``
-overrides it).  Steps (spec kvm-and-boot.md, "Real third-party guests"):
+overrides it).  Steps:
 
 1. ``apt-cache depends linux-image-cloud-amd64`` names the current kernel package (after an
    ``apt-get update`` when the package lists are empty and we are root);

@@ -4,16 +4,6 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-import re
-
-_DESIGN_REF = re.compile(r"\s*\(spec [^)]*\)|[,;] spec \d[\d.]*(?: step \d+)?")
-
-
-def without_design_refs(text: str) -> str:
-    """``text`` without citations of design notes kept outside the repository (a parenthesised
-    "spec" and a section number):
-    user-facing messages point only at what a user can open (sources, the project's docs)."""
-    return _DESIGN_REF.sub("", text)
 
 
 class HsmError(OSError):

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from acrn import uapi
-from acrn.errors import HsmError, without_design_refs
+from acrn.errors import HsmError
 from acrn.memory import HostMemory, IoreqPage
 from acrn.regs.model import VcpuRegs
 
@@ -321,7 +321,7 @@ class Vm:
         if findings:
             f = findings[0]
             more = f" (+{len(findings) - 1} more: acrn regs validate)" if len(findings) > 1 else ""
-            return without_design_refs(f"{f.rule}: {f.message} [{f.source}]{more}")
+            return f"{f.rule}: {f.message} [{f.source}]{more}"
         state = self._state()
         if e.errno == errno.EPERM and state not in (None, "CREATED", "PAUSED"):
             return f"the VM is {state}: registers are set in CREATED or PAUSED (pause() first)"

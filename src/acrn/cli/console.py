@@ -457,13 +457,9 @@ def _report(session: VmSession, result: RunResult, console: _Console, opts: RunO
             )
         for line in report.disassembly:
             print(f"  {line}", file=err)
-        from acrn.errors import without_design_refs
-
         for finding in report.findings:
             print(
-                without_design_refs(
-                    f"  [{finding['level']} {finding['severity']}] {finding['rule']}: {finding['message']}"
-                ),
+                f"  [{finding['level']} {finding['severity']}] {finding['rule']}: {finding['message']}",
                 file=err,
             )
     if result.reason == "timeout":

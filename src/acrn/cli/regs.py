@@ -86,10 +86,8 @@ def _validate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([f.to_dict() for f in findings], indent=2))
     else:
-        from acrn.errors import without_design_refs
-
         for f in findings:
-            print(without_design_refs(f"{f.severity}: {f.rule}: {f.message} [{f.source}]"))
+            print(f"{f.severity}: {f.rule}: {f.message} [{f.source}]")
         errors = sum(f.severity == "error" for f in findings)
         print(f"{args.file}: {errors} error(s), {len(findings) - errors} warning(s) at level {args.level}")
     return 1 if has_errors(findings) else 0
@@ -141,11 +139,10 @@ def _list_presets() -> None:
     """Each preset, what it is (the first line of its doc) and its parameters with their defaults."""
     import inspect
 
-    from acrn.errors import without_design_refs
     from acrn.regs import presets
 
     for name, fn in presets.PRESETS.items():
-        doc = without_design_refs((inspect.getdoc(fn) or "").split("\n", 1)[0])
+        doc = (inspect.getdoc(fn) or "").split("\n", 1)[0]
         params = []
         for p in inspect.signature(fn).parameters.values():
             default = p.default
