@@ -3,7 +3,7 @@
  *
  * Set-up: an IDT with one stub per vector (all 256); the 8259 pair remapped to vectors 0x20-0x2F with
  * only IRQ 0 and IRQ 3 unmasked; the local APIC software-enabled (SVR = 0x1FF); three IOAPIC pins
- * routed to the BSP (APIC ID 0, physical): pin 4 (COM1) -> 0x34 edge, pin 5 -> 0x35 edge, pin 6 ->
+ * routed to the BSP (its own APIC ID, read from the local APIC, physical): pin 4 (COM1) -> 0x34 edge, pin 5 -> 0x35 edge, pin 6 ->
  * 0x36 level; COM1's IER = received-data interrupt.  Then it prints "READY" and waits in sti; hlt.
  *
  * Each interrupt prints one line "V=0x<vector> N=0x<total so far>" (RX=0x<byte> before it for COM1's
@@ -91,14 +91,16 @@ wait:	mov	$STACK_TOP, %esp
 	hlt
 	jmp	2b
 
-/* set_rte: IOAPIC pin ECX -> low dword EDX, destination APIC ID 0. */
+/* set_rte: IOAPIC pin ECX -> low dword EDX, destination: this CPU's APIC ID (the ID register keeps
+ * it in bits 31:24, where the redirection entry's high dword wants it). */
 set_rte:
 	lea	0x10(,%ecx,2), %eax
 	mov	%eax, IOAPIC
 	mov	%edx, IOAPIC_WIN
 	inc	%eax
 	mov	%eax, IOAPIC
-	movl	$0, IOAPIC_WIN
+	mov	LAPIC + 0x20, %eax
+	mov	%eax, IOAPIC_WIN
 	ret
 
 /* Every vector's stub pushes its number and joins `common`; 16 bytes each so that the IDT loop

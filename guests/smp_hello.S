@@ -1,7 +1,9 @@
 /*
- * smp_hello: 32-bit protected mode BSP that starts AP 1 the way an OS does, and the AP prints.
+ * smp_hello: 32-bit protected mode BSP that starts its AP the way an OS does, and the AP prints.
  *
- * The BSP prints "BSP", then writes the local APIC's ICR (xAPIC MMIO at 0xFEE00000): INIT, then two
+ * The BSP prints "BSP", then writes the local APIC's ICR (xAPIC MMIO at 0xFEE00000) for the APIC ID
+ * after its own (ACRN's vlapic_init gives each vLAPIC its pCPU's LAPIC ID, so the IDs follow the
+ * VM's pCPUs, not 0..n-1): INIT, then two
  * SIPIs with vector AP_VECTOR (so the AP starts in real mode at CS:IP = AP_VECTOR<<8:0, the 4 KiB
  * page `ap_start`).  It waits for the AP's flag (bounded: "AP TIMEOUT" if it never comes), prints
  * "BSP saw AP" and halts with interrupts disabled, which ends the VM.
@@ -14,6 +16,7 @@
 	.set	HEX_DIGITS, 8
 	.set	CODE_DESC, 0x00CF9B000000FFFF
 	.set	LAPIC, 0xFEE00000
+	.set	LAPIC_ID, LAPIC + 0x20
 	.set	ICR_LOW, LAPIC + 0x300
 	.set	ICR_HIGH, LAPIC + 0x310
 	.set	AP_STACK, 0x6000
@@ -23,7 +26,9 @@
 	.globl	start
 start:
 	PUTS	s_bsp
-	movl	$(1 << 24), ICR_HIGH		/* destination: APIC ID 1 */
+	movl	LAPIC_ID, %eax			/* own APIC ID in bits 31:24 */
+	addl	$(1 << 24), %eax
+	movl	%eax, ICR_HIGH			/* destination: the next APIC ID */
 	movl	$0x00004500, ICR_LOW		/* INIT, level assert */
 	movl	$(0x00004600 | AP_VECTOR), ICR_LOW	/* STARTUP */
 	movl	$(0x00004600 | AP_VECTOR), ICR_LOW	/* the second SIPI of the MP protocol (ignored) */

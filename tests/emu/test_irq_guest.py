@@ -27,7 +27,11 @@ from acrn.guests import GUESTS, IRQ_COUNT_ACK_PORT, IRQ_COUNT_STOP_VECTOR
 
 pytestmark = pytest.mark.kvm
 
-MSI_ADDR = 0xFEE00000  # destination APIC ID 0, physical
+# The VM runs on pCPUs 1 and 2, so its BSP's APIC ID is 1 and the AP's 2 (ACRN's vlapic_init gives
+# each vLAPIC its pCPU's LAPIC ID).
+AFFINITY = 0b0110
+BSP_APIC_ID = 1
+MSI_ADDR = 0xFEE00000 | (BSP_APIC_ID << 12)  # destination: the BSP, physical
 MARKER = 0x30
 TIMEOUT = 30.0
 _LINE = re.compile(r"V=0x([0-9A-F]{8}) N=0x([0-9A-F]{8})")
@@ -110,8 +114,9 @@ def start_guest(machine: Machine, *, fast: bool = False, ack_lower_on: int = 1) 
     g = GUESTS["irq_count"]
     console = Console()
     s = VmSession(
-        mem_size=g.mem_size, device=EmulatedDevice(machine), accel="kvm", console=console, fast_path=fast
-    )
+        mem_size=g.mem_size, device=EmulatedDevice(machine), accel="kvm", console=console, fast_path=fast,
+        cpu_affinity=AFFINITY,
+    )  # fmt: skip
     s.load(g.load_gpa, g.image())
     s.set_regs(g.regs())
     ack = AckDevice(lambda: s.vm.set_irqline(6, uapi.GSI_SET_LOW), ack_lower_on)
@@ -226,9 +231,12 @@ def test_inject_msi_vector_comes_from_data_bits_7_0(guest: IrqGuest) -> None:
 
 
 def test_inject_msi_destination_comes_from_address_bits_19_12(guest: IrqGuest) -> None:
-    # APIC ID 2 is an AP that never started (its local APIC is software-disabled): the BSP gets nothing.
-    assert guest.step(lambda: guest.session.vm.inject_msi(MSI_ADDR | (2 << 12), 0x37)) == []
-    assert guest.step(lambda: guest.session.vm.inject_msi(MSI_ADDR | (0 << 12), 0x37)) == [0x37]
+    # APIC ID 2 is an AP that never started (its local APIC is software-disabled), APIC ID 0 is the
+    # Service VM's pCPU (no vCPU of this VM): the BSP gets nothing from either.
+    base = 0xFEE00000
+    assert guest.step(lambda: guest.session.vm.inject_msi(base | (2 << 12), 0x37)) == []
+    assert guest.step(lambda: guest.session.vm.inject_msi(base | (0 << 12), 0x37)) == []
+    assert guest.step(lambda: guest.session.vm.inject_msi(base | (BSP_APIC_ID << 12), 0x37)) == [0x37]
 
 
 def test_inject_msi_trigger_bit_is_ignored_edge_always(guest: IrqGuest) -> None:

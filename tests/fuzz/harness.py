@@ -137,7 +137,7 @@ class NullVm:
     def unmap_memory(self, gpa: int, size: int) -> None:
         self.slots.pop((gpa, size), None)
 
-    def create_vcpu(self, vcpu_id: int) -> NullVcpu:
+    def create_vcpu(self, vcpu_id: int, apic_id: int | None = None) -> NullVcpu:
         v = NullVcpu(vcpu_id)
         self.vcpus.append(v)
         return v

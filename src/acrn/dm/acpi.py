@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+from collections.abc import Sequence
 from typing import Final
 
 from acrn.dm.devices import acpi_pm as pm
@@ -77,10 +78,19 @@ def xsdt(entries: list[int]) -> bytes:
     return _table(b"XSDT", 1, b"".join(struct.pack("<Q", e) for e in entries))
 
 
-def madt(ncpu: int) -> bytes:
+def madt(ncpu: int, apic_ids: Sequence[int] | None = None) -> bytes:
+    """The MADT: one Local APIC per vCPU, with ``apic_ids`` (default 0..ncpu-1).
+
+    On ACRN a vCPU's LAPIC ID is its pCPU's (hypervisor/arch/x86/guest/vlapic.c: vlapic_init),
+    and acrn-dm writes those IDs here (hw/platform/acpi/acpi.c: basl_fwrite_madt); a guest whose
+    MADT disagrees with its APIC ID register stops in Linux's setup_local_APIC.
+    """
+    ids = list(range(ncpu)) if apic_ids is None else list(apic_ids)
+    if len(ids) != ncpu:
+        raise ValueError(f"{len(ids)} APIC IDs for {ncpu} vCPUs")
     body = bytearray(struct.pack("<II", LAPIC_BASE, 1))  # PCAT_COMPAT: dual 8259s present
-    for cpu in range(ncpu):
-        body += struct.pack("<BBBBI", 0, 8, cpu, cpu, 1)  # Processor Local APIC, enabled
+    for cpu, apic in enumerate(ids):
+        body += struct.pack("<BBBBI", 0, 8, cpu, apic, 1)  # Processor Local APIC, enabled
     body += struct.pack("<BBBBII", 1, 12, IOAPIC_ID, 0, IOAPIC_BASE, 0)
     body += struct.pack("<BBBBIH", 2, 10, 0, 0, 2, 0)  # ISA IRQ 0 -> GSI 2 (the PIT)
     body += struct.pack("<BBBBIH", 2, 10, 0, pm.SCI_IRQ, pm.SCI_IRQ, 0x000F)  # SCI: level, active low
@@ -135,14 +145,14 @@ def dsdt() -> bytes:
     return _table(b"DSDT", 2, S5_AML)
 
 
-def acpi_tables(ncpu: int) -> dict[int, bytes]:
-    """GPA -> bytes of every table for a VM with ``ncpu`` vCPUs."""
+def acpi_tables(ncpu: int, apic_ids: Sequence[int] | None = None) -> dict[int, bytes]:
+    """GPA -> bytes of every table for a VM with ``ncpu`` vCPUs (LAPIC IDs ``apic_ids``)."""
     if not 1 <= ncpu <= 255:
         raise ValueError(f"ncpu {ncpu}: the MADT takes 1 to 255 local APICs")
     tables = {
         RSDP_GPA: rsdp(),
         XSDT_GPA: xsdt([FADT_GPA, MADT_GPA]),
-        MADT_GPA: madt(ncpu),
+        MADT_GPA: madt(ncpu, apic_ids),
         FADT_GPA: fadt(),
         FACS_GPA: facs(),
         DSDT_GPA: dsdt(),
@@ -153,9 +163,11 @@ def acpi_tables(ncpu: int) -> dict[int, bytes]:
     return tables
 
 
-def install_acpi_tables(mem: GuestMemory, ncpu: int) -> dict[int, bytes]:
+def install_acpi_tables(
+    mem: GuestMemory, ncpu: int, apic_ids: Sequence[int] | None = None
+) -> dict[int, bytes]:
     """Write the tables into guest memory (which must back [0xF2400, 0xF3000)); returns them."""
-    tables = acpi_tables(ncpu)
+    tables = acpi_tables(ncpu, apic_ids)
     for gpa, data in tables.items():
         mem.write(gpa, data)
     return tables

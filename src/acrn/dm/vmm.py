@@ -136,6 +136,8 @@ class VmSession:
         self.hostbridge = PciHostBridge()
         self.hostbridge.attach(self.pci)
         self.fast_path = fast_path and self.runtime is not None
+        #: The pCPU bitmap CREATE_VM asked for (0: the VM configuration's).
+        self.cpu_affinity = cpu_affinity
         self.vm: Vm = self.hsm.create_vm(name, cpu_affinity=cpu_affinity)
         self.ram: HostMemory = self.vm.map_ram(0, mem_size)
         self.mem_size = self.ram.size

@@ -514,8 +514,8 @@ class FallbackVm:
         self.primary.unmap_memory(gpa, size)
         self.soft.unmap(gpa, size)
 
-    def create_vcpu(self, vcpu_id: int) -> AccelVcpu:
-        return FallbackVcpu(self, self.primary.create_vcpu(vcpu_id))
+    def create_vcpu(self, vcpu_id: int, apic_id: int | None = None) -> AccelVcpu:
+        return FallbackVcpu(self, self.primary.create_vcpu(vcpu_id, apic_id))
 
     def close(self) -> None:
         self.soft.close()
@@ -644,8 +644,8 @@ class HybridVm(FallbackVm):
         self.switch_requested = threading.Event()
         self._vcpus: list[HybridVcpu] = []
 
-    def create_vcpu(self, vcpu_id: int) -> AccelVcpu:
-        vcpu = HybridVcpu(self, self.primary.create_vcpu(vcpu_id))
+    def create_vcpu(self, vcpu_id: int, apic_id: int | None = None) -> AccelVcpu:
+        vcpu = HybridVcpu(self, self.primary.create_vcpu(vcpu_id, apic_id))
         self._vcpus.append(vcpu)
         return vcpu
 

@@ -459,7 +459,8 @@ class VmRuntime:
                 continue
             runner = self.vcpus.get(vcpu.vcpu_id)
             if runner is None:
-                runner = _VcpuRunner(self, vcpu.vcpu_id, self.accel_vm.create_vcpu(vcpu.vcpu_id))
+                avcpu = self.accel_vm.create_vcpu(vcpu.vcpu_id, vcpu.lapic_id)
+                runner = _VcpuRunner(self, vcpu.vcpu_id, avcpu)
                 self.vcpus[vcpu.vcpu_id] = runner
                 runner.thread.start()
             with runner.cond:

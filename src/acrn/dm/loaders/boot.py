@@ -119,7 +119,12 @@ def prepare_boot(session: VmSession, spec: ImageSpec, memsize: int) -> LoadResul
     for gpa, size in layout.regions()[1:]:
         session.map_ram(gpa, size)
     attach_boot_devices(session, layout)
-    acpi.install_acpi_tables(session, spec.cpus)
+    # The vCPUs' LAPIC IDs are their pCPUs' (ACRN's vlapic_init); pCPUs 1.. when the session left
+    # the choice to the VM's configuration (the default platform's User VM pCPUs; the Service VM
+    # reads the real ones from its own MADT).
+    affinity = session.cpu_affinity or (((1 << spec.cpus) - 1) << 1)
+    pcpus = [p for p in range(64) if affinity >> p & 1][: spec.cpus]
+    acpi.install_acpi_tables(session, spec.cpus, pcpus if len(pcpus) == spec.cpus else None)
     result = run_loader(session, layout, spec)
     for note in result.notes:
         log.debug("%s: %s", result.loader, note)  # acrn run -v prints them itself

@@ -137,8 +137,11 @@ class AccelVm(Protocol):
     def unmap_memory(self, gpa: int, size: int) -> None:
         """Remove a mapping made by :meth:`map_memory` with the same gpa and size."""
 
-    def create_vcpu(self, vcpu_id: int) -> AccelVcpu:
-        """Create a vCPU; its state is undefined until :meth:`AccelVcpu.set_state`."""
+    def create_vcpu(self, vcpu_id: int, apic_id: int | None = None) -> AccelVcpu:
+        """Create a vCPU; its state is undefined until :meth:`AccelVcpu.set_state`.
+
+        ``apic_id`` is its local APIC's ID (default ``vcpu_id``), for accelerators that have one.
+        """
 
     def close(self) -> None:
         """Release every vCPU, mapping and fd of the VM."""

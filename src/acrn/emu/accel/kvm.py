@@ -280,7 +280,7 @@ def build_guest_cpuid(
 
     KVM's own paravirtual leaves (0x40000000-0x400000FF, "KVMKVMKVM") are dropped: the guest
     runs on ACRN, not KVM.  Leaf 0xD (XSAVE state components) is dropped with XSAVE.  The
-    initial APIC ID in leaves 1 and 0xB is the vCPU id, as KVM's local APIC numbers it.
+    initial APIC ID in leaves 1 and 0xB is ``vcpu_id``: the KVM vCPU id, which is the local APIC's ID.
     """
     out: list[tuple[int, ...]] = []
     for fn, idx, flags, eax, ebx, ecx, edx in supported:
@@ -394,6 +394,7 @@ class KvmVm:
         self._chip_snapshots: list[ki.kvm_irqchip] = []
         self._probe_thread: threading.Thread | None = None
         self._probe_stop = threading.Event()
+        self._boot_cpu_set = False
         kvm_fd = os.open(KVM_DEVICE, os.O_RDWR | os.O_CLOEXEC)
         try:
             # The /dev/kvm fd is needed only at creation: the VM fd stands alone afterwards.
@@ -560,10 +561,24 @@ class KvmVm:
             del self._slots[(gpa, size)]
             self._free_slots.append(slot)
 
-    def create_vcpu(self, vcpu_id: int) -> KvmVcpu:
-        """``KVM_CREATE_VCPU`` plus the vCPU bring-up (kvm_run mmap, CPUID, MSRs, FPU, LAPIC)."""
+    def create_vcpu(self, vcpu_id: int, apic_id: int | None = None) -> KvmVcpu:
+        """``KVM_CREATE_VCPU`` plus the vCPU bring-up (kvm_run mmap, CPUID, MSRs, FPU, LAPIC).
+
+        KVM numbers a vCPU's local APIC by the id it was created with, so the KVM vCPU id is
+        ``apic_id`` (default ``vcpu_id``); the first vCPU created is the boot CPU.
+        """
         self._check_open()
-        vcpu = KvmVcpu(self, vcpu_id)
+        apic = vcpu_id if apic_id is None else apic_id
+        with self._lock:
+            first = not self._vcpus and not self._boot_cpu_set
+            self._boot_cpu_set = True
+        if first and apic != 0:
+            # KVM's boot CPU is id 0 unless told otherwise (KVM_SET_BOOT_CPU_ID, before any vCPU).
+            try:
+                _ioctl_ulong(self._fd, "KVM_SET_BOOT_CPU_ID", abi.KVM_SET_BOOT_CPU_ID, apic)
+            except OSError as e:
+                log.debug("KVM_SET_BOOT_CPU_ID(%d): %s", apic, e)
+        vcpu = KvmVcpu(self, vcpu_id, apic)
         with self._lock:
             self._vcpus.append(vcpu)
             if self.irqchip and self._probe_thread is None:
@@ -611,8 +626,9 @@ class KvmVcpu:
     a string I/O with elements left) alone and reports the state before the instruction.
     """
 
-    def __init__(self, vm: KvmVm, vcpu_id: int) -> None:
+    def __init__(self, vm: KvmVm, vcpu_id: int, apic_id: int | None = None) -> None:
         self.vcpu_id = vcpu_id
+        self.apic_id = vcpu_id if apic_id is None else apic_id
         self._vm = vm
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -637,7 +653,7 @@ class KvmVcpu:
         self._wait_sipi = False  # an AP that has not been started by INIT/SIPI yet
         self._init_seen = False
         self._lapic_snapshot: bytearray | None = None
-        self._fd = _ioctl(vm.fd, "KVM_CREATE_VCPU", abi.KVM_CREATE_VCPU, vcpu_id)
+        self._fd = _ioctl(vm.fd, "KVM_CREATE_VCPU", abi.KVM_CREATE_VCPU, self.apic_id)
         try:
             self._run = mmap.mmap(self._fd, vm._mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             self._bring_up()
@@ -655,7 +671,7 @@ class KvmVcpu:
                 tsc_khz = fcntl.ioctl(self._fd, abi.KVM_GET_TSC_KHZ, 0)
             except OSError:
                 tsc_khz = 0
-        cpuid = build_guest_cpuid(self._vm._supported_cpuid, vcpu_id=self.vcpu_id, tsc_khz=int(tsc_khz))
+        cpuid = build_guest_cpuid(self._vm._supported_cpuid, vcpu_id=self.apic_id, tsc_khz=int(tsc_khz))
         _ioctl(self._fd, "KVM_SET_CPUID2", abi.KVM_SET_CPUID2, _cpuid2_buffer(cpuid))
         self._set_msrs(BOOT_MSRS)
         fpu = abi.kvm_fpu(fcw=0x37F, mxcsr=0x1F80)

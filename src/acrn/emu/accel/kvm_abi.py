@@ -188,6 +188,7 @@ KVM_SET_USER_MEMORY_REGION: Final = _iow(0x46, ctypes.sizeof(kvm_userspace_memor
 KVM_SET_TSS_ADDR: Final = _io(0x47)
 KVM_SET_IDENTITY_MAP_ADDR: Final = _iow(0x48, 8)
 KVM_CREATE_IRQCHIP: Final = _io(0x60)
+KVM_SET_BOOT_CPU_ID: Final = _io(0x78)
 KVM_CREATE_PIT2: Final = _iow(0x77, ctypes.sizeof(kvm_pit_config))
 # vCPU fd.
 KVM_RUN: Final = _io(0x80)

@@ -761,8 +761,9 @@ class SoftVm:
         for vcpu in self._vcpus.values():
             vcpu._sync_memory()
 
-    def create_vcpu(self, vcpu_id: int) -> SoftVcpu:
-        """Create a vCPU; its state is undefined until :meth:`SoftVcpu.set_state`."""
+    def create_vcpu(self, vcpu_id: int, apic_id: int | None = None) -> SoftVcpu:
+        """Create a vCPU; its state is undefined until :meth:`SoftVcpu.set_state` (no local APIC:
+        ``apic_id`` is not used)."""
         self._check_open()
         if vcpu_id in self._vcpus:
             raise ValueError(f"soft: vCPU {vcpu_id} exists")

@@ -593,13 +593,13 @@ class Hypervisor:
             guest_flags=cfg.guest_flags,
             cpu_affinity=pcpu_bitmap,
         )
-        is_service = cfg.load_order == "service"
         pcpus = [p for p in range(64) if pcpu_bitmap >> p & 1]
         for vcpu_id, pcpu in enumerate(pcpus):
-            # vlapic_build_id: the Service VM sees physical LAPIC ids (= pCPU ids here), others vcpu_id.
-            vm.vcpus.append(
-                Vcpu(vcpu_id, pcpu, pcpu if is_service else vcpu_id, VCPU_TRANSITIONS[VmEvent.CREATE])
-            )
+            # Every vLAPIC gets its pCPU's physical LAPIC ID, in every VM (ACRN v3.3
+            # hypervisor/arch/x86/guest/vlapic.c: vlapic_init, "Set vLAPIC ID to be same as pLAPIC
+            # ID"); acrn-dm writes those IDs into the guest's MADT from the Service VM's.  The
+            # emulated board numbers its LAPICs by pCPU id.
+            vm.vcpus.append(Vcpu(vcpu_id, pcpu, pcpu, VCPU_TRANSITIONS[VmEvent.CREATE]))
         return vm
 
     # ------------------------------------------------------------------ handlers: general
