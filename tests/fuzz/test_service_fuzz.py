@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from acrn.service.client import PreloadMissing, preload_library
 
 from . import service_fuzz
+from .service_fuzz import STATS, one_input
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,3 +58,47 @@ def test_service_device_close_leaves_no_fd() -> None:
     while not set(os.listdir("/proc/self/fd")) <= before and time.monotonic() < deadline:
         time.sleep(0.01)
     assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def test_seeded_random_inputs() -> None:
+    rng = random.Random(15)
+    before = STATS.ioctls
+    for _ in range(int(os.environ.get("PYACRN_SVC_FUZZ_SEEDED", "20"))):
+        one_input(rng.randbytes(rng.randrange(0, 600)))
+    assert STATS.ioctls > before  # the inputs reach the service
+
+
+def test_empty_and_tiny_inputs() -> None:
+    for data in (b"", b"\0", b"\xff", b"\x02\x00"):
+        one_input(data)
+
+
+_SHORT = settings(
+    max_examples=int(os.environ.get("PYACRN_FUZZ_EXAMPLES", "25")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+)
+
+
+@_SHORT
+@given(st.binary(max_size=600))
+def test_short_fuzz(data: bytes) -> None:
+    one_input(data)
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=int(os.environ.get("PYACRN_FUZZ_LONG_EXAMPLES", "1000")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+@given(st.binary(max_size=1200))
+def test_long_fuzz(data: bytes) -> None:
+    one_input(data)
+
+
+@pytest.mark.slow
+def test_long_fuzz_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    with capsys.disabled():
+        print("\n" + STATS.summary())
