@@ -116,6 +116,19 @@ def test_exec_file_that_is_not_a_program_is_126(workdir: Path) -> None:
     assert "not an ELF program" in one_line(r.stderr)
 
 
+@pytest.mark.parametrize("head", [b"\x7fELF", b"\x7fELF\x02\x01\x01" + bytes(9) + b"\x02\x00\x3e\x00"])
+def test_exec_truncated_elf_is_126(workdir: Path, head: bytes) -> None:
+    """An ELF header cut short, or naming program headers past the end: execve's ENOEXEC."""
+    elf = workdir / "broken"
+    if len(head) > 8:
+        head = Path("/bin/true").read_bytes()[:64]  # a real header whose program headers are gone
+    elf.write_bytes(head)
+    elf.chmod(0o755)
+    r = run(["exec", "--", str(elf)], workdir / "hv.sock")
+    assert r.returncode == 126
+    assert "not a valid ELF program" in one_line(r.stderr)
+
+
 def _libc_a() -> bool:
     out = subprocess.run(["gcc", "-print-file-name=libc.a"], capture_output=True, text=True).stdout.strip()
     return os.path.isabs(out) and os.path.exists(out)

@@ -6,6 +6,7 @@ import argparse
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -46,7 +47,12 @@ def check_program(program: str) -> str:
             return path  # a script: its interpreter is what runs, and gets the library
         if head[:4] != b"\x7fELF":
             raise CliError(f"{path}: not an ELF program or a script", 126)
-        if not _has_interp(f, head):
+        try:
+            dynamic = _has_interp(f, head)
+        except (IndexError, struct.error):
+            # Cut short, or program headers past its end: execve would fail with ENOEXEC.
+            raise CliError(f"{path}: not a valid ELF program (truncated or corrupt)", 126) from None
+        if not dynamic:
             raise CliError(
                 f"{path} is statically linked: the preload library that makes /dev/acrn_hsm exist cannot "
                 "enter it; link it dynamically", 126
@@ -56,8 +62,6 @@ def check_program(program: str) -> str:
 
 def _has_interp(f: object, head: bytes) -> bool:
     """Whether the ELF has a PT_INTERP program header (i.e. is dynamically linked)."""
-    import struct
-
     assert hasattr(f, "seek") and hasattr(f, "read")
     is64 = head[4] == 2
     little = head[5] == 1
