@@ -288,3 +288,27 @@ def test_ps_with_no_service(workdir: Path) -> None:
     r = run(["ps", "--hv", str(workdir / "none.sock")], workdir / "hv.sock")
     assert r.returncode == 1
     assert "no pyacrn hypervisor service answers" in one_line(r.stderr)
+
+
+def _other_thread(pid: int) -> int:
+    tids = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+    assert tids, "acrn hv runs service threads"
+    return tids[0]
+
+
+def _tgkill(pid: int, tid: int, sig: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(234, pid, tid, sig) != 0:  # SYS_tgkill on x86-64
+        raise OSError(ctypes.get_errno(), "tgkill")
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="tgkill's syscall number is x86-64's")
+def test_hv_stops_when_the_signal_lands_on_a_service_thread(hv: Hv) -> None:
+    """kill() may deliver SIGTERM to any thread of acrn hv; Python runs the handler in the main
+    thread, which must notice within a moment (it waited up to an hour)."""
+    _tgkill(hv.proc.pid, _other_thread(hv.proc.pid), signal.SIGTERM)
+    _, err = hv.proc.communicate(timeout=30)
+    assert hv.proc.returncode == 0, err
+    assert "acrn hv: stopped (signal 15)" in err
