@@ -312,3 +312,22 @@ def test_hv_stops_when_the_signal_lands_on_a_service_thread(hv: Hv) -> None:
     _, err = hv.proc.communicate(timeout=30)
     assert hv.proc.returncode == 0, err
     assert "acrn hv: stopped (signal 15)" in err
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="tgkill's syscall number is x86-64's")
+def test_exec_passes_on_sigterm_that_lands_on_a_service_thread(workdir: Path) -> None:
+    """acrn exec with a private service has threads; SIGTERM delivered to one of them must still
+    be passed on to the program at once."""
+    p = subprocess.Popen(
+        [*ACRN, "exec", "--accel", "soft", "--", "sh", "-c", "echo ready; exec sleep 60"],
+        env=env_for(workdir / "hv.sock"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "ready"
+    _tgkill(p.pid, _other_thread(p.pid), signal.SIGTERM)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 128 + signal.SIGTERM, err

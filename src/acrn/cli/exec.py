@@ -154,7 +154,14 @@ def _run_child(argv: list[str], env: dict[str, str]) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGHUP, forward)
     try:
-        rc = child.wait()
+        # A signal to us may land on a thread of the private service; its handler (forward)
+        # runs in this thread only between bytecodes, so the wait must not block for long.
+        while True:
+            try:
+                rc = child.wait(0.5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
     finally:
         for s, h in old.items():
             signal.signal(s, h)
