@@ -93,9 +93,17 @@ def test_short_fuzz(data: bytes) -> None:
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )
-@given(st.binary(max_size=1200))
+@given(st.binary(min_size=64, max_size=1200))
 def test_long_fuzz(data: bytes) -> None:
     one_input(data)
+
+
+@pytest.mark.slow
+def test_long_seeded_random_inputs() -> None:
+    """Uniform random programs (hypothesis favours short inputs): PYACRN_SVC_FUZZ_LONG_SEEDED."""
+    rng = random.Random(1515)
+    for _ in range(int(os.environ.get("PYACRN_SVC_FUZZ_LONG_SEEDED", "2000"))):
+        one_input(rng.randbytes(rng.randrange(64, 1200)))
 
 
 @pytest.mark.slow
