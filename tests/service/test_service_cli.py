@@ -290,10 +290,17 @@ def test_ps_with_no_service(workdir: Path) -> None:
     assert "no pyacrn hypervisor service answers" in one_line(r.stderr)
 
 
-def _other_thread(pid: int) -> int:
-    tids = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
-    assert tids, "acrn hv runs service threads"
-    return tids[0]
+def _other_thread(pid: int, sig: int = signal.SIGTERM) -> int:
+    """A thread of ``pid`` other than its main one that does not block ``sig``: one the kernel
+    may deliver a process-directed ``sig`` to."""
+    tids = []
+    for t in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{t}/status") as f:
+            blocked = int(next(ln for ln in f if ln.startswith("SigBlk:")).split()[1], 16)
+        if int(t) != pid and not blocked & (1 << (sig - 1)):
+            tids.append(int(t))
+    assert tids, "the process runs service threads that accept the signal"
+    return min(tids)
 
 
 def _tgkill(pid: int, tid: int, sig: int) -> None:
