@@ -139,21 +139,32 @@ def run(args: argparse.Namespace) -> int:
 def _run_child(argv: list[str], env: dict[str, str]) -> int:
     """Run the program as a shell would: Ctrl-C reaches it (and not us); SIGTERM/SIGHUP to us are
     passed on; its exit status, or 128 + the signal that ended it, is ours."""
-    try:
-        child = subprocess.Popen(argv, env=env)
-    except OSError as e:
-        raise CliError(f"{argv[0]}: cannot run: {e.strerror}", 126) from None
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP)}
+    child: subprocess.Popen[bytes] | None = None
+    early: list[int] = []
 
     def forward(signum: int, frame: object) -> None:
-        if child.poll() is None:
+        if child is None:
+            early.append(signum)  # the program does not exist yet: passed on once it does
+        elif child.poll() is None:
             child.send_signal(signum)
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    def ignore(signum: int, frame: object) -> None:
+        pass  # caught rather than SIG_IGN, which the program would inherit through exec
+
+    # Installed before the program starts: a signal in between would otherwise find Python's
+    # defaults (KeyboardInterrupt for Ctrl-C, death for SIGTERM, the program left running).
+    signal.signal(signal.SIGINT, ignore)
+    signal.signal(signal.SIGQUIT, ignore)
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGHUP, forward)
     try:
+        try:
+            child = subprocess.Popen(argv, env=env)
+        except OSError as e:
+            raise CliError(f"{argv[0]}: cannot run: {e.strerror}", 126) from None
+        for signum in early:
+            forward(signum, None)
         # A signal to us may land on a thread of the private service; its handler (forward)
         # runs in this thread only between bytecodes, so the wait must not block for long.
         while True:
