@@ -43,6 +43,17 @@ def test_exits_benchmark_prints_every_figure_and_the_floors() -> None:
     assert "(p) bare Python KVM_RUN loop" in out and "(h) two-thread hand-over" in out
 
 
+@pytest.mark.kvm
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc compiles the C client and the C baseline")
+def test_service_exits_benchmark_prints_every_figure() -> None:
+    out = run_script("service_exits.py", "--n", "200", "--repeat", "1")
+    data = last_json(out)
+    for key in ("c_us", "faithful_us", "service_us", "service_unpinned_us", "service_ratio_c"):
+        assert isinstance(data[key], float | int), key
+    assert data["n"] == 200
+    assert "(s) C client through acrn exec + acrn hv" in out
+
+
 @pytest.mark.soft
 def test_accel_compute_benchmark_compares_soft_with_raw_unicorn() -> None:
     data = last_json(run_script("accel_compute.py", "--soft-n", "20000000", "--kvm-n", "0", "--repeat", "1"))

@@ -432,6 +432,24 @@ def test_a_request_that_lies_gets_an_errno(
     settle(service, before)
 
 
+def test_a_client_cannot_shrink_its_memory_under_the_service(service: HvService, before: Snapshot) -> None:
+    """A sealable memfd behind the ioreq page is sealed against shrinking once the service maps
+    it: truncating it afterwards would make the driver's next write SIGBUS the service."""
+    s = open_file(service.path)
+    ch, _ = add_channel(s)
+    fd = os.memfd_create("svc-seal", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, PAGE)
+    assert create_vm(ch, fd) == 0
+    with pytest.raises(PermissionError):
+        os.ftruncate(fd, 0)
+    os.ftruncate(fd, 2 * PAGE)  # growing stays allowed
+    os.close(fd)
+    assert call(ch, req_bytes(uapi.ACRN_IOCTL_CREATE_IOREQ_CLIENT, seq=2)).ret >= 0
+    ch.close()
+    s.close()
+    settle(service, before)
+
+
 # ------------------------------------------------------------------------------ clients that go away
 RAM = 1 << 20
 RAM_AT = 0x7100_0000_0000

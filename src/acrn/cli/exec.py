@@ -6,6 +6,7 @@ import argparse
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -52,7 +53,12 @@ def check_program(program: str) -> str:
             return path  # a script: its interpreter is what runs, and gets the library
         if head[:4] != b"\x7fELF":
             raise CliError(f"{path}: not an ELF program or a script", 126)
-        if not _has_interp(f, head):
+        try:
+            dynamic = _has_interp(f, head)
+        except (IndexError, struct.error):
+            # Cut short, or program headers past its end: execve would fail with ENOEXEC.
+            raise CliError(f"{path}: not a valid ELF program (truncated or corrupt)", 126) from None
+        if not dynamic:
             raise CliError(
                 f"{path} is statically linked: the preload library that makes /dev/acrn_hsm exist cannot "
                 "enter it; link it dynamically", 126
@@ -62,8 +68,6 @@ def check_program(program: str) -> str:
 
 def _has_interp(f: object, head: bytes) -> bool:
     """Whether the ELF has a PT_INTERP program header (i.e. is dynamically linked)."""
-    import struct
-
     assert hasattr(f, "seek") and hasattr(f, "read")
     is64 = head[4] == 2
     little = head[5] == 1
@@ -166,22 +170,40 @@ def _check_hugepages(argv: list[str], *, reserve: bool) -> None:
 def _run_child(argv: list[str], env: dict[str, str]) -> int:
     """Run the program as a shell would: Ctrl-C reaches it (and not us); SIGTERM/SIGHUP to us are
     passed on; its exit status, or 128 + the signal that ended it, is ours."""
-    try:
-        child = subprocess.Popen(argv, env=env)
-    except OSError as e:
-        raise CliError(f"{argv[0]}: cannot run: {e.strerror}", 126) from None
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP)}
+    child: subprocess.Popen[bytes] | None = None
+    early: list[int] = []
 
     def forward(signum: int, frame: object) -> None:
-        if child.poll() is None:
+        if child is None:
+            early.append(signum)  # the program does not exist yet: passed on once it does
+        elif child.poll() is None:
             child.send_signal(signum)
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    def ignore(signum: int, frame: object) -> None:
+        pass  # caught rather than SIG_IGN, which the program would inherit through exec
+
+    # Installed before the program starts: a signal in between would otherwise find Python's
+    # defaults (KeyboardInterrupt for Ctrl-C, death for SIGTERM, the program left running).
+    signal.signal(signal.SIGINT, ignore)
+    signal.signal(signal.SIGQUIT, ignore)
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGHUP, forward)
     try:
-        rc = child.wait()
+        try:
+            child = subprocess.Popen(argv, env=env)
+        except OSError as e:
+            raise CliError(f"{argv[0]}: cannot run: {e.strerror}", 126) from None
+        for signum in early:
+            forward(signum, None)
+        # A signal to us may land on a thread of the private service; its handler (forward)
+        # runs in this thread only between bytecodes, so the wait must not block for long.
+        while True:
+            try:
+                rc = child.wait(0.5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -104,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     print(f"acrn hv: listening on {service.path} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
-        while not done.wait(3600):
+        # A process-directed signal may be delivered to any thread that does not block it (the
+        # service's threads too); Python then runs the handler in the main thread only when that
+        # thread next runs bytecode, which a long wait would postpone by up to its timeout.
+        while not done.wait(0.5):
             pass
     finally:
         n = len(service.machine.hv.vms())

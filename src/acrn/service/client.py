@@ -45,6 +45,8 @@ def _load() -> ctypes.CDLL:
         lib.acrn_preload_open.restype = ctypes.c_int
         lib.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
         lib.ioctl.restype = ctypes.c_int
+        lib.close.argtypes = [ctypes.c_int]
+        lib.close.restype = ctypes.c_int
         _lib = lib
     return _lib
 
@@ -100,4 +102,8 @@ class ServiceDevice(KernelDevice):
     def close(self) -> None:
         if self.fd is not None:
             fd, self.fd = self.fd, None
-            os.close(fd)
+            # The library's close, not os.close: it forgets the fd and closes this thread's
+            # channel of the file (as for a C program, whose close() it interposes).
+            if self._lib.close(fd) < 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))

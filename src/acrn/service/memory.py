@@ -15,7 +15,9 @@ driver's checks (alignment, length) run unchanged and its pin fails with EFAULT.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import logging
 import mmap
 import os
@@ -93,6 +95,11 @@ class ClientMemory:
         if not mem.start <= client_addr < mem.start + mem.len or mem.start % PAGE or mem.len % PAGE:
             return guard_address(client_addr)
         prot = mem.prot & (mmap.PROT_READ | mmap.PROT_WRITE)
+        # Where the file allows it (a memfd made sealable, as the preload library makes its own),
+        # it can no longer shrink: the client cannot cut a page from under the service's mapping
+        # later.  Sealed first, so the size checked below stays.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or mem.offset + mem.len > st.st_size:
             # A page past the end of the file raises SIGBUS in the service when the driver

@@ -576,7 +576,9 @@ static int mapping_fd(const struct vma *v)
 static int share_in_place(uint64_t lo, uint64_t hi, int prot)
 {
 	size_t len = (size_t)(hi - lo);
-	int fd = (int)syscall(SYS_memfd_create, "pyacrn-shared", MFD_CLOEXEC);
+	/* Sealable: the service seals it against shrinking (a page cut from under its mapping
+	 * would be SIGBUS in the service). */
+	int fd = (int)syscall(SYS_memfd_create, "pyacrn-shared", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (fd < 0)
 		return -1;
 	if (ftruncate(fd, (off_t)len) < 0)
