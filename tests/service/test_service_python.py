@@ -316,3 +316,19 @@ def test_acrn_run_and_demo_take_the_service_with_hv(service: HvService) -> None:
     bad = subprocess.run([*ACRN, "run", "--hv", service.path, "--accel", "kvm", "--guest", "hello_real"],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and "service's own options" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@needs_preload
+@pytest.mark.soft
+def test_one_process_reaches_more_services_than_the_library_tracks_at_once(tmp_path: Path) -> None:
+    """The library recognises HSM fds by their peer's path and keeps a table of service paths;
+    services that are gone give their place to new ones (a test session starts hundreds)."""
+    from acrn.emu.machine import Machine
+    from acrn.hsm import Hsm
+
+    machine = Machine(accel="soft")
+    for i in range(80):
+        path = tmp_path / f"hv{i}.sock"
+        with HvService(machine, str(path)) as svc, Hsm.open("service", socket=svc.path) as h:
+            h.create_vm(f"svc{i}")
+    machine.runtime.close()

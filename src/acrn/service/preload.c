@@ -142,7 +142,7 @@ static int (*real_euidaccess)(const char *, int);
 #define RESOLVE(var, name) (var = dlsym(RTLD_NEXT, name))
 
 #define SUN_LEN_MAX sizeof(((struct sockaddr_un *)0)->sun_path)
-#define MAX_SERVICES 8
+#define MAX_SERVICES 64
 /* The service /dev/acrn_hsm leads to ($ACRN_HV_SOCKET), and every other one a Python caller
  * opened with acrn_preload_open: an HSM fd is recognised by its peer being one of them. */
 static char svc_paths[MAX_SERVICES][SUN_LEN_MAX];
@@ -1144,13 +1144,22 @@ EXPORT int acrn_preload_open(const char *socket_path, int flags)
 	for (int i = 0; i < nsvc; i++)
 		known |= strcmp(svc_paths[i], socket_path) == 0;
 	if (!known) {
-		if (nsvc >= MAX_SERVICES) {
+		int slot = nsvc < MAX_SERVICES ? nsvc : -1;
+		/* Full: take the place of a service whose socket is gone (slot 0, the one
+		 * /dev/acrn_hsm leads to, stays). */
+		for (int i = 1; slot < 0 && i < MAX_SERVICES; i++) {
+			struct stat st;
+			if (real_stat(svc_paths[i], &st) < 0 && errno == ENOENT)
+				slot = i;
+		}
+		if (slot < 0) {
 			pthread_mutex_unlock(&svc_lock);
 			errno = EMFILE;
 			return -1;
 		}
-		strcpy(svc_paths[nsvc], socket_path);
-		__atomic_store_n(&nsvc, nsvc + 1, __ATOMIC_RELEASE);
+		strcpy(svc_paths[slot], socket_path);
+		if (slot == nsvc)
+			__atomic_store_n(&nsvc, nsvc + 1, __ATOMIC_RELEASE);
 	}
 	active = 1;
 	pthread_mutex_unlock(&svc_lock);
