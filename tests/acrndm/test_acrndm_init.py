@@ -95,7 +95,7 @@ def run_acrn_dm(
     acrn_dm: Path, dm_args: list[str], bootargs: str, tmp_path: Path, until: Callable[[bytes], bool]
 ) -> Run:
     """``acrn -v exec --hybrid`` acrn-dm until it exits, ``until(stdout)`` holds or BOUND passes
-    (then Ctrl-C, as in test_acrndm_boot.py)."""
+    (then Ctrl-C, as in test_acrndm_boot.py); the trace and the console are kept in ``tmp_path``."""
     cmd = [
         sys.executable, "-m", "acrn", "-v", "exec", "--hybrid", "--reserve-hugepages", "--",
         str(acrn_dm), "-m", "256M", "-s", "0:0,hostbridge", "-s", "1:0,lpc", *dm_args,
@@ -104,7 +104,8 @@ def run_acrn_dm(
     err_path = tmp_path / "trace.log"
     t0 = time.monotonic()
     interrupted = False
-    with open(err_path, "wb") as err:
+    # The console goes to console.log as it comes, to follow a run of many minutes (tail -f).
+    with open(err_path, "wb") as err, open(tmp_path / "console.log", "wb") as console:
         p = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, start_new_session=True
         )
@@ -120,6 +121,8 @@ def run_acrn_dm(
                     if not chunk:
                         break
                     out += chunk
+                    console.write(chunk)
+                    console.flush()
             if not until(out) and time.monotonic() < deadline:
                 # stdout closed: acrn-dm is on its way out (the guest powered off).
                 with contextlib.suppress(subprocess.TimeoutExpired):
