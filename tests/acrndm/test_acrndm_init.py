@@ -108,9 +108,10 @@ class Run:
         self.seconds = seconds
         self.interrupted = interrupted
 
-    def last(self, n: int = 3000) -> str:
+    def last(self, n: int = 6000) -> str:
         return (
-            f"after {self.seconds:.0f} s, rc {self.returncode}; the guest printed last:\n{self.console[-n:]}"
+            f"after {self.seconds:.0f} s, rc {self.returncode}; the guest printed last (acrn-dm's own"
+            f" buffered stdout comes at its exit):\n{self.console[-n:]}"
         )
 
 
