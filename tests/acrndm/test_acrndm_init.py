@@ -42,7 +42,7 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.kvm, pytest.mark.soft, pytest.mark.boot]
 
 #: Seconds for a whole run (README.md, "Run ACRN's acrn-dm on pyacrn", gives the measured times).
-BOUND = 2700.0
+BOUND = 3600.0
 #: The boot tests' init command line (tests/boot/test_boot_linux.py: INIT_CMDLINE).
 BOOTARGS = (
     "console=ttyS0 earlyprintk=serial,ttyS0 nokaslr noxsave "
