@@ -102,3 +102,22 @@ def linux_guest() -> Path:
         if done.returncode != 0:
             pytest.skip(f"no Linux guest: {done.stderr.strip() or done.stdout.strip()}")
     return GUEST_DIR
+
+
+@pytest.fixture(scope="session")
+def linux_guest_virtio(linux_guest: Path) -> Path:
+    """``initramfs-virtio.cpio`` beside ``linux_guest``: busybox + the virtio-blk modules of the same
+    kernel and an init that prints ``/mnt/guest-disk.txt`` of ``/dev/vda`` (built once, skip if
+    impossible)."""
+    path = linux_guest / "initramfs-virtio.cpio"
+    if not path.is_file():
+        script = ROOT / "scripts" / "fetch-linux-guest.py"
+        done = subprocess.run(
+            [sys.executable, str(script), "--dest", str(linux_guest)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if done.returncode != 0 or not path.is_file():
+            pytest.skip(f"no virtio initramfs: {done.stderr.strip() or done.stdout.strip()}")
+    return path

@@ -8,12 +8,16 @@ the variable is unset or the build cannot run here; a build that runs and fails 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from acrn import hugepages
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "scripts" / "build-acrn-dm.py"
@@ -54,3 +58,17 @@ def host_madt_readable() -> None:
     """acrn-dm parses the host's MADT before it even parses its options (main.c: main, parse_madt)."""
     if not os.access("/sys/firmware/acpi/tables/APIC", os.R_OK):
         pytest.skip("/sys/firmware/acpi/tables/APIC is not readable (acrn-dm needs it; root only)")
+
+
+@pytest.fixture
+def huge_pages() -> Iterator[None]:
+    """Whatever the boot reserves through --reserve-hugepages is given back afterwards."""
+    try:
+        before = hugepages.read_pool().total
+    except (OSError, hugepages.HugePageError) as e:
+        pytest.skip(f"no 2 MiB huge page pool here: {e}")
+    if os.geteuid() != 0:
+        pytest.skip("reserving huge pages for acrn-dm needs root")
+    yield
+    with contextlib.suppress(hugepages.HugePageError):
+        hugepages.reserve(before)

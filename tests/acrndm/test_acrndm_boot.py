@@ -8,7 +8,6 @@ foreground process group) makes acrn-dm tear the VM down as on ACRN and exit 0.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import selectors
@@ -16,30 +15,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from acrn import hugepages
-
 pytestmark = [pytest.mark.kvm, pytest.mark.soft, pytest.mark.boot]
 
 BOUND = 240.0  # seconds to the banner; about 16 s alone on the development machines
-
-
-@pytest.fixture
-def huge_pages() -> Iterator[None]:
-    """Whatever the boot reserves through --reserve-hugepages is given back afterwards."""
-    try:
-        before = hugepages.read_pool().total
-    except (OSError, hugepages.HugePageError) as e:
-        pytest.skip(f"no 2 MiB huge page pool here: {e}")
-    if os.geteuid() != 0:
-        pytest.skip("reserving huge pages for acrn-dm needs root")
-    yield
-    with contextlib.suppress(hugepages.HugePageError):
-        hugepages.reserve(before)
 
 
 def _ioctl_names(trace: str) -> list[str]:
