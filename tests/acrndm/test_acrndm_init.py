@@ -117,10 +117,16 @@ class Run:
 
 
 def run_acrn_dm(
-    acrn_dm: Path, dm_args: list[str], bootargs: str, tmp_path: Path, until: Callable[[bytes], bool]
+    acrn_dm: Path,
+    dm_args: list[str],
+    bootargs: str,
+    tmp_path: Path,
+    until: Callable[[bytes], bool],
+    feed: Callable[[bytes], bytes] | None = None,
 ) -> Run:
     """``acrn -v exec --hybrid`` acrn-dm until it exits, ``until(stdout)`` holds or BOUND passes
-    (then Ctrl-C, as in test_acrndm_boot.py); the trace and the console are kept in ``tmp_path``."""
+    (then Ctrl-C, as in test_acrndm_boot.py); the trace and the console are kept in ``tmp_path``.
+    ``feed(stdout)`` returns what to type on acrn-dm's stdio console now (b"" for nothing)."""
     cmd = [
         sys.executable, "-m", "acrn", "-v", "exec", "--hybrid", "--reserve-hugepages", "--",
         str(acrn_dm), "-m", "256M", "-s", "0:0,hostbridge", "-s", "1:0,lpc", *dm_args,
@@ -132,7 +138,11 @@ def run_acrn_dm(
     # The console goes to console.log as it comes, to follow a run of many minutes (tail -f).
     with open(err_path, "wb") as err, open(tmp_path / "console.log", "wb") as console:
         p = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, start_new_session=True
+            cmd,
+            stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            start_new_session=True,
         )
         out = b""
         try:
@@ -148,6 +158,11 @@ def run_acrn_dm(
                     out += chunk
                     console.write(chunk)
                     console.flush()
+                typed = feed(out) if feed else b""
+                if typed and p.stdin is not None:
+                    with contextlib.suppress(BrokenPipeError):
+                        p.stdin.write(typed)
+                        p.stdin.flush()
             if not until(out) and time.monotonic() < deadline:
                 # stdout closed: acrn-dm is on its way out (the guest powered off).
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -245,3 +260,31 @@ def test_acrn_dm_system_reset_reboots_the_guest_in_place(
         "ACRN_IOCTL_SET_VCPU_REGS", "ACRN_IOCTL_START_VM",
     ], between  # fmt: skip
     print(f"system reset: second 'Linux version' after {run.seconds:.0f} s; between the boots: {between}")
+
+
+def test_acrn_dm_console_runs_a_shell_command_and_the_guest_powers_off(
+    acrn_dm: Path, lapic_ids_agree: None, linux_guest: Path, huge_pages: None, tmp_path: Path
+) -> None:
+    """The busybox shell on acrn-dm's stdio COM1 answers a command typed there; ``poweroff -f``
+    (ACPI S5 on acrn-dm's PM1A control port) makes acrn-dm tear the VM down and exit 0."""
+    args = ["-k", str(linux_guest / "vmlinuz"), "-r", str(linux_guest / "initramfs.cpio")]
+    typed: list[str] = []
+
+    def feed(out: bytes) -> bytes:
+        if b"GUEST-INIT-OK" in out and "command" not in typed:
+            typed.append("command")
+            return b"echo SHELL-$((6*7))\n"
+        if b"SHELL-42" in out and "poweroff" not in typed:
+            typed.append("poweroff")
+            return b"busybox poweroff -f\n"
+        return b""
+
+    run = run_acrn_dm(
+        acrn_dm, args, f"{BOOTARGS}{tsc_args()} rgexit=shell", tmp_path, lambda out: False, feed
+    )
+    assert "GUEST-INIT-OK" in run.console, run.last()
+    assert "SHELL-42" in run.console, run.last()  # $((6*7)) evaluated by the guest's shell
+    assert not run.interrupted and run.returncode == 0, run.last() + "\n--- trace ---\n" + run.trace[-3000:]
+    names = ioctl_names(run.trace)
+    assert names.count("ACRN_IOCTL_CREATE_VM") == 1 and names[-1] == "ACRN_IOCTL_DESTROY_VM"
+    print(f"shell: answered and powered off after {run.seconds:.0f} s")
