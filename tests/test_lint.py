@@ -69,3 +69,16 @@ def test_references_are_followable_from_the_repository() -> None:
             if m:
                 found.append(f"{rel}:{n}: {m.group(0)!r}")
     assert not found, "references outside the repository:\n" + "\n".join(found)
+
+
+def test_the_device_model_reaches_the_emulator_only_through_its_control_port() -> None:
+    """``acrn.dm`` drives the real HSM and the emulator with the same code: of ``acrn.emu`` it
+    imports the control port (``acrn.emu.control``) and nothing else."""
+    pattern = re.compile(r"^\s*(?:from|import)\s+(acrn\.emu(?:\.\w+)*)", re.MULTILINE)
+    found = [
+        f"{path.relative_to(ROOT)}: {m.group(1)}"
+        for path in sorted((ROOT / "src" / "acrn" / "dm").rglob("*.py"))
+        for m in pattern.finditer(path.read_text())
+        if m.group(1) != "acrn.emu.control"
+    ]
+    assert not found, "acrn.dm imports emulator internals:\n" + "\n".join(found)

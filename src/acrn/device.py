@@ -37,6 +37,7 @@ from acrn import uapi
 from acrn.errors import HsmError
 
 if TYPE_CHECKING:
+    from acrn.emu.control import EmulatorControl
     from acrn.emu.hsm import HsmFile
     from acrn.emu.machine import Machine
 
@@ -59,6 +60,9 @@ class Device:
 
     kind: str = ""
     description: str = ""
+    #: The emulator's control port (``acrn.emu.control``) for a device model in the same process;
+    #: None for a real or served HSM, which report only what the ioctls report.
+    control: EmulatorControl | None = None
 
     def ioctl(self, cmd: int, arg: Any = 0) -> int:
         """Issue one ioctl, like ``fcntl.ioctl(fd, cmd, arg, True)``; traced on ``acrn.trace``."""
@@ -189,9 +193,11 @@ class EmulatedDevice(Device):
     kind = "emulated"
 
     def __init__(self, machine: Machine | None = None) -> None:
+        from acrn.emu.control import EmulatorControl
         from acrn.emu.machine import default_machine
 
         self.machine: Machine = machine if machine is not None else default_machine()
+        self.control = EmulatorControl(self.machine.runtime)
         self.file: HsmFile | None = self.machine.open()
         self._regs_set: set[int] = set()  # vCPUs given SET_VCPU_REGS since the latest START/RESET
         self.description = "emulated HSM driver + ACRN hypervisor (pyacrn)"

@@ -177,7 +177,7 @@ def _run_demo_guest(device: object, name: str) -> tuple[str, bytes]:
 
     with VmSession(name=name[:15], mem_size=guest.mem_size, device=device, console=console) as session:  # type: ignore[arg-type]
         sessions.append(session)
-        assert session.runtime is None  # the service is another transport, not the emulator in-process
+        assert session.control is None  # the service is another transport, not the emulator in-process
         session.load(guest.load_gpa, guest.image())
         session.set_regs(guest.regs())
         result = session.run(timeout=60)

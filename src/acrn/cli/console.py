@@ -251,7 +251,7 @@ def _status_text(session: VmSession, console: _Console, t0: float, last: dict[st
     if session.paused_by_user:
         return f"[acrn {now - t0:.0f} s] VM paused: Ctrl-A x ends the run"
     busiest = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]) if v > 0)
-    engine = session.runtime.accel_name if session.runtime is not None else "kernel HSM"
+    engine = session.control.accel_name if session.control is not None else "kernel HSM"
     stats = getattr(session, "fallback_stats", None)
     if stats is not None and getattr(stats, "switches", 0) == 0 and engine == "hybrid":
         engine = "hybrid, still on the soft CPU"
@@ -267,19 +267,11 @@ def _status_text(session: VmSession, console: _Console, t0: float, last: dict[st
 
 def _runners(session: VmSession) -> list[int]:
     """The vCPUs the emulator has run (empty against the real HSM)."""
-    if session.runtime is None:
-        return []
-    vmrt = session.runtime.vms.get(session.vm.vmid)
-    return list(vmrt.vcpus) if vmrt is not None else []
+    return session.control.vcpu_ids(session.vm.vmid) if session.control is not None else []
 
 
 def _exit_counts(session: VmSession) -> dict[str, int]:
-    if session.runtime is None:
-        return {}
-    vmrt = session.runtime.vms.get(session.vm.vmid)
-    if vmrt is None:
-        return {}
-    return {k: int(v) for k, v in vars(vmrt.exit_counts()).items()}
+    return session.control.exit_counts(session.vm.vmid) if session.control is not None else {}
 
 
 def _status_thread(session: VmSession, console: _Console, done: threading.Event, t0: float) -> None:
@@ -319,7 +311,7 @@ def _status_now(session: VmSession, console: _Console, t0: float, notice: Callab
     """Ctrl-A s: one status line on demand."""
     counts = _exit_counts(session)
     exits = ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "none"
-    engine = session.runtime.accel_name if session.runtime is not None else "kernel HSM"
+    engine = session.control.accel_name if session.control is not None else "kernel HSM"
     notice(
         f"[acrn] {time.monotonic() - t0:.1f} s on {engine}; exits: {exits}; "
         f"console {console.bytes_out} bytes; guest resets {session.resets}"
@@ -360,7 +352,7 @@ def run_session(
             _choose_engine(session, opts)
             build(session)
             if opts.verbose:
-                engine = session.runtime.accel_name if session.runtime else "kernel HSM"
+                engine = session.control.accel_name if session.control else "kernel HSM"
                 print(f"accelerator: {engine}", file=sys.stderr)
             signals.session = session
             done = threading.Event()
@@ -419,7 +411,7 @@ def _open_session(cls: type[VmSession], *, cpu_affinity: int, **kwargs: Any) -> 
 def _choose_engine(session: VmSession, opts: RunOptions) -> None:
     """KVM with the soft-CPU fallback (default), the hybrid (--hybrid) or bare KVM (--no-fallback)."""
     session.fallback_stats = None
-    if session.runtime is None or opts.accel == "soft":
+    if session.control is None or opts.accel == "soft":
         return
     from acrn.emu.accel import availability
 
@@ -427,11 +419,7 @@ def _choose_engine(session: VmSession, opts: RunOptions) -> None:
         return  # auto picks soft (or KVM without a soft CPU to fall back on): nothing to wrap
     if not (opts.hybrid or opts.fallback):
         return
-    from acrn.emu.fallback import FallbackAccelerator, HybridAccelerator
-
-    acc = HybridAccelerator() if opts.hybrid else FallbackAccelerator()
-    session.runtime.set_accelerator(acc)
-    session.fallback_stats = acc.stats
+    session.fallback_stats = session.control.use_engine(hybrid=opts.hybrid)
 
 
 def _report(session: VmSession, result: RunResult, console: _Console, opts: RunOptions, wall: float) -> None:
@@ -534,7 +522,7 @@ def result_json(
         "fallback": fallback,
         "console_bytes": console.bytes_out,
         "guest_resets": session.resets,
-        "accelerator": session.runtime.accel_name if session.runtime is not None else None,
+        "accelerator": session.control.accel_name if session.control is not None else None,
         "device": session.hsm.kind,
         "loader": opts.loader,
         "vcpus": {str(k): {"rip": v.get("rip"), "mode": v.get("mode")} for k, v in result.states.items()},

@@ -83,7 +83,7 @@ def _run_guest(name: str, args: argparse.Namespace, timeout: float | None) -> tu
         # Through a real (or served) HSM the guest's final HLT is invisible to the device model,
         # as on ACRN: the run ends when the guest printed all it should.
         printed.extend(data)
-        if sessions and sessions[0].runtime is None and expected is not None and printed == expected:
+        if sessions and sessions[0].control is None and expected is not None and printed == expected:
             sessions[0].request_stop("marker", 0, "the guest printed its expected output")
 
     with VmSession(
@@ -94,7 +94,7 @@ def _run_guest(name: str, args: argparse.Namespace, timeout: float | None) -> tu
         session.load(guest.load_gpa, guest.image())
         session.set_regs(guest.regs())
         result = session.run(timeout=timeout)
-        accel = session.runtime.accelerator.name if session.runtime else session.hsm.kind
-        ended = ("halt",) if session.runtime is not None else ("halt", "marker")
+        accel = session.control.accel_name if session.control else session.hsm.kind
+        ended = ("halt",) if session.control is not None else ("halt", "marker")
     ok = result.reason in ended and (expected is None or result.output == expected)
     return ok, accel, result

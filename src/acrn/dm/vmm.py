@@ -54,7 +54,7 @@ from acrn.regs.model import VcpuRegs
 
 if TYPE_CHECKING:
     from acrn.device import Device
-    from acrn.emu.runtime import Runtime, StopReport
+    from acrn.emu.control import EmulatorControl, StopReport
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +104,10 @@ class VmSession:
             raise ValueError(f"pit_owner {pit_owner!r}: must be hypervisor-kvm or device-model")
         self.hsm = Hsm.open(device) if isinstance(device, str) else Hsm(device)
         self.accel = accel
-        self.runtime: Runtime | None = None
-        machine = getattr(self.hsm.device, "machine", None)
-        if machine is not None:
-            self.runtime = machine.runtime
-            if accel != self.runtime.accel_name:
-                self.runtime.set_accelerator(accel)
+        #: The emulator's control port when the HSM is the emulator in this process, else None.
+        self.control: EmulatorControl | None = self.hsm.device.control
+        if self.control is not None and accel != self.control.accel_name:
+            self.control.set_accelerator(accel)
         self.output = bytearray()
         self._console = console
         self.bus = IoBus()
@@ -122,10 +120,9 @@ class VmSession:
         # The PIT is the device model's wherever the hypervisor has none: on ACRN itself (a real
         # HSM) and on an emulator whose platform says so (docs/differences.md, "The PIT").
         # ``pit_owner`` sets the emulator's platform option for the VMs created from now on.
-        platform = getattr(machine, "platform", None)
-        if platform is not None and pit_owner is not None:
-            platform.pit_owner = pit_owner
-        owner = platform.pit_owner if platform is not None else "device-model"
+        if self.control is not None and pit_owner is not None:
+            self.control.pit_owner = pit_owner
+        owner = self.control.pit_owner if self.control is not None else "device-model"
         self.pit: I8254 | None = None
         if owner == "device-model":
             self.pit = I8254(irq=self._on_pit_irq)
@@ -135,7 +132,7 @@ class VmSession:
         self.pci = PciBus()
         self.hostbridge = PciHostBridge()
         self.hostbridge.attach(self.pci)
-        self.fast_path = fast_path and self.runtime is not None
+        self.fast_path = fast_path and self.control is not None
         #: The pCPU bitmap CREATE_VM asked for (0: the VM configuration's).
         self.cpu_affinity = cpu_affinity
         self.vm: Vm = self.hsm.create_vm(name, cpu_affinity=cpu_affinity)
@@ -269,10 +266,10 @@ class VmSession:
 
     def _current_report(self) -> StopReport | None:
         """The first stop report of the current boot (older ones are dropped)."""
-        if self.runtime is None:
+        if self.control is None:
             return None
         while True:
-            report = self.runtime.wait_stop(self.vm.vmid, timeout=0)
+            report = self.control.wait_stop(self.vm.vmid, timeout=0)
             if report is None or report.time >= self._epoch:
                 return report
 
@@ -283,11 +280,11 @@ class VmSession:
             # A stop asked for before the run (a signal while the caller set up) still ends it.
             self._stop_event.clear()
         self._debugexit_status = None
-        if self.runtime is not None:
-            self.runtime.remove_stop_callback(self._on_stop)
-            self.runtime.on_stop(self._on_stop)
+        if self.control is not None:
+            self.control.remove_stop_callback(self._on_stop)
+            self.control.on_stop(self._on_stop)
         if self.fast_path:
-            assert self.runtime is not None
+            assert self.control is not None
             if self._loop is None:
                 # The default client exists as on the faithful path (the HSM dispatches to it);
                 # only ATTACH is replaced: its work runs on the vCPU thread, ending with NOTIFY.
@@ -296,7 +293,7 @@ class VmSession:
             loop = self._loop
 
             # The loop's own emulate-and-NOTIFY step, NOTIFY held back around a guest reset.
-            self.runtime.set_fast_handler(self.vm.vmid, loop.complete)
+            self.control.set_fast_handler(self.vm.vmid, loop.complete)
             self._start()
         else:
             # acrn-dm's vm_loop thread: CREATE_IOREQ_CLIENT, START_VM, then ATTACH (devicemodel/core/main.c:
@@ -352,13 +349,9 @@ class VmSession:
 
     def _pause_and_collect(self, result: RunResult) -> None:
         self.vm.pause()
-        if self.runtime is not None:
-            vmrt = self.runtime.vms.get(self.vm.vmid)
-            if vmrt is not None:
-                for vid, runner in vmrt.vcpus.items():
-                    result.states[vid] = runner.avcpu.get_state().to_dict()
-                counts = vmrt.exit_counts()
-                result.exits = {k: int(v) for k, v in vars(counts).items()}
+        if self.control is not None:
+            result.states.update(self.control.vcpu_states(self.vm.vmid))
+            result.exits = self.control.exit_counts(self.vm.vmid)
         result.output = bytes(self.output)
 
     def close(self) -> None:
@@ -384,8 +377,8 @@ class VmSession:
         finally:
             if self.pit is not None:
                 self.pit.close()
-            if self.runtime is not None:
-                self.runtime.remove_stop_callback(self._on_stop)
+            if self.control is not None:
+                self.control.remove_stop_callback(self._on_stop)
             self.hsm.close()
 
     def __enter__(self) -> VmSession:
