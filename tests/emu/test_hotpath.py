@@ -24,7 +24,7 @@ from acrn import uapi
 from acrn.emu.hv.state import ENOTTY
 from acrn.emu.runtime import _Completion
 
-from .test_hsm_support import Env, HypercallSpy, env_fixture
+from .hsm_support import Env, HypercallSpy, env_fixture
 
 env = pytest.fixture(env_fixture)
 

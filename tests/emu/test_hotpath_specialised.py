@@ -34,7 +34,7 @@ from acrn.emu.machine import Machine
 from acrn.guests import GUESTS
 
 from . import accel_guests as g
-from .test_hsm_support import Env, env_fixture
+from .hsm_support import Env, env_fixture
 
 env = pytest.fixture(env_fixture)
 FREE, PENDING = uapi.ACRN_IOREQ_STATE_FREE, uapi.ACRN_IOREQ_STATE_PENDING

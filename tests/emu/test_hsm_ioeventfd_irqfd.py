@@ -10,7 +10,7 @@ import pytest
 
 from acrn import uapi
 
-from .test_hsm_support import Env, HypercallSpy, env_fixture
+from .hsm_support import Env, HypercallSpy, env_fixture
 
 env = pytest.fixture(env_fixture)
 

@@ -16,7 +16,7 @@ from acrn.device import EmulatedDevice
 from acrn.emu.hv import VmState
 from acrn.emu.machine import Machine
 
-from .test_hsm_support import Env, HypercallSpy, creation, env_fixture, readonly_copy
+from .hsm_support import Env, HypercallSpy, creation, env_fixture, readonly_copy
 
 env = pytest.fixture(env_fixture)
 

@@ -10,7 +10,7 @@ import pytest
 from acrn import uapi
 from acrn.emu.hv.vm import EptRegion
 
-from .test_hsm_support import Env, HypercallSpy, env_fixture, readonly_copy
+from .hsm_support import Env, HypercallSpy, env_fixture, readonly_copy
 
 env = pytest.fixture(env_fixture)
 

@@ -9,7 +9,7 @@ import pytest
 
 from acrn import uapi
 
-from .test_hsm_support import Env, creation, env_fixture
+from .hsm_support import Env, creation, env_fixture
 
 env = pytest.fixture(env_fixture)
 

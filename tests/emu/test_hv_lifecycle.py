@@ -10,7 +10,7 @@ import errno
 import pytest
 
 from acrn import uapi
-from acrn.emu.hv import HC_STATE_RULES, Hypervisor, VcpuState, Vm, VmState
+from acrn.emu.hv import HC_STATE_RULES, HvVm, Hypervisor, VcpuState, VmState
 
 EINVAL = -errno.EINVAL
 ENOTTY = -errno.ENOTTY
@@ -465,7 +465,7 @@ def test_notify_request_finish_signals_vcpu(hv: Hypervisor, page: Page) -> None:
     seen: list[tuple[int, int]] = []
 
     class L:
-        def request_completed(self, vm: Vm, vcpu_id: int) -> None:
+        def request_completed(self, vm: HvVm, vcpu_id: int) -> None:
             seen.append((vm.vmid, vcpu_id))
 
     hv.add_listener(L())

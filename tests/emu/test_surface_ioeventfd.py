@@ -17,8 +17,8 @@ from acrn import HsmError
 from acrn.emu.machine import Machine
 from acrn.guests import IOEVENT_MATCH, IOEVENT_MMIO, IOEVENT_OTHER, IOEVENT_PORT
 
-from .test_hsm_support import HypercallSpy
-from .test_surface_support import ACCELS, eventfd, eventfd_count, machine_fixture, session
+from .hsm_support import HypercallSpy
+from .surface_support import ACCELS, eventfd, eventfd_count, machine_fixture, session
 
 machine = pytest.fixture(params=ACCELS)(machine_fixture)
 

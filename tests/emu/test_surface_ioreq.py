@@ -20,7 +20,7 @@ from acrn import HsmError, uapi
 from acrn.emu.machine import Machine
 from acrn.guests import IOEVENT_PORT, REPORT_PORT
 
-from .test_surface_support import ACCELS, RawVm, eventfd, machine_fixture, wait_until
+from .surface_support import ACCELS, RawVm, eventfd, machine_fixture, wait_until
 
 machine = pytest.fixture(params=ACCELS)(machine_fixture)
 

@@ -13,7 +13,7 @@ import pytest
 from acrn.dm.pci import PCIR_DEVICE, PciBus
 from acrn.emu.machine import Machine
 
-from .test_surface_support import ACCELS, machine_fixture, session
+from .surface_support import ACCELS, machine_fixture, session
 
 machine = pytest.fixture(params=ACCELS)(machine_fixture)
 

@@ -20,7 +20,7 @@ from acrn.emu.hv.hypervisor import MCS9900_DEV_ID
 from acrn.emu.machine import Machine
 from acrn.memory import HostMemory
 
-from .test_surface_support import ACCELS, RawVm, wait_until
+from .surface_support import ACCELS, RawVm, wait_until
 
 EPERM, EINVAL, EEXIST = errno.EPERM, errno.EINVAL, errno.EEXIST
 USB_BDF, VIRT_BDF = 0x00A0, 0x0018  # a physical function of the default platform, and its guest BDF

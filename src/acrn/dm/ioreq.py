@@ -10,7 +10,7 @@ DESTROY_IOREQ_CLIENT, which is how acrn-dm stops it) or after :meth:`IoreqLoop.s
 Unclaimed reads get acrn-dm's all-ones values: ``0xFFFFFFFF`` for PIO and PCI config space,
 ``~0`` (64 bits) for MMIO, whatever the access size.
 
-The client is anything with the :class:`IoreqClient` shape: the HSM client of ``acrn.hsm`` for a
+The client is anything with the :class:`IoreqPort` shape: the HSM client of ``acrn.hsm`` for a
 real or emulated VM, or a fake in tests.  :meth:`IoreqLoop.handle_slot` emulates one slot without
 notifying; :meth:`IoreqLoop.complete` emulates and notifies one slot, for a fast path that completes
 requests on the vCPU thread itself.
@@ -36,7 +36,7 @@ MMIO_INVALID: Final = 0xFFFFFFFFFFFFFFFF
 PCI_INVALID: Final = 0xFFFFFFFF
 
 
-class IoreqClient(Protocol):
+class IoreqPort(Protocol):
     """The default ioreq client of one VM, as the loop needs it."""
 
     vcpu_num: int
@@ -95,7 +95,7 @@ def _mask(size: int) -> int:
 class IoreqLoop:
     """acrn-dm's ``vm_loop``: ATTACH, scan, emulate, NOTIFY, until the client is destroyed."""
 
-    def __init__(self, client: IoreqClient, bus: IoBus, pci: PciConfigHandler | None = None) -> None:
+    def __init__(self, client: IoreqPort, bus: IoBus, pci: PciConfigHandler | None = None) -> None:
         self.client = client
         self.bus = bus
         self.pci: PciConfigHandler = pci if pci is not None else NoPciDevices()

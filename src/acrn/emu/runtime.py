@@ -58,7 +58,7 @@ from acrn.emu.irq import IrqRouter
 from acrn.rules import first_entry_state
 
 if TYPE_CHECKING:
-    from acrn.emu.hv import Hypervisor, Vm
+    from acrn.emu.hv import HvVm, Hypervisor
     from acrn.emu.hv.hypervisor import VcpuIoreq
 
 log = logging.getLogger(__name__)
@@ -383,7 +383,7 @@ class _VcpuRunner:
 class VmRuntime:
     """The execution side of one hypervisor VM."""
 
-    def __init__(self, runtime: Runtime, vm: Vm) -> None:
+    def __init__(self, runtime: Runtime, vm: HvVm) -> None:
         self.runtime = runtime
         self.hv = runtime.hv
         self.vmid: int = vm.vmid
@@ -433,7 +433,7 @@ class VmRuntime:
         except Exception:  # a report must never fail the stop itself
             log.debug("could not explain stop", exc_info=True)
 
-    def sync_memory(self, vm: Vm) -> None:
+    def sync_memory(self, vm: HvVm) -> None:
         """Make the accelerator's slots equal the hypervisor's EPT regions."""
         wanted = {(r.gpa, r.size): r for r in vm.memory_regions}
         for key in [k for k in self.mapped if k not in wanted]:
@@ -447,7 +447,7 @@ class VmRuntime:
                 self.accel_vm.map_memory(r.gpa, r.size, r.hpa, writable=writable)
                 self.mapped[key] = r.hpa
 
-    def start(self, vm: Vm) -> None:
+    def start(self, vm: HvVm) -> None:
         from acrn.emu.hv import VcpuState
 
         self.sync_memory(vm)
@@ -649,43 +649,43 @@ class Runtime:
         self._accelerator = accel if not isinstance(accel, str) else None
 
     # ------------------------------------------------------------------ hv listener
-    def vm_started(self, vm: Vm) -> None:
+    def vm_started(self, vm: HvVm) -> None:
         vmrt = self.vms.get(vm.vmid)
         if vmrt is None:
             vmrt = self.vms[vm.vmid] = VmRuntime(self, vm)
         vmrt.start(vm)
 
-    def vm_paused(self, vm: Vm) -> None:
+    def vm_paused(self, vm: HvVm) -> None:
         if vm.vmid in self.vms:
             self.vms[vm.vmid].pause()
 
-    def vm_reset(self, vm: Vm) -> None:
+    def vm_reset(self, vm: HvVm) -> None:
         if vm.vmid in self.vms:
             self.vms[vm.vmid].reset()
 
-    def vm_destroyed(self, vm: Vm) -> None:
+    def vm_destroyed(self, vm: HvVm) -> None:
         self.fast_handlers.pop(vm.vmid, None)
         vmrt = self.vms.pop(vm.vmid, None)
         if vmrt is not None:
             vmrt.destroy()
 
-    def memory_changed(self, vm: Vm) -> None:
+    def memory_changed(self, vm: HvVm) -> None:
         vmrt = self.vms.get(vm.vmid)
         if vmrt is not None:
             vmrt.sync_memory(vm)
 
-    def request_completed(self, vm: Vm, vcpu_id: int) -> None:
+    def request_completed(self, vm: HvVm, vcpu_id: int) -> None:
         vmrt = self.vms.get(vm.vmid)
         if vmrt is not None:
             vmrt.request_completed(vcpu_id)
 
-    def irqline(self, vm: Vm, gsi: int, op: int) -> None:
+    def irqline(self, vm: HvVm, gsi: int, op: int) -> None:
         """SET_IRQLINE accepted: drive the line (before the first START the level is replayed)."""
         vmrt = self.vms.get(vm.vmid)
         if vmrt is not None:
             vmrt.irq.irqline(gsi, op)
 
-    def msi(self, vm: Vm, addr: int, data: int) -> None:
+    def msi(self, vm: HvVm, addr: int, data: int) -> None:
         """INJECT_MSI accepted: deliver it to the local APICs (lost before the first START)."""
         vmrt = self.vms.get(vm.vmid)
         if vmrt is not None:

@@ -6,7 +6,7 @@ a runtime reads VM/vCPU state from it and listens for changes (:class:`HvListene
 
 from acrn.emu.hv.hypervisor import HV_API_MAJOR_VERSION, HV_API_MINOR_VERSION, HvListener, Hypervisor
 from acrn.emu.hv.state import HC_STATE_RULES, VcpuState, VmEvent, VmState
-from acrn.emu.hv.vm import EptRegion, PtdevIntx, Vcpu, Vm
+from acrn.emu.hv.vm import EptRegion, HvVm, PtdevIntx, Vcpu
 
 __all__ = [
     "HC_STATE_RULES",
@@ -14,11 +14,11 @@ __all__ = [
     "HV_API_MINOR_VERSION",
     "EptRegion",
     "HvListener",
+    "HvVm",
     "Hypervisor",
     "PtdevIntx",
     "Vcpu",
     "VcpuState",
-    "Vm",
     "VmEvent",
     "VmState",
 ]

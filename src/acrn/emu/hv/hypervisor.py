@@ -40,7 +40,7 @@ from acrn.emu.hv.state import (
     check_state,
     vm_transition,
 )
-from acrn.emu.hv.vm import EptRegion, PtdevIntx, Vcpu, Vm
+from acrn.emu.hv.vm import EptRegion, HvVm, PtdevIntx, Vcpu
 from acrn.emu.platform import (
     NR_VPIC_PINS_TOTAL,
     REDIR_ENTRIES_HW,
@@ -88,15 +88,15 @@ class HvListener:
     made the hypercall.  They must not block; they may read the hypervisor's state.
     """
 
-    def vm_created(self, vm: Vm) -> None: ...
-    def vm_started(self, vm: Vm) -> None: ...
-    def vm_paused(self, vm: Vm) -> None: ...
-    def vm_reset(self, vm: Vm) -> None: ...
-    def vm_destroyed(self, vm: Vm) -> None: ...
-    def memory_changed(self, vm: Vm) -> None: ...
-    def request_completed(self, vm: Vm, vcpu_id: int) -> None: ...
-    def irqline(self, vm: Vm, gsi: int, op: int) -> None: ...
-    def msi(self, vm: Vm, addr: int, data: int) -> None: ...
+    def vm_created(self, vm: HvVm) -> None: ...
+    def vm_started(self, vm: HvVm) -> None: ...
+    def vm_paused(self, vm: HvVm) -> None: ...
+    def vm_reset(self, vm: HvVm) -> None: ...
+    def vm_destroyed(self, vm: HvVm) -> None: ...
+    def memory_changed(self, vm: HvVm) -> None: ...
+    def request_completed(self, vm: HvVm, vcpu_id: int) -> None: ...
+    def irqline(self, vm: HvVm, gsi: int, op: int) -> None: ...
+    def msi(self, vm: HvVm, addr: int, data: int) -> None: ...
 
 
 @dataclass
@@ -105,7 +105,7 @@ class _Target:
 
     abs_id: int
     config: VmConfig
-    vm: Vm | None
+    vm: HvVm | None
 
     @property
     def state(self) -> VmState:
@@ -133,7 +133,7 @@ class VcpuIoreq:
 
     __slots__ = ("abs_id", "buf", "hv", "polling", "raw", "rel_vmid", "slot", "vcpu", "vcpu_id", "vm")
 
-    def __init__(self, hv: Hypervisor, rel_vmid: int, vcpu_id: int, vm: Vm, vcpu: Vcpu, buf: int) -> None:
+    def __init__(self, hv: Hypervisor, rel_vmid: int, vcpu_id: int, vm: HvVm, vcpu: Vcpu, buf: int) -> None:
         self.hv = hv
         self.rel_vmid = rel_vmid
         self.vcpu_id = vcpu_id
@@ -237,7 +237,7 @@ class Hypervisor:
         self.service_vm_id = self.platform.service_vm_id
         #: The upcall vector the HSM is notified on (HC_SET_CALLBACK_VECTOR changes it).
         self.upcall_vector = self.platform.default_upcall_vector
-        self._vms: dict[int, Vm] = {}
+        self._vms: dict[int, HvVm] = {}
         #: Views of the 16 slots of each ioreq page in use, made once per page (the hot path).
         self._slot_views: dict[int, list[tuple[uapi.acrn_io_request, memoryview]]] = {}
         self._listeners: list[Any] = []
@@ -329,12 +329,12 @@ class Hypervisor:
             # No debug log here, unlike the other hypercalls: this one runs on every I/O exit.
             return self._notify_request_finish(vm, param2)
 
-    def vm(self, rel_vmid: int) -> Vm | None:
+    def vm(self, rel_vmid: int) -> HvVm | None:
         """The live VM with this relative id (the Service VM is 0 by default), or None."""
         with self.lock:
             return self._vms.get(self._abs(rel_vmid))
 
-    def vms(self) -> list[Vm]:
+    def vms(self) -> list[HvVm]:
         """Every live User VM (the Service VM, ``service_vm``, is not listed)."""
         with self.lock:
             return [vm for i, vm in sorted(self._vms.items()) if i != self.service_vm_id]
@@ -398,7 +398,7 @@ class Hypervisor:
             self._slot_views[buf] = views
         return views[vcpu_id]
 
-    def _ioreq_slot(self, vm: Vm, vcpu_id: int) -> uapi.acrn_io_request:
+    def _ioreq_slot(self, vm: HvVm, vcpu_id: int) -> uapi.acrn_io_request:
         assert vm.ioreq_buffer is not None
         return self._slot(vm.ioreq_buffer, vcpu_id)[0]
 
@@ -583,8 +583,8 @@ class Hypervisor:
                 return i
         return None
 
-    def _build_vm(self, abs_id: int, cfg: VmConfig, pcpu_bitmap: int, state: VmState) -> Vm:
-        vm = Vm(
+    def _build_vm(self, abs_id: int, cfg: VmConfig, pcpu_bitmap: int, state: VmState) -> HvVm:
+        vm = HvVm(
             vmid=self._rel(abs_id),
             abs_id=abs_id,
             name=cfg.name,
@@ -659,7 +659,7 @@ class Hypervisor:
             self._notify("vm_created", vm)
         return ret
 
-    def _create_vm(self, t: _Target, pcpu_bitmap: int) -> Vm | None:
+    def _create_vm(self, t: _Target, pcpu_bitmap: int) -> HvVm | None:
         cfg = t.config
         if pcpu_bitmap & ~self.platform.all_pcpus:
             return None  # prepare_vcpu on a pCPU the board does not have
@@ -845,7 +845,7 @@ class Hypervisor:
         assert t.vm is not None
         return self._notify_request_finish(t.vm, p2)
 
-    def _notify_request_finish(self, vm: Vm, p2: int) -> int:
+    def _notify_request_finish(self, vm: HvVm, p2: int) -> int:
         vcpu_id = p2 & _U16
         if vcpu_id >= vm.vcpu_num:
             return -1
@@ -876,7 +876,7 @@ class Hypervisor:
             self._notify("memory_changed", vm)
         return ret
 
-    def _set_memory_region(self, vm: Vm, op: uapi.vm_memory_region_op) -> int:
+    def _set_memory_region(self, vm: HvVm, op: uapi.vm_memory_region_op) -> int:
         size, gpa, attr = int(op.size), int(op.user_vm_pa), int(op.attr)
         if size & (PAGE_SIZE - 1):
             return EINVAL
@@ -925,7 +925,7 @@ class Hypervisor:
         data = self.memory.read(addr, ctypes.sizeof(cls))
         return None if data is None else cls.from_buffer_copy(data)
 
-    def _ptdev_lookup(self, vm: Vm, irq: uapi.acrn_ptdev_irq) -> tuple[bool, bool] | None:
+    def _ptdev_lookup(self, vm: HvVm, irq: uapi.acrn_ptdev_irq) -> tuple[bool, bool] | None:
         """(pic_pin, virt_pin_ok) for a valid INTx request on an assigned device, else None."""
         if irq.type != uapi.ACRN_PTDEV_IRQ_INTX:
             return None
@@ -965,10 +965,10 @@ class Hypervisor:
         return 0
 
     @staticmethod
-    def _remove_intx(vm: Vm, virt_pin: int, pic_pin: bool) -> None:
+    def _remove_intx(vm: HvVm, virt_pin: int, pic_pin: bool) -> None:
         vm.ptdev_intx = [e for e in vm.ptdev_intx if not (e.virt_pin == virt_pin and e.pic_pin == pic_pin)]
 
-    def _phys_bdf_owner(self, phys_bdf: int) -> Vm | None:
+    def _phys_bdf_owner(self, phys_bdf: int) -> HvVm | None:
         for vm in self._vms.values():
             if any(d.phys_bdf == phys_bdf for d in vm.pcidevs.values()):
                 return vm

@@ -64,7 +64,7 @@ class PtdevIntx:
 
 
 @dataclass
-class Vm:
+class HvVm:
     """A live VM in one config slot.  ``vmid`` is relative to the Service VM (what userspace sees)."""
 
     vmid: int

@@ -14,7 +14,7 @@ from typing import Any
 
 from acrn import uapi
 from acrn.device import EmulatedDevice
-from acrn.emu.hv.vm import Vm
+from acrn.emu.hv.vm import HvVm
 from acrn.emu.machine import Machine
 
 
@@ -123,7 +123,7 @@ class Env:
         (dev or self.dev).ioctl(uapi.ACRN_IOCTL_CREATE_VM, c)
         return int(c.vmid)
 
-    def vm(self, vmid: int | None = None) -> Vm:
+    def vm(self, vmid: int | None = None) -> HvVm:
         v = self.hv.vm(self.dev.vmid if vmid is None else vmid)
         assert v is not None
         return v
