@@ -20,6 +20,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "vm_setup.h"
+
 static struct acrn_io_request_buffer io_page __attribute__((aligned(4096)));
 static int fd;
 
@@ -87,18 +89,8 @@ int main(int argc, char **argv)
 		memcpy(ram, busy_guest, (size_t)(busy_guest_end - busy_guest));
 	else
 		memcpy(ram, idle_guest, (size_t)(idle_guest_end - idle_guest));
-	struct acrn_vm_memmap mm = {0};
-	mm.type = ACRN_MEMMAP_RAM;
-	mm.vma_base = (__u64)(unsigned long)ram;
-	mm.len = len;
-	mm.attr = ACRN_MEM_ACCESS_RWX;
-	CHECK(ioctl(fd, ACRN_IOCTL_SET_MEMSEG, &mm));
-	struct acrn_vcpu_regs regs = {0};
-	regs.vcpu_regs.cr0 = 0x30;
-	regs.vcpu_regs.cs_ar = 0x9F;
-	regs.vcpu_regs.cs_sel = 0xF000;
-	regs.vcpu_regs.cs_limit = 0xFFFF;
-	CHECK(ioctl(fd, ACRN_IOCTL_SET_VCPU_REGS, &regs));
+	CHECK(map_guest_ram(fd, ram, len));
+	CHECK(set_real_mode_bsp(fd));
 	CHECK(ioctl(fd, ACRN_IOCTL_CREATE_IOREQ_CLIENT, 0));
 	/* an interrupt monitor page, an irqfd and an ioeventfd too: the release must drop them */
 	CHECK(ioctl(fd, ACRN_IOCTL_VM_INTR_MONITOR, (unsigned long)ram + 0x8000));

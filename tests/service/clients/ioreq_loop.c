@@ -21,6 +21,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "vm_setup.h"
+
 static struct acrn_io_request_buffer io_page __attribute__((aligned(4096)));
 
 #define PIO_VALUE 0x12345678u
@@ -110,19 +112,9 @@ int main(int argc, char **argv)
 	if (ram == MAP_FAILED)
 		return 1;
 	memcpy(ram, guest_start, (size_t)(guest_end - guest_start));
-	struct acrn_vm_memmap mm = {0};
-	mm.type = ACRN_MEMMAP_RAM;
-	mm.vma_base = (__u64)(unsigned long)ram;
-	mm.len = ram_len;
-	mm.attr = ACRN_MEM_ACCESS_RWX;
-	CHECK(ioctl(fd, ACRN_IOCTL_SET_MEMSEG, &mm));
+	CHECK(map_guest_ram(fd, ram, ram_len));
 
-	struct acrn_vcpu_regs regs = {0};
-	regs.vcpu_regs.cr0 = 0x30;
-	regs.vcpu_regs.cs_ar = 0x9F;
-	regs.vcpu_regs.cs_sel = 0xF000;
-	regs.vcpu_regs.cs_limit = 0xFFFF;
-	CHECK(ioctl(fd, ACRN_IOCTL_SET_VCPU_REGS, &regs));
+	CHECK(set_real_mode_bsp(fd));
 	CHECK(ioctl(fd, ACRN_IOCTL_CREATE_IOREQ_CLIENT, 0));
 	CHECK(ioctl(fd, ACRN_IOCTL_START_VM, 0));
 

@@ -16,6 +16,8 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include "vm_setup.h"
+
 /* The ioreq page: a static, page-aligned buffer in .bss, as acrn-dm's io_request_page. */
 static struct acrn_io_request_buffer io_page __attribute__((aligned(4096)));
 
@@ -58,23 +60,9 @@ int main(int argc, char **argv)
 		return 1;
 	memset(ram, 0, 1 << 20);
 	memcpy(ram, guest, sizeof(guest));
-	struct acrn_vm_memmap mm = {0};
-	mm.type = ACRN_MEMMAP_RAM;
-	mm.vma_base = (__u64)(unsigned long)ram;
-	mm.len = 1 << 20;
-	mm.user_vm_pa = 0;
-	mm.attr = ACRN_MEM_ACCESS_RWX;
-	CHECK(ioctl(fd, ACRN_IOCTL_SET_MEMSEG, &mm));
+	CHECK(map_guest_ram(fd, ram, 1 << 20));
 
-	struct acrn_vcpu_regs regs = {0};
-	regs.vcpu_id = 0;
-	regs.vcpu_regs.cr0 = 0x30;
-	regs.vcpu_regs.cs_ar = 0x9F;
-	regs.vcpu_regs.cs_sel = 0xF000;
-	regs.vcpu_regs.cs_limit = 0xFFFF;
-	regs.vcpu_regs.cs_base = 0;
-	regs.vcpu_regs.rip = 0;
-	CHECK(ioctl(fd, ACRN_IOCTL_SET_VCPU_REGS, &regs));
+	CHECK(set_real_mode_bsp(fd));
 	CHECK(ioctl(fd, ACRN_IOCTL_CREATE_IOREQ_CLIENT, 0));
 	CHECK(ioctl(fd, ACRN_IOCTL_START_VM, 0));
 

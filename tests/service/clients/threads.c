@@ -33,6 +33,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "vm_setup.h"
+
 static struct acrn_io_request_buffer io_page __attribute__((aligned(4096)));
 static int fd;
 static struct acrn_vm_creation vm;
@@ -94,18 +96,8 @@ static void setup(const char *name, const unsigned char *g, const unsigned char 
 	if (ram == MAP_FAILED)
 		FAIL("mmap");
 	memcpy(ram, g, (size_t)(g_end - g));
-	struct acrn_vm_memmap mm = {0};
-	mm.type = ACRN_MEMMAP_RAM;
-	mm.vma_base = (__u64)(unsigned long)ram;
-	mm.len = len;
-	mm.attr = ACRN_MEM_ACCESS_RWX;
-	CHECK(ioctl(fd, ACRN_IOCTL_SET_MEMSEG, &mm));
-	struct acrn_vcpu_regs regs = {0};
-	regs.vcpu_regs.cr0 = 0x30;
-	regs.vcpu_regs.cs_ar = 0x9F;
-	regs.vcpu_regs.cs_sel = 0xF000;
-	regs.vcpu_regs.cs_limit = 0xFFFF;
-	CHECK(ioctl(fd, ACRN_IOCTL_SET_VCPU_REGS, &regs));
+	CHECK(map_guest_ram(fd, ram, len));
+	CHECK(set_real_mode_bsp(fd));
 	CHECK(ioctl(fd, ACRN_IOCTL_CREATE_IOREQ_CLIENT, 0));
 	if (start)
 		CHECK(ioctl(fd, ACRN_IOCTL_START_VM, 0));
