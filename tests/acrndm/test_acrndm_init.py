@@ -126,7 +126,9 @@ def run_acrn_dm(
 ) -> Run:
     """``acrn -v exec --hybrid`` acrn-dm until it exits, ``until(stdout)`` holds or BOUND passes
     (then Ctrl-C, as in test_acrndm_boot.py); the trace and the console are kept in ``tmp_path``.
-    ``feed(stdout)`` returns what to type on acrn-dm's stdio console now (b"" for nothing)."""
+    ``feed(stdout)`` returns what to type on acrn-dm's stdio console now (b"" for nothing); acrn-dm
+    reads its stdio console only from a terminal (``hw/uart_core.c: uart_config_backend`` adds
+    stdin to its event loop only if ``isatty``), so the keys go through a pseudo-terminal."""
     cmd = [
         sys.executable, "-m", "acrn", "-v", "exec", "--hybrid", "--reserve-hugepages", "--",
         str(acrn_dm), "-m", "256M", "-s", "0:0,hostbridge", "-s", "1:0,lpc", *dm_args,
@@ -137,9 +139,10 @@ def run_acrn_dm(
     interrupted = False
     # The console goes to console.log as it comes, to follow a run of many minutes (tail -f).
     with open(err_path, "wb") as err, open(tmp_path / "console.log", "wb") as console:
+        master, slave = os.openpty() if feed else (-1, -1)
         p = subprocess.Popen(
             cmd,
-            stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
+            stdin=slave if feed else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=err,
             start_new_session=True,
@@ -159,10 +162,9 @@ def run_acrn_dm(
                     console.write(chunk)
                     console.flush()
                 typed = feed(out) if feed else b""
-                if typed and p.stdin is not None:
-                    with contextlib.suppress(BrokenPipeError):
-                        p.stdin.write(typed)
-                        p.stdin.flush()
+                if typed:
+                    with contextlib.suppress(OSError):
+                        os.write(master, typed)
             if not until(out) and time.monotonic() < deadline:
                 # stdout closed: acrn-dm is on its way out (the guest powered off).
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -176,6 +178,9 @@ def run_acrn_dm(
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+            for fd in (master, slave):
+                if fd >= 0:
+                    os.close(fd)
     run = Run(out, err_path.read_text(errors="replace"), p.returncode, time.monotonic() - t0, interrupted)
     print(f"acrn-dm run: {run.seconds:.1f} s, rc {run.returncode}, interrupted {interrupted}")
     return run
@@ -273,10 +278,10 @@ def test_acrn_dm_console_runs_a_shell_command_and_the_guest_powers_off(
     def feed(out: bytes) -> bytes:
         if b"GUEST-INIT-OK" in out and "command" not in typed:
             typed.append("command")
-            return b"echo SHELL-$((6*7))\n"
+            return b"echo SHELL-$((6*7))\r"  # Enter on a raw terminal
         if b"SHELL-42" in out and "poweroff" not in typed:
             typed.append("poweroff")
-            return b"busybox poweroff -f\n"
+            return b"busybox poweroff -f\r"
         return b""
 
     run = run_acrn_dm(
