@@ -45,7 +45,7 @@ def test_cli_import_does_not_load_heavy_modules() -> None:
 
 
 #: A reference a reader cannot follow from the repository: the project's old specification
-#: ("spec 4.3", "acrn-hsm.md 5.2", "§12"), or a path outside the repository.
+#: (a section number of the design notes, their file names, a section sign), or a path outside the repository.
 _OUT_OF_TREE_REF = re.compile(
     r"\bspec(?:ification)?\s+(?:acrn-hsm\.md\s+|kvm-and-boot\.md\s+)?§?\d+(?:\.\d+)*"
     r"|acrn-hsm\.md|kvm-and-boot\.md|\.\./shared|§\s?\d",

@@ -38,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         st: dict[str, Any] = query_status(path)
     except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise CliError(
-            f"no pyacrn hypervisor service answers at {path} ({e}); start one with `acrn hv`"
+            f"no pyacrn hypervisor service answers at {path} ({why}); start one with `acrn hv`"
         ) from None
     if args.json:
         print(json.dumps(st, indent=2))

@@ -504,7 +504,7 @@ class HvService:
         self._listener = sock
         self._accept_thread = threading.Thread(target=self._accept_loop, name="acrn-hv-accept", daemon=True)
         self._accept_thread.start()
-        log.info("listening on %s (%d pCPUs, accelerator %s)", path, self.machine.platform.pcpu_num,
+        log.debug("listening on %s (%d pCPUs, accelerator %s)", path, self.machine.platform.pcpu_num,
                  self.machine.runtime.accel_name)  # fmt: skip
 
     def stop(self) -> None:

@@ -20,7 +20,6 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "vm_setup.h"
 
 static struct acrn_io_request_buffer io_page __attribute__((aligned(4096)));
 static int fd;
@@ -50,6 +49,8 @@ __asm__(".pushsection .rodata\n"
 			exit(1);                                                                          \
 		}                                                                                         \
 	} while (0)
+
+#include "vm_setup.h"
 
 static void *stdin_watch(void *unused)
 {

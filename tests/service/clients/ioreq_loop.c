@@ -85,14 +85,6 @@ __asm__(".pushsection .rodata\n"
 	"guest_end:\n"
 	".popsection\n");
 
-#define CHECK(call)                                                                                       \
-	do {                                                                                              \
-		if ((call) < 0) {                                                                         \
-			fprintf(stderr, "%s: %s\n", #call, strerror(errno));                              \
-			return 1;                                                                         \
-		}                                                                                         \
-	} while (0)
-
 int main(int argc, char **argv)
 {
 	const char *name = argc > 1 ? argv[1] : "ioreq-loop";

@@ -32,14 +32,6 @@ static const unsigned char guest[] = {
 	0xEB, 0xFD,             /* jmp hlt */
 };
 
-#define CHECK(call)                                                                                       \
-	do {                                                                                              \
-		if ((call) < 0) {                                                                         \
-			fprintf(stderr, "%s: %s\n", #call, strerror(errno));                              \
-			return 1;                                                                         \
-		}                                                                                         \
-	} while (0)
-
 int main(int argc, char **argv)
 {
 	const char *name = argc > 1 ? argv[1] : "sample";

@@ -33,7 +33,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "vm_setup.h"
 
 static struct acrn_io_request_buffer io_page __attribute__((aligned(4096)));
 static int fd;
@@ -82,6 +81,8 @@ __asm__(".pushsection .rodata\n"
 		if ((call) < 0)                                                                           \
 			FAIL("%s", #call);                                                                \
 	} while (0)
+
+#include "vm_setup.h"
 
 static void setup(const char *name, const unsigned char *g, const unsigned char *g_end, int start)
 {

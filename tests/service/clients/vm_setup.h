@@ -5,9 +5,24 @@
 #ifndef VM_SETUP_H
 #define VM_SETUP_H
 
+#include <errno.h>
 #include <linux/acrn.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <string.h>
 #include <sys/ioctl.h>
+
+/* In main(): a failing call prints itself and errno, and the client exits 1 (a client with a
+ * CHECK of its own defines it before including this file). */
+#ifndef CHECK
+#define CHECK(call)                                                                                       \
+	do {                                                                                              \
+		if ((call) < 0) {                                                                         \
+			fprintf(stderr, "%s: %s\n", #call, strerror(errno));                              \
+			return 1;                                                                         \
+		}                                                                                         \
+	} while (0)
+#endif
 
 /* `len` bytes at `ram` become guest RAM at GPA 0, read/write/execute (ACRN_MEMMAP_RAM). */
 static inline int map_guest_ram(int fd, void *ram, size_t len)
