@@ -267,6 +267,37 @@ def test_acrn_dm_system_reset_reboots_the_guest_in_place(
     print(f"system reset: second 'Linux version' after {run.seconds:.0f} s; between the boots: {between}")
 
 
+def test_acrn_dm_full_reset_reboots_the_guest_in_a_new_vm(
+    acrn_dm: Path, lapic_ids_agree: None, linux_guest: Path, huge_pages: None, tmp_path: Path
+) -> None:
+    """``reboot -f`` with the kernel's default reboot: ACPI's reset register, which acrn-dm's FADT
+    gives as 0x0E on port 0xCF9 (``hw/platform/acpi/acpi.c: basl_fwrite_fadt``). Bit 3 is acrn-dm's
+    full reset: its VM loop ends, ``main`` pauses and destroys the VM and goes round its loop again
+    with a new CREATE_VM (``core/main.c: main``), in the same process."""
+    args = ["-k", str(linux_guest / "vmlinuz"), "-r", str(linux_guest / "initramfs.cpio")]
+    bootargs = f"{BOOTARGS}{tsc_args()} rgexit=reboot"
+    run = run_acrn_dm(acrn_dm, args, bootargs, tmp_path, lambda out: out.count(BANNER) >= 2)
+    assert "GUEST-INIT-OK" in run.console, run.last()
+    assert run.out.count(BANNER) >= 2, f"no second boot: {run.last()}"
+    assert run.returncode == 0, run.last() + "\n--- trace ---\n" + run.trace[-3000:]
+    names = ioctl_names(run.trace)
+    assert names.count("ACRN_IOCTL_CREATE_VM") == 2, names
+    first = names.index("ACRN_IOCTL_START_VM")
+    second = names.index("ACRN_IOCTL_START_VM", first + 1)
+    between = names[first + 1 : second + 1]
+    core = [
+        n
+        for n in between
+        if n in ("ACRN_IOCTL_PAUSE_VM", "ACRN_IOCTL_DESTROY_VM", "ACRN_IOCTL_CREATE_VM",
+                 "ACRN_IOCTL_SET_VCPU_REGS", "ACRN_IOCTL_START_VM")
+    ]  # fmt: skip
+    assert core == [
+        "ACRN_IOCTL_PAUSE_VM", "ACRN_IOCTL_DESTROY_VM", "ACRN_IOCTL_CREATE_VM",
+        "ACRN_IOCTL_SET_VCPU_REGS", "ACRN_IOCTL_START_VM",
+    ], between  # fmt: skip
+    print(f"full reset: second 'Linux version' after {run.seconds:.0f} s; between the boots: {between}")
+
+
 def test_acrn_dm_console_runs_a_shell_command_and_the_guest_powers_off(
     acrn_dm: Path, lapic_ids_agree: None, linux_guest: Path, huge_pages: None, tmp_path: Path
 ) -> None:

@@ -354,6 +354,11 @@ OUT_SPIN = bytes.fromhex("e610ebfc")
 TWO_OUTS = bytes.fromhex("e610e611f4")
 
 
+def _exit(is_mmio: bool, address: int, size: int, is_write: bool, value: int) -> PioExit | MmioExit:
+    """The exit an I/O handler's arguments describe (for comparing with the accesses expected)."""
+    return MmioExit(address, size, is_write, value) if is_mmio else PioExit(address, size, is_write, value)
+
+
 class Recorder:
     """An I/O handler that records each access and answers reads from a table (else 0)."""
 
@@ -362,7 +367,8 @@ class Recorder:
         self.threads: set[int] = set()
         self.reads = reads or {}
 
-    def __call__(self, ex: PioExit | MmioExit) -> int | None:
+    def __call__(self, is_mmio: bool, address: int, size: int, is_write: bool, value: int) -> int | None:
+        ex = _exit(is_mmio, address, size, is_write, value)
         self.seen.append(ex)
         self.threads.add(threading.get_ident())
         where = ex.port if isinstance(ex, PioExit) else ex.address
@@ -413,7 +419,8 @@ def test_io_handler_returning_none_abandons_the_block_and_run_returns_kick(soft:
     vcpu = _vcpu(soft)
     seen: list[int] = []
 
-    def parked(ex: PioExit | MmioExit) -> int | None:
+    def parked(is_mmio: bool, address: int, size: int, is_write: bool, value: int) -> int | None:
+        ex = _exit(is_mmio, address, size, is_write, value)
         assert isinstance(ex, PioExit)
         seen.append(ex.port)
         return None
@@ -434,8 +441,8 @@ def test_kick_inside_io_handler_completes_the_access_then_returns_kick(soft: Sof
     vcpu = _vcpu(soft)
     calls: list[PioExit | MmioExit] = []
 
-    def kicking(ex: PioExit | MmioExit) -> int | None:
-        calls.append(ex)
+    def kicking(is_mmio: bool, address: int, size: int, is_write: bool, value: int) -> int | None:
+        calls.append(_exit(is_mmio, address, size, is_write, value))
         vcpu.kick()
         return 0
 
@@ -451,7 +458,7 @@ def test_kick_while_io_handler_blocks_returns_at_once_and_run_returns_kick(soft:
     vcpu = _vcpu(soft)
     entered, release = threading.Event(), threading.Event()
 
-    def blocking(ex: PioExit | MmioExit) -> int | None:
+    def blocking(is_mmio: bool, address: int, size: int, is_write: bool, value: int) -> int | None:
         entered.set()
         assert release.wait(JOIN_TIMEOUT)
         return 0
@@ -489,7 +496,7 @@ def test_io_handler_exception_propagates_from_run_and_the_vcpu_stays_usable(soft
     soft.ram.write(g.CODE_GPA, TWO_OUTS)
     vcpu = _vcpu(soft)
 
-    def broken(ex: PioExit | MmioExit) -> int | None:
+    def broken(is_mmio: bool, address: int, size: int, is_write: bool, value: int) -> int | None:
         raise RuntimeError("device model bug")
 
     vcpu.set_io_handler(broken)

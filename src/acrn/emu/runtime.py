@@ -43,17 +43,14 @@ from acrn.emu.accel.base import (
     EntryFailureExit,
     HaltExit,
     KickExit,
-    MmioExit,
-    PioExit,
     ShutdownExit,
     StartupExit,
     UnknownExit,
     VmExit,
-    io_loop_vcpu,
+    io_runner,
     multiprocessor_vcpu,
-    sync_io_vcpu,
 )
-from acrn.emu.hv.state import BSP_VCPU_ID
+from acrn.emu.hv.state import BSP_VCPU_ID, EINVAL
 from acrn.emu.irq import IrqRouter
 from acrn.rules import first_entry_state
 
@@ -170,20 +167,14 @@ class _VcpuRunner:
         self.start_state: CpuState | None = None
         self.start_blob: bytes | None = None
         self.completed = _Completion()
-        #: This vCPU's slot of the ioreq page, looked up at the first request after each START.
-        self.slot: uapi.acrn_io_request | None = None
-        #: The hypervisor side of this vCPU's slot, bound at the same time.
+        #: The hypervisor side of this vCPU's slot, bound at the first request after each START.
         self.ioreq: VcpuIoreq | None = None
         self.counts = ExitCounts()
         self.thread = threading.Thread(
             target=self._main, name=f"acrn-vm{vmrt.vmid}-vcpu{vcpu_id}", daemon=True
         )
-        sync_io = sync_io_vcpu(avcpu)
-        if sync_io is not None:
-            # The soft CPU meets I/O inside an instruction: handling it there, on this thread,
-            # saves a thread handoff per exit; both ioreq paths run unchanged inside the handler.
-            sync_io.set_io_handler(self._io_exit)
-        self._io_loop = io_loop_vcpu(avcpu)
+        #: Runs the guest with every I/O access going to :meth:`_on_io`, whatever the engine.
+        self._run_io = io_runner(avcpu, self._on_io)
 
     @property
     def in_guest(self) -> bool:
@@ -245,9 +236,7 @@ class _VcpuRunner:
     def _run_guest(self) -> None:
         """Run the guest and handle its exits until PAUSE, DESTROY, a stop or RESET's reload."""
         guest = self.guest
-        io_loop = self._io_loop
-        on_io = self._on_io
-        run = self.avcpu.run
+        run = self._run_io
         while True:
             guest.acquire()
             try:
@@ -255,86 +244,38 @@ class _VcpuRunner:
                     return
                 generation = self.generation
                 self.exit_generation = generation
-                ex = run() if io_loop is None else io_loop.run_io(on_io)
+                ex = run()
             finally:
                 guest.release()
-            if ex is None:  # an I/O exit handled in place ended the loop: look at the flags again
+            if ex is None:  # an I/O access was abandoned (parked meanwhile): look at the flags again
                 continue
-            stale = generation != self.generation or not self.run_allowed
-            if stale and not isinstance(ex, PioExit | MmioExit):
-                continue
+            if generation != self.generation or not self.run_allowed:
+                continue  # an exit of a run that PAUSE, RESET or a new START abandoned
             self._handle(ex)
 
     def _on_io(self, is_mmio: bool, address: int, size: int, is_write: bool, value: int) -> int | None:
-        """An I/O exit handled inside :meth:`IoLoopVcpu.run_io`: what :meth:`_handle` does for it.
+        """The one entry of a guest I/O access, whichever engine met it (``io_runner``).
 
-        Called in the guest (``guest`` held); handles the request out of it, then takes ``guest``
-        again.  Returns the read value (0 for a write) to run on, or None when the thread must
-        look at its flags first (paused, stopped, restarted or reset meanwhile): a read's value is
-        then delivered here, as :meth:`_handle` does, and nothing else runs.
+        Called in the guest (``guest`` held), on the vCPU thread; handles the request through
+        the ioreq path out of it (PAUSE waits for the guest to be left while holding ``hv.lock``,
+        which that path takes), then takes ``guest`` again.  Returns the read value (anything for a
+        write), or None when the vCPU was parked meanwhile and the access is abandoned.  A park
+        kicks the vCPU, so an engine given a value runs no further guest code before the thread
+        looks at its flags.
         """
         self.guest.release()
         try:
             if is_mmio:
                 self.counts.mmio += 1
-                v = self.vmrt.io_request(self, uapi.ACRN_IOREQ_TYPE_MMIO, address, size, is_write, value)
-            else:
-                self.counts.pio += 1
-                v = self.vmrt.io_request(self, uapi.ACRN_IOREQ_TYPE_PORTIO, address, size, is_write, value)
-        finally:
-            self.guest.acquire()
-        if (
-            v is None
-            or not self.run_allowed
-            or self.quit
-            or self.stopped
-            or self.reload
-            or self.generation != self.exit_generation
-        ):
-            if v is not None and not is_write:
-                self.avcpu.complete_read(v)
-            return None
-        return 0 if is_write else v
-
-    def _io_exit(self, ex: PioExit | MmioExit) -> int | None:
-        """One I/O access through the ioreq path: the read value (0 for writes), None if parked.
-
-        Runs inside the engine's run(); the vCPU counts as out of the guest meanwhile, since the
-        ioreq path takes hv.lock, which PAUSE holds while it waits for the guest to be left.
-        """
-        self.guest.release()
-        try:
-            return self._io_access(ex)
-        finally:
-            self.guest.acquire()
-
-    def _io_access(self, ex: PioExit | MmioExit) -> int | None:
-        if isinstance(ex, PioExit):
+                return self.vmrt.io_request(self, uapi.ACRN_IOREQ_TYPE_MMIO, address, size, is_write, value)
             self.counts.pio += 1
-            return self.vmrt.io_request(
-                self, uapi.ACRN_IOREQ_TYPE_PORTIO, ex.port, ex.size, ex.is_write, ex.value
-            )
-        self.counts.mmio += 1
-        return self.vmrt.io_request(
-            self, uapi.ACRN_IOREQ_TYPE_MMIO, ex.address, ex.size, ex.is_write, ex.value
-        )
+            return self.vmrt.io_request(self, uapi.ACRN_IOREQ_TYPE_PORTIO, address, size, is_write, value)
+        finally:
+            self.guest.acquire()
 
     def _handle(self, ex: VmExit) -> None:
-        if isinstance(ex, PioExit):
-            self.counts.pio += 1
-            value = self.vmrt.io_request(
-                self, uapi.ACRN_IOREQ_TYPE_PORTIO, ex.port, ex.size, ex.is_write, ex.value
-            )
-            if not ex.is_write and value is not None:
-                self.avcpu.complete_read(value)
-        elif isinstance(ex, MmioExit):
-            self.counts.mmio += 1
-            value = self.vmrt.io_request(
-                self, uapi.ACRN_IOREQ_TYPE_MMIO, ex.address, ex.size, ex.is_write, ex.value
-            )
-            if not ex.is_write and value is not None:
-                self.avcpu.complete_read(value)
-        elif isinstance(ex, KickExit):
+        """Every exit that is not I/O (those go to :meth:`_on_io`)."""
+        if isinstance(ex, KickExit):
             self.counts.kick += 1
         elif isinstance(ex, StartupExit):
             self.vmrt.ap_started(self.vcpu_id)
@@ -466,8 +407,7 @@ class VmRuntime:
             with runner.cond:
                 runner.start_state = first_entry_state(vcpu.regs)  # CR4 as init_vmcs applies it
                 runner.start_blob = vcpu.set_regs
-                runner.slot = None  # the buffer may have been set again while the VM was CREATED
-                runner.ioreq = None
+                runner.ioreq = None  # the buffer may have been set again while the VM was CREATED
             runner.allow()
 
     def ap_started(self, vcpu_id: int) -> None:
@@ -525,26 +465,19 @@ class VmRuntime:
         self, runner: _VcpuRunner, req_type: int, address: int, size: int, is_write: bool, value: int
     ) -> int | None:
         """Post one request in the vCPU's slot and wait for its completion; the read value or None."""
-        hv = self.hv
         vid = runner.vcpu_id
         completed = runner.completed
         completed.clear()
         ioreq = runner.ioreq
         if ioreq is None:
-            # Bound at the first request after each START (None without an ioreq page: the
-            # general calls below then give the hypervisor's answer).
-            ioreq = runner.ioreq = hv.vcpu_ioreq(self.vmid, vid)
-        with hv.lock:
+            # Bound at the first request after each START; without an ioreq page there is none,
+            # and the request fails as acrn_insert_request does.
+            ioreq = runner.ioreq = self.hv.vcpu_ioreq(self.vmid, vid)
+        with self.hv.lock:
             if not runner.run_allowed:
                 return None  # paused meanwhile: the instruction is not completed (it re-runs after reset)
-            if ioreq is not None:
-                rc = ioreq.insert(req_type, is_write, address, size, value)
-            else:
-                rc = hv.insert_request(
-                    self.vmid, vid, req_type, direction=int(is_write), address=address, size=size,
-                    value=value if is_write else 0,
-                )  # fmt: skip
-        if rc < 0:
+            rc = ioreq.insert(req_type, is_write, address, size, value) if ioreq is not None else EINVAL
+        if rc < 0 or ioreq is None:
             runner._stop("error", f"ioreq slot {vid} not free (acrn_insert_request returned {rc})", None)
             return None
         # The upcall has run the HSM dispatcher on this thread: the request is completed in the
@@ -553,29 +486,24 @@ class VmRuntime:
         # its handler ends with NOTIFY_REQUEST_FINISH like any client, so every slot state and
         # every in-kernel rule is the same as on the faithful path (``drivers/virt/acrn/ioreq.c:
         # acrn_ioreq_dispatch``).
+        slot = ioreq.slot
         fast = self.runtime.fast_handlers.get(self.vmid)
-        if fast is not None:
-            slot = runner.slot
-            if slot is None:
-                slot = runner.slot = hv.ioreq_slot(self.vmid, vid)
-            if (
-                slot is not None
-                and slot.processed == uapi.ACRN_IOREQ_STATE_PROCESSING
-                and slot.kernel_handled == 0
-            ):
-                fast(vid, slot)
-        if ioreq.polling if ioreq is not None else self.hv_vm.is_polling_ioreq:
+        if (
+            fast is not None
+            and slot.processed == uapi.ACRN_IOREQ_STATE_PROCESSING
+            and slot.kernel_handled == 0
+        ):
+            fast(vid, slot)
+        if ioreq.polling:
             # IO_COMPLETION_POLLING: no notify hypercall; the hypervisor polls the slot
             # (``ioreq_complete_request``).
-            while runner.run_allowed and hv.request_state(self.vmid, vid) != uapi.ACRN_IOREQ_STATE_COMPLETE:
+            while runner.run_allowed and slot.processed != uapi.ACRN_IOREQ_STATE_COMPLETE:
                 completed.wait(POLL_INTERVAL)
         else:
             completed.wait()
         if not runner.run_allowed:
             return None
-        if ioreq is not None:
-            return ioreq.complete()
-        return hv.complete_request(self.vmid, vid)
+        return ioreq.complete()
 
 
 def _install_kick_handler() -> None:

@@ -11,6 +11,7 @@ Threading contract: one thread calls :meth:`AccelVcpu.run` for a given vCPU; any
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -185,9 +186,10 @@ class MultiprocessorVcpu(Protocol):
         meanwhile."""
 
 
-#: A synchronous I/O handler (see :class:`SyncIoVcpu`): the read value (anything for a write), or
-#: None when the vCPU was parked meanwhile and the access must be abandoned.
-IoHandler = Callable[[PioExit | MmioExit], int | None]
+#: The I/O handler every way of running hands accesses to: ``(is_mmio, address, size, is_write,
+#: value) -> read value`` (anything for a write), or None when the vCPU was parked meanwhile and
+#: the access is abandoned (:class:`IoLoopVcpu`, :class:`SyncIoVcpu`, :func:`run_with_io`).
+IoExitHandler = Callable[[bool, int, int, bool, int], int | None]
 
 
 class SyncIoVcpu(Protocol):
@@ -195,44 +197,71 @@ class SyncIoVcpu(Protocol):
 
     An engine that meets guest I/O in the middle of an instruction (the soft CPU's hooks) would
     otherwise need a thread handoff per exit.  With a handler set, ``run`` never returns
-    :class:`PioExit`/:class:`MmioExit`: it calls ``handler(exit)`` on the thread that called
-    ``run``, and a read completes with the value returned.  The handler may block (the faithful
-    ioreq path waits for the device model there); ``kick`` meanwhile makes ``run`` return
-    :class:`KickExit` right after the access.  A handler returning None abandons the access: ``run``
-    returns :class:`KickExit` without completing the instruction faithfully, so the caller reloads
-    the state (``set_state``) before running again, as ACRN runs a paused vCPU only after RESET.
-    KVM exits to userspace at every access anyway and does not offer this.
+    :class:`PioExit`/:class:`MmioExit`: it calls the handler on the thread that called ``run``,
+    and a read completes with the value returned.  The handler may block (the faithful ioreq path
+    waits for the device model there); ``kick`` meanwhile makes ``run`` return
+    :class:`KickExit` right after the access.  A handler returning None abandons the access:
+    ``run`` returns :class:`KickExit` without completing the instruction faithfully, so the
+    caller reloads the state (``set_state``) before running again, as ACRN runs a paused vCPU
+    only after RESET.  KVM exits to userspace at every access anyway and does not offer this.
     """
 
     sync_io: bool
 
-    def set_io_handler(self, handler: IoHandler | None) -> None:
+    def set_io_handler(self, handler: IoExitHandler | None) -> None:
         """Handle I/O with ``handler`` from now on (None: return exits from ``run`` again).
 
         Only between runs: not while another thread is inside ``run``.
         """
 
 
-#: An in-place I/O exit handler (see :class:`IoLoopVcpu`): ``(is_mmio, address, size, is_write,
-#: value) -> read value`` (anything for a write), or None to hand the access back to the caller.
-IoExitHandler = Callable[[bool, int, int, bool, int], int | None]
-
-
 class IoLoopVcpu(Protocol):
     """Optional AccelVcpu capability (``io_loop`` is True): a run loop that handles I/O in place.
 
-    ``run_io(handler)`` behaves like repeated ``run()`` calls whose one-element PIO/MMIO exits are
-    passed to ``handler`` and completed with its value, without building exit objects or taking
-    per-exit locks: the engine's own hot loop.  It returns the first exit of any other kind (as
-    ``run`` would return it), or None when ``handler`` returned None, leaving that access to the
-    caller exactly as if ``run`` had returned it.  KVM offers it; the soft CPU has
-    :class:`SyncIoVcpu` instead.
+    ``run_io(handler)`` behaves like repeated ``run()`` calls whose PIO/MMIO exits are passed to
+    ``handler`` and completed with its value, without building exit objects or taking per-exit
+    locks: the engine's own hot loop.  It returns the first exit of any other kind (as ``run``
+    would return it), or None when ``handler`` returned None, leaving that access to the caller
+    exactly as if ``run`` had returned it.  KVM offers it; the soft CPU has :class:`SyncIoVcpu`
+    instead; :func:`run_with_io` gives every vCPU the same shape.
     """
 
     io_loop: bool
 
     def run_io(self, handler: IoExitHandler) -> VmExit | None:
-        """Run, handling one-element I/O exits with ``handler``, until another exit or a None."""
+        """Run, handling I/O exits with ``handler``, until another exit or a None."""
+
+
+def run_with_io(vcpu: AccelVcpu, handler: IoExitHandler) -> VmExit | None:
+    """:meth:`IoLoopVcpu.run_io` for a vCPU that only has ``run`` (the fallback's and hybrid's
+    wrappers): the same contract, built on returned exits and :meth:`AccelVcpu.complete_read`."""
+    ex = vcpu.run()
+    while isinstance(ex, PioExit | MmioExit):
+        if isinstance(ex, PioExit):
+            value = handler(False, ex.port, ex.size, ex.is_write, ex.value)
+        else:
+            value = handler(True, ex.address, ex.size, ex.is_write, ex.value)
+        if value is None:
+            return None
+        if not ex.is_write:
+            vcpu.complete_read(value)
+        ex = vcpu.run()
+    return ex
+
+
+def io_runner(vcpu: AccelVcpu, handler: IoExitHandler) -> Callable[[], VmExit | None]:
+    """How to run ``vcpu`` with every I/O access going to ``handler``: a call that runs it until
+    an exit other than I/O (returned) or an abandoned access (None).  The engine's own loop
+    (:class:`IoLoopVcpu`), its in-instruction hook (:class:`SyncIoVcpu`, installed here, once), or
+    :func:`run_with_io` over ``run``."""
+    loop = io_loop_vcpu(vcpu)
+    if loop is not None:
+        return functools.partial(loop.run_io, handler)
+    sync = sync_io_vcpu(vcpu)
+    if sync is not None:
+        sync.set_io_handler(handler)
+        return vcpu.run
+    return functools.partial(run_with_io, vcpu, handler)
 
 
 def io_loop_vcpu(vcpu: AccelVcpu) -> IoLoopVcpu | None:

@@ -144,6 +144,13 @@ IOAPIC_GSI_BASE: Final = 32
 PIC_GSI_BASE: Final = 64
 _RFLAGS_IF: Final = 1 << 9
 _EINTR: Final = -1
+
+
+class _Continue:
+    """The string I/O of an exit is done: enter KVM_RUN again (see ``KvmVcpu._string_io``)."""
+
+
+_CONTINUE: Final = _Continue()
 _ZERO8: Final = bytes(8)
 
 _SEGMENTS: Final = (("cs", "cs"), ("ss", "ss"), ("ds", "ds"), ("es", "es"), ("fs", "fs"), ("gs", "gs"),
@@ -908,79 +915,51 @@ class KvmVcpu:
     # -- running ------------------------------------------------------------------------------
     def run(self) -> VmExit:
         """Run the vCPU until the next exit (``KVM_RUN``) and translate the exit."""
-        if self._closed:
-            raise ValueError(f"KVM vCPU {self.vcpu_id} is closed")
-        if self._str_left:
-            return self._next_string_element()
-        if self._entry_failure is not None:
-            return EntryFailureExit(ENTRY_FAILURE_INVALID_STATE, self._entry_failure)
-        if self._wait_sipi:
-            return self._wait_for_sipi()
-        while True:
-            ex = self._run_once()
-            if ex is not None:
-                return ex
-
-    def _run_once(self) -> VmExit | None:
-        """One KVM_RUN; None when a halt probe interrupted a vCPU that is not halted with IF=0."""
-        self._read_offset = -1
-        self._read_waiting = False
-        lock = self._lock
-        with lock:
-            if self._closed:
-                raise ValueError(f"KVM vCPU {self.vcpu_id} is closed")
-            self._thread = threading.get_ident()
-            self._entries += 1
-        try:
-            fcntl.ioctl(self._fd, abi.KVM_RUN, 0)
-            reason = _U32.unpack_from(self._run, abi.RUN_EXIT_REASON)[0]
-            self._completion_pending = False
-        except InterruptedError:
-            # Whether KVM finished a pending I/O before noticing the kick depends on the kernel
-            # version; keep the flag so get_state/set_state complete it (a no-op if done).
-            reason = _EINTR
-        except OSError as e:
-            raise OSError(e.errno, f"KVM_RUN: {os.strerror(e.errno or 0)}") from None
-        finally:
-            with lock:
-                self._thread = None
-                if self._closed:
-                    self._cond.notify_all()
-        return self._translate(reason)
+        ex = self.run_io(None)
+        assert ex is not None  # without a handler every exit is returned
+        return ex
 
     #: :class:`acrn.emu.accel.base.IoLoopVcpu`: :meth:`run_io` is offered.
     io_loop = True
 
-    def run_io(self, handler: IoExitHandler) -> VmExit | None:
-        """Run like :meth:`run`, but hand each one-element PIO/MMIO exit to ``handler`` in place.
+    def run_io(self, handler: IoExitHandler | None) -> VmExit | None:
+        """Run, handing each PIO/MMIO access to ``handler`` in place; :meth:`run` is ``run_io(None)``.
 
         ``handler(is_mmio, address, size, is_write, value)`` returns the value of a read (anything
         for a write) and KVM_RUN is entered again at once, with no exit object built and no lock
         taken per exit: the loop registers this thread for :meth:`kick` once, for its whole
-        duration.  It returns the first other exit (string I/O elements included, as :meth:`run`
-        reports them), or None as soon as ``handler`` returns None: the access is then the
+        duration.  String I/O goes to the handler one element at a time.  It returns the first
+        exit of another kind, or None as soon as ``handler`` returns None: the access is then the
         caller's, exactly as after :meth:`run` returned it (:meth:`complete_read`, or abandoned).
-        A kick or close while the handler runs makes the next KVM_RUN return at once (sticky).
+        Without a handler the first exit of any kind is returned.  A kick or close while the
+        handler runs makes the next KVM_RUN return at once (sticky).
         """
         if self._closed:
             raise ValueError(f"KVM vCPU {self.vcpu_id} is closed")
-        if self._str_left or self._entry_failure is not None or self._wait_sipi:
-            return self.run()
+        if self._str_left:
+            ex = self._string_io(handler)
+            if not isinstance(ex, _Continue):
+                return ex
+        if self._entry_failure is not None:
+            return EntryFailureExit(ENTRY_FAILURE_INVALID_STATE, self._entry_failure)
+        if self._wait_sipi:
+            return self._wait_for_sipi()
         lock = self._lock
         with lock:
             if self._closed:
                 raise ValueError(f"KVM vCPU {self.vcpu_id} is closed")
             self._thread = threading.get_ident()
         try:
-            return self._io_loop(handler)
+            return self._loop(handler)
         finally:
             with lock:
                 self._thread = None
                 if self._closed:
                     self._cond.notify_all()
 
-    def _io_loop(self, handler: IoExitHandler) -> VmExit | None:
-        """The loop of :meth:`run_io` (the caller registered this thread for kicks)."""
+    def _loop(self, handler: IoExitHandler | None) -> VmExit | None:
+        """The KVM_RUN loop of :meth:`run_io` (the caller registered this thread for kicks); the
+        one place where an I/O exit is decoded."""
         fd = self._fd
         run = self._run
         ioctl = fcntl.ioctl
@@ -999,85 +978,90 @@ class KvmVcpu:
                 reason = unpack_reason(run, abi.RUN_EXIT_REASON)[0]
                 self._completion_pending = False
             except InterruptedError:
+                # Whether KVM finished a pending I/O before noticing the kick depends on the kernel
+                # version; keep the flag so get_state/set_state complete it (a no-op if done).
                 reason = _EINTR
             except OSError as e:
                 raise OSError(e.errno, f"KVM_RUN: {os.strerror(e.errno or 0)}") from None
             if reason == abi.KVM_EXIT_IO:
                 direction, size, port, count, offset = unpack_io(run, abi.RUN_IO_DIRECTION)
-                if count == 1:
-                    self._completion_pending = True
-                    if direction == abi.KVM_EXIT_IO_OUT:
-                        if (
-                            handler(
-                                False, port, size, True, from_bytes(run[offset : offset + size], "little")
-                            )
-                            is None
-                        ):
-                            return None
-                        continue
-                    run[offset : offset + size] = _ZERO8[:size]  # an unanswered read reads 0
-                    self._read_offset = offset
-                    self._read_size = size
-                    self._read_waiting = True
-                    value = handler(False, port, size, False, 0)
-                    if value is None:
-                        return None
-                    run[offset : offset + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
-                    self._read_waiting = False
+                self._completion_pending = True
+                if count != 1:
+                    self._str_port = port
+                    self._str_size = size
+                    self._str_write = direction == abi.KVM_EXIT_IO_OUT
+                    self._str_offset = offset
+                    self._str_left = count
+                    if not self._str_write:
+                        run[offset : offset + count * size] = bytes(count * size)
+                    ex = self._string_io(handler)
+                    if not isinstance(ex, _Continue):
+                        return ex
                     continue
-            elif reason == abi.KVM_EXIT_MMIO:
+                if direction == abi.KVM_EXIT_IO_OUT:
+                    value = from_bytes(run[offset : offset + size], "little")
+                    if handler is None:
+                        return PioExit(port, size, True, value)
+                    if handler(False, port, size, True, value) is None:
+                        return None
+                    continue
+                run[offset : offset + size] = _ZERO8[:size]  # an unanswered read reads 0
+                self._read_offset = offset
+                self._read_size = size
+                self._read_waiting = True
+                if handler is None:
+                    return PioExit(port, size, False)
+                read = handler(False, port, size, False, 0)
+                if read is None:
+                    return None
+                run[offset : offset + size] = (read & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+                self._read_waiting = False
+                continue
+            if reason == abi.KVM_EXIT_MMIO:
                 addr, data, length, is_write = _MMIO.unpack_from(run, abi.RUN_MMIO_PHYS_ADDR)
                 self._completion_pending = True
                 if is_write:
-                    if handler(True, addr, length, True, from_bytes(data[:length], "little")) is None:
+                    value = from_bytes(data[:length], "little")
+                    if handler is None:
+                        return MmioExit(addr, length, True, value)
+                    if handler(True, addr, length, True, value) is None:
                         return None
                     continue
                 run[abi.RUN_MMIO_DATA : abi.RUN_MMIO_DATA + 8] = _ZERO8
                 self._read_offset = abi.RUN_MMIO_DATA
                 self._read_size = length
                 self._read_waiting = True
-                value = handler(True, addr, length, False, 0)
-                if value is None:
+                if handler is None:
+                    return MmioExit(addr, length, False)
+                read = handler(True, addr, length, False, 0)
+                if read is None:
                     return None
-                self.complete_read(value)
+                self.complete_read(read)
                 continue
-            ex = self._translate(reason)
+            ex = self._other_exit(reason)
             if ex is not None:
                 return ex
 
-    def _translate(self, reason: int) -> VmExit | None:
-        """The exit of a KVM_RUN that ended with ``reason`` (``_EINTR`` for EINTR); None: re-enter."""
+    def _string_io(self, handler: IoExitHandler | None) -> VmExit | _Continue | None:
+        """The elements left of a ``rep ins/outs`` exit: each to ``handler``, or the next one
+        returned without a handler; ``_CONTINUE`` once all are done (KVM_RUN then finishes the
+        instruction)."""
+        while self._str_left:
+            ex = self._next_string_element()
+            if handler is None:
+                return ex
+            value = handler(False, ex.port, ex.size, ex.is_write, ex.value)
+            if value is None:
+                return None
+            if not ex.is_write:
+                self.complete_read(value)
+        return _CONTINUE
+
+    def _other_exit(self, reason: int) -> VmExit | None:
+        """The exit of a KVM_RUN that ended with ``reason`` other than I/O (``_EINTR`` for EINTR);
+        None: re-enter."""
         run = self._run
         lock = self._lock
-        if reason == abi.KVM_EXIT_IO:
-            direction, size, port, count, offset = _IO.unpack_from(run, abi.RUN_IO_DIRECTION)
-            self._completion_pending = True
-            if count == 1:
-                if direction == abi.KVM_EXIT_IO_OUT:
-                    return PioExit(port, size, True, int.from_bytes(run[offset : offset + size], "little"))
-                run[offset : offset + size] = _ZERO8[:size]  # an unanswered read reads 0
-                self._read_offset = offset
-                self._read_size = size
-                self._read_waiting = True
-                return PioExit(port, size, False)
-            self._str_port = port
-            self._str_size = size
-            self._str_write = direction == abi.KVM_EXIT_IO_OUT
-            self._str_offset = offset
-            self._str_left = count
-            if not self._str_write:
-                run[offset : offset + count * size] = bytes(count * size)
-            return self._next_string_element()
-        if reason == abi.KVM_EXIT_MMIO:
-            addr, data, length, is_write = _MMIO.unpack_from(run, abi.RUN_MMIO_PHYS_ADDR)
-            self._completion_pending = True
-            if is_write:
-                return MmioExit(addr, length, True, int.from_bytes(data[:length], "little"))
-            run[abi.RUN_MMIO_DATA : abi.RUN_MMIO_DATA + 8] = _ZERO8
-            self._read_offset = abi.RUN_MMIO_DATA
-            self._read_size = length
-            self._read_waiting = True
-            return MmioExit(addr, length, False)
         if reason == _EINTR or reason == abi.KVM_EXIT_INTR:
             # Consume the kick; one that lands between KVM_RUN returning and here is merged into
             # this KickExit (kick() promises that the current or next run returns KickExit).

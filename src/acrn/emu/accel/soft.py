@@ -78,7 +78,7 @@ from acrn.emu.accel.base import (
     EmulationFailureExit,
     EntryFailureExit,
     HaltExit,
-    IoHandler,
+    IoExitHandler,
     KickExit,
     MmioExit,
     PioExit,
@@ -248,7 +248,7 @@ class SoftVcpu:
         self._abandon = False
         self._fault: VmExit | None = None
         self._closed = False
-        self._io_handler: IoHandler | None = None
+        self._io_handler: IoExitHandler | None = None
         self._inline = False  # run() executes the engine on the caller's thread right now
         self._sync_memory()
 
@@ -478,7 +478,7 @@ class SoftVcpu:
                 self._in_guest = False
                 self._cv.notify_all()
 
-    def set_io_handler(self, handler: IoHandler | None) -> None:
+    def set_io_handler(self, handler: IoExitHandler | None) -> None:
         """Handle I/O with ``handler`` inside ``run`` (base.SyncIoVcpu); None: exits from ``run``.
 
         Call it between runs only.  An I/O exit still waiting for its ``run()`` is abandoned.
@@ -635,11 +635,16 @@ class SoftVcpu:
             self._cv.notify_all()
         return True
 
-    def _io(self, exit_: PioExit | MmioExit) -> int | None:
+    def _io(self, is_mmio: bool, address: int, size: int, is_write: bool, value: int) -> int | None:
         """Deliver one access (handler or handoff): the read value (anything for a write), or None
         when it was abandoned."""
         handler = self._io_handler
         if not self._inline or handler is None:
+            exit_ = (
+                MmioExit(address, size, is_write, value)
+                if is_mmio
+                else PioExit(address, size, is_write, value)
+            )
             return self._read_value if self._exchange(exit_) else None
         if self._abandon:
             return None  # the rest of an abandoned block: no more I/O
@@ -649,26 +654,26 @@ class SoftVcpu:
         with self._cv:
             self._in_guest = False
             self._cv.notify_all()
-        value: int | None = None
+        read: int | None = None
         try:
-            value = handler(exit_)
+            read = handler(is_mmio, address, size, is_write, value)
         finally:
             with self._cv:
                 self._in_guest = True
-                if self._kick_pending or value is None:
+                if self._kick_pending or read is None:
                     self._stop_issued = True
                     self._uc.emu_stop()
-        if value is None:
+        if read is None:
             self._abandon = True
-        return value
+        return read
 
     # unicorn callbacks (engine thread, or run()'s caller with an I/O handler)
 
     def _on_out(self, uc: Any, port: int, size: int, value: int, _: Any) -> None:
-        self._io(PioExit(port, size, True, value & ((1 << (8 * size)) - 1)))
+        self._io(False, port, size, True, value & ((1 << (8 * size)) - 1))
 
     def _on_in(self, uc: Any, port: int, size: int, _: Any) -> int:
-        value = self._io(PioExit(port, size, False))
+        value = self._io(False, port, size, False, 0)
         mask = (1 << (8 * size)) - 1
         return mask if value is None else value & mask
 
@@ -676,9 +681,9 @@ class SoftVcpu:
         mask = (1 << (8 * size)) - 1
         self._mmio_addr = address
         if access == self._unicorn.UC_MEM_WRITE:
-            self._io(MmioExit(address, size, True, value & mask))
+            self._io(True, address, size, True, value & mask)
         else:
-            read = self._io(MmioExit(address, size, False))
+            read = self._io(True, address, size, False, 0)
             self._mmio_value = mask if read is None else read & mask
 
     def _on_mmio_read(self, uc: Any, offset: int, size: int, base: int) -> int:
@@ -694,7 +699,7 @@ class SoftVcpu:
         # KVM turns writes to a read-only slot into MMIO exits and drops them.  Unicorn stores
         # a write once a hook has accepted it (and stops imprecisely if none does), so keep the
         # old bytes and put them back before the next read of the slot or the next exit.
-        self._io(MmioExit(address, size, True, value & ((1 << (8 * size)) - 1)))
+        self._io(True, address, size, True, value & ((1 << (8 * size)) - 1))
         host = self._vm.host_address(address, size)
         if host is not None:  # saved after the exchange: it restores pending undos itself
             self._ro_undo.append((host, ctypes.string_at(host, size)))

@@ -35,7 +35,7 @@ import errno
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from acrn import uapi
 from acrn.emu.hostmem import PAGE_SIZE, ServiceVmMemory
@@ -123,11 +123,7 @@ class HsmFile:
             ret = self._ioctl(cmd, uarg)
         finally:
             uarg.release()
-        if ret < 0:
-            # The syscall returns -1 with errno = -ret (a bare -1 from the hypervisor is EPERM).
-            err = -ret
-            raise OSError(err, f"{uapi.IOCTL_NAMES.get(cmd, hex(cmd))}: {_strerror(err)}")
-        return ret
+        return _result(cmd, ret)
 
     def _ioctl(self, cmd: int, uarg: UserArg) -> int:
         vm = self.vm
@@ -147,45 +143,26 @@ class HsmFile:
     def notify_request_finish(self, vcpu: int) -> int:
         """NOTIFY_REQUEST_FINISH for an in-process device model: the ioctl without its argument.
 
-        Same checks and effects as ``ioctl(ACRN_IOCTL_NOTIFY_REQUEST_FINISH, {vmid, 0, vcpu})``
-        (closed fd, ``acrn_dev_ioctl``'s preamble, no default client -> 0, ``vcpu`` truncated to u16 and
-        bounded by vcpu_num, then ``ioreq_complete_request``); only the copy and the decode of the
-        8-byte struct (whose ``reserved`` is 0 by construction) are skipped.  Errors raise OSError.
+        The same path as ``ioctl(ACRN_IOCTL_NOTIFY_REQUEST_FINISH, {vmid, 0, vcpu})`` after the
+        copy and decode of the 8-byte struct (whose ``reserved`` is 0 by construction): the closed
+        fd, ``acrn_dev_ioctl``'s preamble, then :func:`request_finish`.  Errors raise OSError.
         """
         if self.closed:
             raise OSError(errno.EBADF, "file is closed")
         vm = self.vm
-        if not vm.valid:
-            ret = -errno.EINVAL
-        else:
-            client = vm.default_client
-            ret = 0 if client is None else ioreq.client_complete(client, vcpu & 0xFFFF)
-        if ret < 0:
-            name = uapi.IOCTL_NAMES[uapi.ACRN_IOCTL_NOTIFY_REQUEST_FINISH]
-            raise OSError(-ret, f"{name}: {_strerror(-ret)}")
-        return ret
+        return _result(_NOTIFY, request_finish(vm, vcpu) if vm.valid else -errno.EINVAL)
 
     def attach_ioreq_client(self) -> int:
         """ATTACH_IOREQ_CLIENT for an in-process device model: the ioctl without the generic entry.
 
-        Same checks and effects as ``ioctl(ACRN_IOCTL_ATTACH_IOREQ_CLIENT)`` (closed fd,
-        ``acrn_dev_ioctl``'s preamble, no default client -> ENODEV, then ``acrn_ioreq_client_wait``); the
-        argument is ignored by the driver, so only the wrapping of it is skipped.  Errors raise OSError.
+        The same path as ``ioctl(ACRN_IOCTL_ATTACH_IOREQ_CLIENT)`` (its argument is ignored by the
+        driver): the closed fd, ``acrn_dev_ioctl``'s preamble, then :func:`attach`.  Errors raise
+        OSError.
         """
         if self.closed:
             raise OSError(errno.EBADF, "file is closed")
         vm = self.vm
-        client = vm.default_client
-        if not vm.valid:
-            ret = -errno.EINVAL
-        elif client is None:
-            ret = -errno.ENODEV
-        else:
-            ret = client.wait()
-        if ret < 0:
-            name = uapi.IOCTL_NAMES[uapi.ACRN_IOCTL_ATTACH_IOREQ_CLIENT]
-            raise OSError(-ret, f"{name}: {_strerror(-ret)}")
-        return ret
+        return _result(_ATTACH, attach(vm) if vm.valid else -errno.EINVAL)
 
     def interrupt_attach(self) -> None:
         """Emulate a signal to threads blocked in ATTACH_IOREQ_CLIENT: they return 0
@@ -225,6 +202,18 @@ class HsmFile:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+_NOTIFY: Final = uapi.ACRN_IOCTL_NOTIFY_REQUEST_FINISH
+_ATTACH: Final = uapi.ACRN_IOCTL_ATTACH_IOREQ_CLIENT
+
+
+def _result(cmd: int, ret: int) -> int:
+    """The syscall's result: ``ret``, or -1 with errno = -ret (a bare -1 from the hypervisor is
+    EPERM) raised as OSError naming the ioctl."""
+    if ret < 0:
+        raise OSError(-ret, f"{uapi.IOCTL_NAMES.get(cmd, hex(cmd))}: {_strerror(-ret)}")
+    return ret
 
 
 def _strerror(err: int) -> str:
@@ -442,12 +431,19 @@ def _notify_request_finish(f: HsmFile, uarg: UserArg) -> int:
     assert isinstance(notify, uapi.acrn_ioreq_notify)
     if notify.reserved:
         return -errno.EINVAL
-    vm = f.vm
+    return request_finish(f.vm, notify.vcpu)
+
+
+def request_finish(vm: HsmVm, vcpu: int) -> int:
+    """NOTIFY_REQUEST_FINISH once its argument passed: ``acrn_ioreq_request_default_complete``.
+
+    No default client is 0; ``vmid`` is ignored and ``vcpu`` truncated to u16 (the function takes
+    a u16), then ``ioreq_complete_request``.
+    """
     client = vm.default_client
     if client is None:
         return 0
-    # vmid is ignored; vcpu is truncated to u16 (acrn_ioreq_request_default_complete takes a u16).
-    return ioreq.client_complete(client, notify.vcpu & 0xFFFF)
+    return ioreq.client_complete(client, vcpu & 0xFFFF)
 
 
 def _create_ioreq_client(f: HsmFile, uarg: UserArg) -> int:
@@ -460,7 +456,12 @@ def _create_ioreq_client(f: HsmFile, uarg: UserArg) -> int:
 
 
 def _attach_ioreq_client(f: HsmFile, uarg: UserArg) -> int:
-    client = f.vm.default_client
+    return attach(f.vm)
+
+
+def attach(vm: HsmVm) -> int:
+    """ATTACH_IOREQ_CLIENT: -ENODEV without a default client, else ``acrn_ioreq_client_wait``."""
+    client = vm.default_client
     if client is None:
         return -errno.ENODEV
     return client.wait()

@@ -116,19 +116,22 @@ _Handler = Callable[[_Target, int, int], int]
 
 #: The HC_STATE_RULES entry of HC_NOTIFY_REQUEST_FINISH, applied inline by its shortcut (the shape that code
 #: relies on is asserted here; a test compares it with check_state for every state).
-_NOTIFY_RULE: Final = HC_STATE_RULES[uapi.HC_NOTIFY_REQUEST_FINISH & 0xFF]
+_NOTIFY_IDX: Final = uapi.HC_NOTIFY_REQUEST_FINISH & 0xFF
+_NOTIFY_RULE: Final = HC_STATE_RULES[_NOTIFY_IDX]
 assert _NOTIFY_RULE.severity is Severity.REQUIRED and _NOTIFY_RULE.needs_ioreq_buffer
 _NOTIFY_ALLOWED: Final = tuple(_NOTIFY_RULE.allowed)
 
 
 class VcpuIoreq:
-    """One vCPU's slot of a VM's ioreq page, bound once: the hypervisor side of its I/O exits.
+    """One vCPU's slot of a VM's ioreq page: the hypervisor side of that vCPU's I/O exits.
 
-    :meth:`insert` and :meth:`complete` are :meth:`Hypervisor.insert_request` and
-    :meth:`Hypervisor.complete_request` for this vCPU with the VM, vCPU and slot lookups done at
-    binding time.  Each call first checks, under ``hv.lock``, that the binding still holds (the
-    same live VM, the same ioreq page); when it does not, it runs the general method, so the
-    result is the same in every case.
+    The only implementation of ``acrn_insert_request`` and of ``dm_emulate_io_complete``'s
+    post-work (``hypervisor/dm/io_req.c``); :meth:`Hypervisor.insert_request` and
+    :meth:`Hypervisor.complete_request` bind one and call it.  The VM, vCPU and slot are looked up
+    once; every call checks under ``hv.lock`` that the same live VM still has the same page and
+    otherwise looks them up again by vmid (a VM destroyed and created again, a page set again), so
+    a binding is never stale.  Without a live VM, vCPU or page, insert is -EINVAL and complete None,
+    as ACRN's checks give.
     """
 
     __slots__ = ("abs_id", "buf", "hv", "polling", "raw", "rel_vmid", "slot", "vcpu", "vcpu_id", "vm")
@@ -137,54 +140,58 @@ class VcpuIoreq:
         self.hv = hv
         self.rel_vmid = rel_vmid
         self.vcpu_id = vcpu_id
+        self._bind(vm, vcpu, buf)
+
+    def _bind(self, vm: HvVm, vcpu: Vcpu, buf: int) -> None:
         self.abs_id = vm.abs_id
         self.vm = vm
         self.vcpu = vcpu
         self.buf = buf
-        self.slot, self.raw = hv._slot(buf, vcpu_id)
+        self.slot, self.raw = self.hv._slot(buf, self.vcpu_id)
         self.polling = vm.is_polling_ioreq  # guest flags and load order are fixed for a VM's life
 
     def bound(self) -> bool:
-        """Whether the binding holds (caller holds ``hv.lock``)."""
+        """Whether the binding holds, looking it up again if not (caller holds ``hv.lock``)."""
+        hv = self.hv
         vm = self.vm
-        return self.hv._vms.get(self.abs_id) is vm and vm.ioreq_buffer == self.buf
+        if hv._vms.get(self.abs_id) is vm and vm.ioreq_buffer == self.buf:
+            return True
+        live = hv._vms.get(hv._abs(self.rel_vmid))
+        vcpu = live.vcpu(self.vcpu_id) if live is not None else None
+        if live is None or vcpu is None or live.ioreq_buffer is None:
+            return False
+        self._bind(live, vcpu, live.ioreq_buffer)
+        return True
 
-    def insert(self, type: int, is_write: bool, address: int, size: int, value: int) -> int:
-        """``insert_request(rel_vmid, vcpu_id, type, direction=.., address=.., size=.., value=..)``."""
+    def insert(
+        self, type: int, direction: int, address: int, size: int, value: int, reqs: bytes | None = None
+    ) -> int:
+        """``acrn_insert_request``: put a request in the slot, then fire the upcall (outside the lock).
+
+        Needs the slot FREE (else -EINVAL).  Writes ``type`` and the 64-byte ``reqs`` union whole,
+        as ACRN copies it: either the given bytes or a PIO/MMIO request built from the fields
+        (``value`` as given: 0 for a read), zeros after it; then completion_polling = 1 in polling
+        mode (never 0), then processed = PENDING, the store that hands the request over.
+        """
         hv = self.hv
         with hv.lock:
             vm = self.vm
-            if hv._vms.get(self.abs_id) is not vm or vm.ioreq_buffer != self.buf:
-                return hv.insert_request(
-                    self.rel_vmid, self.vcpu_id, type, direction=int(is_write), address=address,
-                    size=size, value=value if is_write else 0,
-                )  # fmt: skip
+            if (hv._vms.get(self.abs_id) is not vm or vm.ioreq_buffer != self.buf) and not self.bound():
+                return EINVAL
             slot = self.slot
             if slot.processed != uapi.ACRN_IOREQ_STATE_FREE:
                 return EINVAL
             slot.type = type
-            direction = int(is_write)
-            size &= _U64
-            if type == uapi.ACRN_IOREQ_TYPE_MMIO:
-                _MMIO_REQS.pack_into(
-                    self.raw,
-                    _REQS_OFFSET,
-                    direction,
-                    0,
-                    address & _U64,
-                    size,
-                    value & _U64 if is_write else 0,
-                )
+            if reqs is not None:
+                data = bytes(reqs)[:64].ljust(64, b"\0")
+                self.raw[_REQS_OFFSET : _REQS_OFFSET + 64] = data
+                direction, size = _REQS_HEAD.unpack_from(data)
+            elif type == uapi.ACRN_IOREQ_TYPE_MMIO:
+                direction, size = direction & _U32, size & _U64
+                _MMIO_REQS.pack_into(self.raw, _REQS_OFFSET, direction, 0, address & _U64, size, value & _U64)
             else:
-                _PIO_REQS.pack_into(
-                    self.raw,
-                    _REQS_OFFSET,
-                    direction,
-                    0,
-                    address & _U64,
-                    size,
-                    value & _U32 if is_write else 0,
-                )
+                direction, size = direction & _U32, size & _U64
+                _PIO_REQS.pack_into(self.raw, _REQS_OFFSET, direction, 0, address & _U64, size, value & _U32)
             if self.polling:
                 slot.completion_polling = 1
             vcpu = self.vcpu
@@ -196,12 +203,19 @@ class VcpuIoreq:
         return 0
 
     def complete(self) -> int | None:
-        """``complete_request(rel_vmid, vcpu_id)``: the post-work of a COMPLETE slot."""
+        """``dm_emulate_io_complete``'s post-work, only for a COMPLETE slot, which it frees.
+
+        Returns None when the slot was not COMPLETE (nothing done), else the value a read returns
+        (PIO/PCICFG: ``pio_request.value`` masked to the access size; MMIO: ``mmio_request.value``),
+        0 for writes and for ZOMBIE vCPUs (whose slot is just freed).  The hypervisor uses the type
+        *it* inserted: a PORTIO the kernel rewrote to PCICFG keeps PIO post-work, which works
+        because their first 28 bytes match.
+        """
         hv = self.hv
         with hv.lock:
             vm = self.vm
-            if hv._vms.get(self.abs_id) is not vm or vm.ioreq_buffer != self.buf:
-                return hv.complete_request(self.rel_vmid, self.vcpu_id)
+            if (hv._vms.get(self.abs_id) is not vm or vm.ioreq_buffer != self.buf) and not self.bound():
+                return None
             slot = self.slot
             if slot.processed != uapi.ACRN_IOREQ_STATE_COMPLETE:
                 return None
@@ -262,7 +276,6 @@ class Hypervisor:
             0x24: self._hc_vm_intr_monitor,
             0x25: self._hc_set_irqline,
             0x30: self._hc_set_ioreq_buffer,
-            0x31: self._hc_notify_request_finish,
             0x41: self._hc_gpa2hpa,
             0x42: self._hc_set_memory_regions,
             0x43: self._hc_write_protect_page,
@@ -286,8 +299,8 @@ class Hypervisor:
         under the lock and return the signed RAX value."""
         param1 &= (1 << 64) - 1
         param2 &= (1 << 64) - 1
-        if hcid == uapi.HC_NOTIFY_REQUEST_FINISH:
-            return self._notify_request_finish_call(param1, param2)
+        if hcid & 0xFF == _NOTIFY_IDX:
+            return self._notify_request_finish(param1, param2)
         with self.lock:
             # Only the low byte indexes the table; the 0x80 << 24 prefix is never checked.
             idx = hcid & 0xFF
@@ -305,10 +318,11 @@ class Hypervisor:
             log.debug("hypercall %#x(%#x, %#x) -> %d", hcid, param1, param2, ret)
             return ret
 
-    def _notify_request_finish_call(self, param1: int, param2: int) -> int:
-        """HC_NOTIFY_REQUEST_FINISH, once per I/O exit: the steps of :meth:`hypercall` for it
-        (target ``(u16)param1``, -ENOTTY for a pre-launched one, the HC_STATE_RULES check, the
-        handler) without building the generic target."""
+    def _notify_request_finish(self, param1: int, param2: int) -> int:
+        """HC_NOTIFY_REQUEST_FINISH (``hcall_notify_ioreq_finish``), once per I/O exit, whatever
+        the bits above the dispatch byte: the steps of :meth:`hypercall` (target ``(u16)param1``,
+        as ``parse_target_vm`` gives for this id; -ENOTTY for a pre-launched one; the HC_STATE_RULES
+        check) without building the generic target, then the handler."""
         with self.lock:
             abs_id = (self.service_vm_id + (param1 & _U16)) & _U16
             if abs_id >= self.platform.max_vm_num:
@@ -327,7 +341,12 @@ class Hypervisor:
             ):
                 return _NOTIFY_RULE.error
             # No debug log here, unlike the other hypercalls: this one runs on every I/O exit.
-            return self._notify_request_finish(vm, param2)
+            vcpu_id = param2 & _U16
+            if vcpu_id >= vm.vcpu_num:
+                return -1
+            if not vm.is_polling_ioreq:
+                self._notify("request_completed", vm, vcpu_id)  # signal_event(VCPU_EVENT_IOREQ)
+            return 0
 
     def vm(self, rel_vmid: int) -> HvVm | None:
         """The live VM with this relative id (the Service VM is 0 by default), or None."""
@@ -430,53 +449,13 @@ class Hypervisor:
         address: int = 0,
         size: int = 0,
         value: int = 0,
-        fast: bool = False,
     ) -> int:
-        """``acrn_insert_request`` (``hypervisor/dm/io_req.c``): put a request in the vCPU's slot and fire
-        the upcall.
-
-        Give either the 64-byte ``reqs`` union or the fields of a PIO/MMIO request.  Needs the
-        buffer set and the slot FREE (else -EINVAL).  Writes type and reqs, completion_polling = 1
-        in polling mode (never 0), then processed = PENDING, then calls the upcall (outside the lock).
-        ``fast=True`` skips the upcall: the caller handles the request itself on the vCPU thread and
-        completes it with :meth:`fast_complete_request` (the runtime's fast path, DESIGN.md).
-        """
-        with self.lock:
-            vm = self._vms.get((self.service_vm_id + rel_vmid) & _U16)
-            vcpu = vm.vcpu(vcpu_id) if vm is not None else None
-            if vm is None or vcpu is None or vm.ioreq_buffer is None:
-                return EINVAL
-            slot, raw = self._slot(vm.ioreq_buffer, vcpu_id)
-            if slot.processed != uapi.ACRN_IOREQ_STATE_FREE:
-                return EINVAL
-            slot.type = type
-            # The union is written whole (the request, then zeros), as ACRN copies all 64 bytes.
-            if reqs is not None:
-                data = bytes(reqs)[:64].ljust(64, b"\0")
-                raw[_REQS_OFFSET : _REQS_OFFSET + 64] = data
-                direction, size = _REQS_HEAD.unpack_from(data)
-            elif type == uapi.ACRN_IOREQ_TYPE_MMIO:
-                direction, size = direction & _U32, size & _U64
-                _MMIO_REQS.pack_into(raw, _REQS_OFFSET, direction, 0, address & _U64, size, value & _U64)
-            else:
-                direction, size = direction & _U32, size & _U64
-                _PIO_REQS.pack_into(raw, _REQS_OFFSET, direction, 0, address & _U64, size, value & _U32)
-            if vm.is_polling_ioreq:
-                slot.completion_polling = 1
-            vcpu.io_type, vcpu.io_direction, vcpu.io_size = type, direction, size
-            # The state store comes last: once PENDING, the HSM may pick the request up.
-            slot.processed = uapi.ACRN_IOREQ_STATE_PENDING
-            upcall = None if fast else self._upcall
-        if upcall is not None:
-            upcall()
-        return 0
-
-    def fast_complete_request(self, rel_vmid: int, vcpu_id: int) -> None:
-        """Fast path: mark a request handled in-process COMPLETE, as ``ioreq_complete_request`` would."""
-        with self.lock:
-            slot = self.ioreq_slot(rel_vmid, vcpu_id)
-            if slot is not None:
-                slot.processed = uapi.ACRN_IOREQ_STATE_COMPLETE
+        """``acrn_insert_request`` for a vCPU (:meth:`VcpuIoreq.insert`): the 64-byte ``reqs``
+        union, or the fields of a PIO/MMIO request; -EINVAL without the VM, vCPU or page."""
+        ioreq = self.vcpu_ioreq(rel_vmid, vcpu_id)
+        if ioreq is None:
+            return EINVAL
+        return ioreq.insert(type, direction, address, size, value, reqs)
 
     def request_state(self, rel_vmid: int, vcpu_id: int) -> int | None:
         """The ``processed`` state of a vCPU's slot, or None without a buffer."""
@@ -487,31 +466,9 @@ class Hypervisor:
             return int(self._ioreq_slot(vm, vcpu_id).processed)
 
     def complete_request(self, rel_vmid: int, vcpu_id: int) -> int | None:
-        """``dm_emulate_io_complete`` post-work: only if the slot is COMPLETE; frees it.
-
-        Returns None when the slot was not COMPLETE (nothing done), else the value a read returns
-        (PIO/PCICFG: ``pio_request.value`` masked to the access size; MMIO: ``mmio_request.value``),
-        0 for writes and for ZOMBIE vCPUs (whose slot is just freed).
-        """
-        with self.lock:
-            vm = self._vms.get((self.service_vm_id + rel_vmid) & _U16)
-            vcpu = vm.vcpu(vcpu_id) if vm is not None else None
-            if vm is None or vcpu is None or vm.ioreq_buffer is None:
-                return None
-            slot = self._slot(vm.ioreq_buffer, vcpu_id)[0]
-            if slot.processed != uapi.ACRN_IOREQ_STATE_COMPLETE:
-                return None
-            value = 0
-            # The hypervisor uses the type *it* inserted: a PORTIO the kernel rewrote to PCICFG keeps
-            # PIO post-work, which works because the first 28 bytes match (dm_emulate_io_complete).
-            if vcpu.state != VcpuState.ZOMBIE and vcpu.io_direction == uapi.ACRN_IOREQ_DIR_READ:
-                if vcpu.io_type == uapi.ACRN_IOREQ_TYPE_MMIO:
-                    value = int(slot.reqs.mmio_request.value)
-                elif vcpu.io_type in (uapi.ACRN_IOREQ_TYPE_PORTIO, uapi.ACRN_IOREQ_TYPE_PCICFG):
-                    size = vcpu.io_size if 1 <= vcpu.io_size <= 4 else 4
-                    value = int(slot.reqs.pio_request.value) & ((1 << (8 * size)) - 1)
-            slot.processed = uapi.ACRN_IOREQ_STATE_FREE
-            return value
+        """``dm_emulate_io_complete``'s post-work for a vCPU (:meth:`VcpuIoreq.complete`)."""
+        ioreq = self.vcpu_ioreq(rel_vmid, vcpu_id)
+        return None if ioreq is None else ioreq.complete()
 
     # ------------------------------------------------------------------ helpers
     def _abs(self, rel_vmid: int) -> int:
@@ -839,18 +796,6 @@ class Hypervisor:
         vm.ioreq_buffer = iobuf
         for i in range(uapi.ACRN_IO_REQUEST_MAX):
             self._ioreq_slot(vm, i).processed = uapi.ACRN_IOREQ_STATE_FREE
-        return 0
-
-    def _hc_notify_request_finish(self, t: _Target, p1: int, p2: int) -> int:
-        assert t.vm is not None
-        return self._notify_request_finish(t.vm, p2)
-
-    def _notify_request_finish(self, vm: HvVm, p2: int) -> int:
-        vcpu_id = p2 & _U16
-        if vcpu_id >= vm.vcpu_num:
-            return -1
-        if not vm.is_polling_ioreq:
-            self._notify("request_completed", vm, vcpu_id)  # signal_event(VCPU_EVENT_IOREQ)
         return 0
 
     # ------------------------------------------------------------------ handlers: memory

@@ -1,12 +1,14 @@
-"""The specialised I/O exit paths give what the general ones give (no timings here).
+"""One I/O path per layer, and what each layer's shortcut must keep (no timings here).
 
-* ``KvmVcpu.run_io`` (the KVM hot loop) against repeated ``run``: the same accesses in the same
-  order, the same values loaded into registers, the same final state, string I/O and MMIO
-  included, and an access handed back (handler None) completing as after ``run``;
-* ``VcpuIoreq`` (a vCPU's slot bound once in the hypervisor) against ``insert_request`` and
-  ``complete_request``: the same slot bytes, vCPU post-work fields, return codes, and the general
-  path once the binding no longer holds;
-* the NOTIFY hypercall's inline state rule against ``check_state`` for every state;
+* KVM's one loop: ``run_io(handler)`` against ``run()`` (the loop with no handler): the same
+  accesses in the same order, the same values loaded into registers, the same final state,
+  string I/O and MMIO included, and an access handed back (handler None) completing as after
+  ``run``; a kick made while the handler runs;
+* every engine gets the same handler shape (``io_runner``, ``run_with_io``);
+* ``VcpuIoreq`` is the one insert/complete: it fails as ACRN does without a page and follows its
+  vmid to a VM created again;
+* the NOTIFY hypercall's inline state rule against ``check_state`` for every state, and one path
+  whatever the bits above the dispatch byte;
 * ATTACH's bare-lock wake-up: every waiter is woken, as by the kernel's wake_up;
 * on a guest, fast and faithful paths count the same exits, leave the slot FREE, put IN results
   in RAX, and the fast path still works with ``acrn.trace`` on (the traced NOTIFY ioctl); the
@@ -15,7 +17,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import threading
@@ -27,18 +28,29 @@ from acrn import uapi
 from acrn.device import EmulatedDevice
 from acrn.dm.vmm import VmSession
 from acrn.emu.accel import kvm
-from acrn.emu.accel.base import IoLoopVcpu, KickExit, MmioExit, PioExit, VmExit, io_loop_vcpu
+from acrn.emu.accel.base import (
+    HaltExit,
+    IoLoopVcpu,
+    KickExit,
+    MmioExit,
+    PioExit,
+    VmExit,
+    io_loop_vcpu,
+    io_runner,
+    run_with_io,
+)
 from acrn.emu.hv.hypervisor import _NOTIFY_ALLOWED, _NOTIFY_RULE
-from acrn.emu.hv.state import EINVAL, VmState, check_state
+from acrn.emu.hv.state import EINVAL, ENOTTY, VmState, check_state
 from acrn.emu.machine import Machine
 from acrn.guests import GUESTS
 
 from . import accel_guests as g
-from .hsm_support import Env, env_fixture
+from .hsm_support import Env, UserMem, env_fixture
 
 env = pytest.fixture(env_fixture)
 FREE, PENDING = uapi.ACRN_IOREQ_STATE_FREE, uapi.ACRN_IOREQ_STATE_PENDING
 COMPLETE = uapi.ACRN_IOREQ_STATE_COMPLETE
+_HALT = HaltExit(False)
 
 
 # ---- run_io against run ------------------------------------------------------------------------
@@ -167,67 +179,64 @@ def test_io_loop_capability_is_read_from_the_class_not_forwarded_attributes() ->
     assert io_loop_vcpu(Wrapper(Loop())) is None  # type: ignore[arg-type]
 
 
-# ---- VcpuIoreq against insert_request / complete_request --------------------------------------
-def _slot_bytes(env: Env) -> bytes:
-    return ctypes.string_at(env.page.addr, 256)
+# ---- run_with_io / io_runner: one handler shape for every engine -----------------------------
+class _RunOnly:
+    """A vCPU with only ``run`` and ``complete_read`` (the shape of the fallback's wrapper)."""
+
+    def __init__(self, exits: list[VmExit]) -> None:
+        self.exits = exits
+        self.reads: list[int] = []
+
+    def run(self) -> VmExit:
+        return self.exits.pop(0)
+
+    def complete_read(self, value: int) -> None:
+        self.reads.append(value)
 
 
-def _vcpu_fields(env: Env) -> tuple[int, int, int]:
-    vm = env.hv.vm(env.dev.vmid)
-    assert vm is not None
-    v = vm.vcpus[0]
-    return (v.io_type, v.io_direction, v.io_size)
+def test_run_with_io_hands_every_access_to_the_handler_and_completes_reads() -> None:
+    vcpu = _RunOnly([PioExit(0x80, 1, True, 7), MmioExit(0xD000, 4, False), PioExit(0x71, 1, False), _HALT])
+    seen: list[tuple[bool, int, int, bool, int]] = []
+
+    def handler(is_mmio: bool, address: int, size: int, is_write: bool, value: int) -> int:
+        seen.append((is_mmio, address, size, is_write, value))
+        return address & 0xFF
+
+    assert run_with_io(vcpu, handler) == _HALT  # type: ignore[arg-type]
+    assert seen == [(False, 0x80, 1, True, 7), (True, 0xD000, 4, False, 0), (False, 0x71, 1, False, 0)]
+    assert vcpu.reads == [0x00, 0x71]  # the writes' values are not loaded anywhere
 
 
-REQUESTS = [
-    (uapi.ACRN_IOREQ_TYPE_PORTIO, True, 0x80, 1, 0x1234_5678_9A),
-    (uapi.ACRN_IOREQ_TYPE_PORTIO, False, 0x3F8, 2, 0xFFFF),
-    (uapi.ACRN_IOREQ_TYPE_MMIO, True, 0xFEE0_0000, 8, (1 << 64) + 5),
-    (uapi.ACRN_IOREQ_TYPE_MMIO, False, 0xD000_0000, 4, 7),
-    (uapi.ACRN_IOREQ_TYPE_PORTIO, True, (1 << 64) + 0xCF8, (1 << 64) + 4, 1),
-]
+def test_run_with_io_stops_at_an_abandoned_access_and_leaves_it_uncompleted() -> None:
+    vcpu = _RunOnly([PioExit(0x71, 1, False), _HALT])
+    assert run_with_io(vcpu, lambda *a: None) is None  # type: ignore[arg-type]
+    assert vcpu.reads == [] and vcpu.exits == [_HALT]
 
 
-@pytest.mark.parametrize("req", REQUESTS)
-def test_bound_insert_and_complete_equal_the_general_ones(
-    env: Env, req: tuple[int, bool, int, int, int]
-) -> None:
-    type_, is_write, address, size, value = req
-    env.create()
-    vmid = env.dev.vmid
-    env.hv.set_upcall(None)  # look at PENDING itself, no dispatcher
-    outcomes = []
-    for bound in (False, True):
-        ctypes.memset(env.page.addr, 0xAB, 256)
-        env.hv.ioreq_slot(vmid, 0).processed = FREE  # type: ignore[union-attr]
-        if bound:
-            ioreq = env.hv.vcpu_ioreq(vmid, 0)
-            assert ioreq is not None
-            rc = ioreq.insert(type_, is_write, address, size, value)
-            again = ioreq.insert(type_, is_write, address, size, value)  # slot not FREE
-        else:
-            kw = {
-                "direction": int(is_write),
-                "address": address,
-                "size": size,
-                "value": value if is_write else 0,
-            }
-            rc = env.hv.insert_request(vmid, 0, type_, **kw)
-            again = env.hv.insert_request(vmid, 0, type_, **kw)
-        inserted = (_slot_bytes(env), _vcpu_fields(env))
-        not_complete = ioreq.complete() if bound else env.hv.complete_request(vmid, 0)
-        slot = env.hv.ioreq_slot(vmid, 0)
-        assert slot is not None
-        slot.reqs.pio_request.value = 0xDEADBEEF if type_ == uapi.ACRN_IOREQ_TYPE_PORTIO else 0
-        slot.reqs.mmio_request.value |= 0xCAFE if type_ == uapi.ACRN_IOREQ_TYPE_MMIO else 0
-        slot.processed = COMPLETE
-        value_back = ioreq.complete() if bound else env.hv.complete_request(vmid, 0)
-        outcomes.append((rc, again, inserted, not_complete, value_back, _slot_bytes(env)))
-    assert outcomes[0][0] == 0 and outcomes[0][1] == EINVAL
-    assert outcomes[1] == outcomes[0]
+def test_io_runner_installs_the_handler_in_a_sync_io_engine_once() -> None:
+    class Sync:
+        sync_io = True
+
+        def __init__(self) -> None:
+            self.handlers: list[object] = []
+
+        def set_io_handler(self, handler: object) -> None:
+            self.handlers.append(handler)
+
+        def run(self) -> VmExit:
+            return _HALT
+
+    def handler(is_mmio: bool, address: int, size: int, is_write: bool, value: int) -> int:
+        return 0
+
+    vcpu = Sync()
+    run = io_runner(vcpu, handler)  # type: ignore[arg-type]
+    assert run() == _HALT and run() == _HALT
+    assert vcpu.handlers == [handler]
 
 
-def test_bound_calls_take_the_general_path_once_the_binding_no_longer_holds(env: Env) -> None:
+# ---- VcpuIoreq: the one insert/complete, bound once -------------------------------------------
+def test_a_binding_fails_as_acrn_does_once_the_page_is_dropped(env: Env) -> None:
     env.create()
     vmid = env.dev.vmid
     env.hv.set_upcall(None)
@@ -246,6 +255,42 @@ def test_bound_calls_take_the_general_path_once_the_binding_no_longer_holds(env:
         )
     assert env.hv.vcpu_ioreq(vmid, 0) is None
     assert env.hv.vcpu_ioreq(vmid, 99) is None
+
+
+def test_a_binding_follows_its_vmid_to_a_vm_created_again_with_another_page(env: Env) -> None:
+    env.create()
+    vmid = env.dev.vmid
+    env.hv.set_upcall(None)
+    ioreq = env.hv.vcpu_ioreq(vmid, 0)
+    assert ioreq is not None
+    old_page = ioreq.buf
+    env.dev.ioctl(uapi.ACRN_IOCTL_PAUSE_VM, 0)
+    env.dev.ioctl(uapi.ACRN_IOCTL_DESTROY_VM, 0)
+    other = UserMem(4096)  # a fresh ioreq page
+    try:
+        env.create(ioreq_buf=other.addr)
+        assert env.dev.vmid == vmid  # the same slot, a new VM
+        assert ioreq.insert(uapi.ACRN_IOREQ_TYPE_PORTIO, True, 0x80, 1, 0x5A) == 0
+        assert ioreq.buf == other.addr != old_page
+        slot = env.hv.ioreq_slot(vmid, 0)
+        assert slot is not None and slot.processed == PENDING
+        assert slot.reqs.pio_request.address == 0x80 and slot.reqs.pio_request.value == 0x5A
+    finally:
+        env.dev.ioctl(uapi.ACRN_IOCTL_PAUSE_VM, 0)
+        env.dev.ioctl(uapi.ACRN_IOCTL_DESTROY_VM, 0)
+        other.close()
+
+
+@pytest.mark.parametrize("hcid", [uapi.HC_NOTIFY_REQUEST_FINISH, 0x31, 0x12345631])
+def test_notify_takes_one_path_whatever_the_bits_above_the_dispatch_byte(env: Env, hcid: int) -> None:
+    """``dispatch_hypercall`` indexes by the low byte and ``parse_target_vm`` gives NOTIFY's id
+    no special target, so every such id reaches the same handler with ``(u16)param1``."""
+    env.create()
+    vmid = env.dev.vmid
+    assert env.hv.hypercall(hcid, vmid, 0) == 0  # CREATED, buffer set: allowed
+    assert env.hv.hypercall(hcid, vmid, 99) == -1  # vcpu_id >= vcpu_num
+    assert env.hv.hypercall(hcid, vmid + 5, 0) == -1  # no VM in that slot: the state rule's error
+    assert env.hv.hypercall(hcid, 0xFFFF, 0) == ENOTTY  # beyond the slots
 
 
 def test_notify_shortcut_rule_equals_check_state_for_every_state() -> None:
