@@ -29,7 +29,7 @@ from acrn.emu.machine import Machine
 from acrn.guests import GUESTS, compute_output, compute_sum
 
 INSNS_PER_ITERATION = 3
-#: The loop of guests/compute.S: from ``start`` (mov, xor, jecxz) to the instruction after jnz.
+#: The loop of guest-src/compute.S: from ``start`` (mov, xor, jecxz) to the instruction after jnz.
 LOOP_END_OFFSET = 0xB
 
 

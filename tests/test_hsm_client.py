@@ -11,8 +11,8 @@ from acrn.device import EmulatedDevice
 from acrn.emu.hv import VmState
 from acrn.emu.machine import Machine
 from acrn.hsm import Hsm, open_vm
-from acrn.memory import HostMemory, IoreqPage
 from acrn.regs import VcpuRegs
+from acrn.user_memory import HostMemory, IoreqPage
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ def test_references_are_followable_from_the_repository() -> None:
     found = []
     paths = [
         *(ROOT / "src").rglob("*.py"), *(ROOT / "src").rglob("*.[ch]"), *(ROOT / "docs").rglob("*.md"),
-        *(ROOT / "scripts").iterdir(), *(ROOT / "benchmarks").iterdir(), *(ROOT / "guests").iterdir(),
+        *(ROOT / "scripts").iterdir(), *(ROOT / "benchmarks").iterdir(), *(ROOT / "guest-src").iterdir(),
         ROOT / "README.md",
     ]  # fmt: skip
     for path in sorted(p for p in paths if p.is_file()):

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 from acrn import uapi
 from acrn.errors import HsmError
-from acrn.memory import HostMemory, IoreqPage
 from acrn.regs.model import VcpuRegs
+from acrn.user_memory import HostMemory, IoreqPage
 
 if TYPE_CHECKING:
     from acrn.arch import CpuState

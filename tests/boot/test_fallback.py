@@ -26,9 +26,9 @@ from acrn.emu.fallback import (
     soft_exception_vector,
     software_interrupt_length,
 )
-from acrn.memory import HostMemory
 from acrn.regs.model import DescriptorPtr
 from acrn.rules import land_vcpu_regs
+from acrn.user_memory import HostMemory
 
 ENTRY = 0x8000
 IDT = 0x6000

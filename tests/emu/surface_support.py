@@ -22,8 +22,8 @@ from acrn.dm.vmm import VmSession
 from acrn.emu.machine import Machine
 from acrn.guests import GUESTS, REPORT_PORT
 from acrn.hsm import Hsm, Vm
-from acrn.memory import HostMemory
 from acrn.regs.model import VcpuRegs
+from acrn.user_memory import HostMemory
 
 ACCELS = [pytest.param("kvm", marks=pytest.mark.kvm), pytest.param("soft", marks=pytest.mark.soft)]
 

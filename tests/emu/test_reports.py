@@ -10,7 +10,7 @@ from acrn import HsmError
 from acrn.arch import CR0_PE, CR0_PG, CR4_LA57, CR4_PAE, EFER_LMA, CpuState, Segment
 from acrn.device import EmulatedDevice
 from acrn.dm.vmm import VmSession
-from acrn.emu.guestmem import code_at_rip, disassemble, linear_to_gpa, read_linear
+from acrn.emu.guest_inspect import code_at_rip, disassemble, linear_to_gpa, read_linear
 from acrn.emu.machine import Machine
 from acrn.guests import GUESTS
 from acrn.hsm import Hsm

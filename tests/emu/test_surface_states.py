@@ -18,7 +18,7 @@ from acrn import HsmError, uapi
 from acrn.emu.hv import VmState
 from acrn.emu.hv.hypervisor import MCS9900_DEV_ID
 from acrn.emu.machine import Machine
-from acrn.memory import HostMemory
+from acrn.user_memory import HostMemory
 
 from .surface_support import ACCELS, RawVm, wait_until
 

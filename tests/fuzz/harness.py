@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from acrn import uapi
 from acrn.arch import CpuState
 from acrn.emu.accel.base import KickExit, VmExit
-from acrn.emu.hostmem import is_mapped
 from acrn.emu.hsm import HsmFile
 from acrn.emu.hv import VcpuState, VmState
 from acrn.emu.machine import Machine
+from acrn.emu.service_vm_memory import is_mapped
 
 PAGE = mmap.PAGESIZE
 

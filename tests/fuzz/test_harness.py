@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from acrn import uapi
-from acrn.emu.hostmem import read_maps
 from acrn.emu.hsm import HsmFile
+from acrn.emu.service_vm_memory import read_maps
 
 from .harness import PAGE, check_invariants
 from .test_hsm_fuzz import HsmFuzz

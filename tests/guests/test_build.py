@@ -1,4 +1,4 @@
-"""The checked-in images and symbols are exactly what guests/build.py makes from the sources."""
+"""The checked-in images and symbols are exactly what guest-src/build.py makes from the sources."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BUILD_PY = ROOT / "guests" / "build.py"
+SOURCES = ROOT / "guest-src"
+BUILD_PY = SOURCES / "build.py"
 PACKAGE = ROOT / "src" / "acrn" / "guests"
 
 needs_binutils = pytest.mark.skipif(
@@ -30,7 +31,7 @@ def _build_module():  # type: ignore[no-untyped-def]
 
 
 def test_every_source_has_a_checked_in_image() -> None:
-    sources = {p.stem for p in (ROOT / "guests").glob("*.S")}
+    sources = {p.stem for p in SOURCES.glob("*.S")}
     images = {p.stem for p in PACKAGE.glob("*.bin")}
     assert sources == images
     assert set(json.loads((PACKAGE / "symbols.json").read_text())) == sources
@@ -46,7 +47,7 @@ def test_catalogue_lists_every_image() -> None:
 def test_rebuild_matches_checked_in_bytes(tmp_path: Path) -> None:
     images = _build_module().build_all(tmp_path)
     for name, image in images.items():
-        assert image == (PACKAGE / f"{name}.bin").read_bytes(), f"{name}.bin differs from guests/{name}.S"
+        assert image == (PACKAGE / f"{name}.bin").read_bytes(), f"{name}.bin differs from guest-src/{name}.S"
     assert json.loads((tmp_path / "symbols.json").read_text()) == json.loads(
         (PACKAGE / "symbols.json").read_text()
     )

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from acrn import arch
 from acrn.emu.accel.base import AccelVcpu, EntryFailureExit, HaltExit
-from acrn.memory import HostMemory
 from acrn.regs import VcpuRegs
 from acrn.regs.validate import validate
 from acrn.rules import land_vcpu_regs
+from acrn.user_memory import HostMemory
 
 pytestmark = pytest.mark.kvm
 

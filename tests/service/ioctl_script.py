@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from acrn import uapi
 from acrn.emu.machine import Machine
 from acrn.emu.platform import Platform
-from acrn.service.memory import _libc, map_anon, unmap
+from acrn.service.client_mappings import _libc, map_anon, unmap
 
 PAGE = mmap.PAGESIZE
 _PROT = {"rw": mmap.PROT_READ | mmap.PROT_WRITE, "ro": mmap.PROT_READ, "none": 0}

@@ -49,8 +49,8 @@ from acrn.dm.ioreq import IoreqLoop, batch_scheduling
 from acrn.dm.pci import PciBus
 from acrn.errors import HsmError
 from acrn.hsm import Hsm, Vm
-from acrn.memory import HostMemory
 from acrn.regs.model import VcpuRegs
+from acrn.user_memory import HostMemory
 
 if TYPE_CHECKING:
     from acrn.device import Device

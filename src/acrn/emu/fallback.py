@@ -62,7 +62,7 @@ from acrn.emu.accel.base import (
     ShutdownExit,
     VmExit,
 )
-from acrn.emu.guestmem import read_linear
+from acrn.emu.guest_inspect import read_linear
 from acrn.emu.syscall_repair import Outcome, SlotMemory, SyscallRepair, probe
 
 log = logging.getLogger(__name__)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import threading
 
-from acrn.emu.hostmem import ServiceVmMemory
 from acrn.emu.hsm import HsmDriver, HsmFile
 from acrn.emu.hv import Hypervisor
 from acrn.emu.platform import Platform
 from acrn.emu.runtime import Runtime
+from acrn.emu.service_vm_memory import ServiceVmMemory
 
 
 class Machine:

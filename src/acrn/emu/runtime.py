@@ -350,7 +350,7 @@ class VmRuntime:
 
     def explain(self, report: StopReport) -> None:
         """Add the validator's findings and the code at RIP to a fault report (best effort)."""
-        from acrn.emu.guestmem import code_at_rip, disassemble, region_reader
+        from acrn.emu.guest_inspect import code_at_rip, disassemble, region_reader
         from acrn.regs.model import VcpuRegs
         from acrn.regs.validate import validate
 

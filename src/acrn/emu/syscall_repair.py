@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from acrn.arch import CR0_PG, EFER_LMA, CpuState, Segment
-from acrn.emu.guestmem import linear_to_gpa, read_linear
+from acrn.emu.guest_inspect import linear_to_gpa, read_linear
 
 log = logging.getLogger(__name__)
 

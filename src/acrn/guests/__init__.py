@@ -1,6 +1,6 @@
 """The built-in test and demo guests: tiny flat images entered purely through SET_VCPU_REGS.
 
-Each guest is assembled from ``guests/<name>.S`` by ``guests/build.py``; the bytes
+Each guest is assembled from ``guest-src/<name>.S`` by ``guest-src/build.py``; the bytes
 (``<name>.bin``) and the addresses the register state needs (``symbols.json``) are checked in, so
 nothing here needs a toolchain.  There is no BIOS and no loader code: the VMM copies
 :meth:`Guest.image` to :attr:`Guest.load_gpa` in a RAM of :attr:`Guest.mem_size` bytes at GPA 0,
@@ -86,7 +86,7 @@ def _symbols() -> dict[str, dict[str, int]]:
 
 
 def symbols(name: str) -> dict[str, int]:
-    """The addresses ``guests/build.py`` exported for one guest (start, gdt, gdt_end, pml4, ...)."""
+    """The addresses ``guest-src/build.py`` exported for one guest (start, gdt, gdt_end, pml4, ...)."""
     return dict(_symbols()[name])
 
 

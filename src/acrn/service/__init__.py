@@ -5,7 +5,7 @@
 * :mod:`acrn.service.protocol` and ``protocol.h``: the wire format.
 * ``preload.c``: the client side, in C, built by ``pip install``; ``acrn exec`` preloads it into a
   program, :mod:`acrn.service.client` calls it from Python.
-* :mod:`acrn.service.memory`: client memory as the service maps it (shared, never copied).
+* :mod:`acrn.service.client_mappings`: client memory as the service maps it (shared, never copied).
 
 ``docs/service.md`` has the picture of the processes and the rules.
 """

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from acrn import uapi
 from acrn.service import protocol
-from acrn.service.memory import ClientMemory, Scratch, guard_address
+from acrn.service.client_mappings import ClientMemory, Scratch, guard_address
 
 if TYPE_CHECKING:
     from acrn.emu.hsm import HsmFile

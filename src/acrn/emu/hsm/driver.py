@@ -38,12 +38,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from acrn import uapi
-from acrn.emu.hostmem import PAGE_SIZE, ServiceVmMemory
 from acrn.emu.hsm import ioreq, memseg
 from acrn.emu.hsm.eventfds import IoeventfdSet, IrqfdSet
 from acrn.emu.hsm.ioreq import IoreqClient
 from acrn.emu.hsm.uaccess import PAGE_MASK, Fault, PinTable, UserArg
 from acrn.emu.hsm.vm import HsmVm
+from acrn.emu.service_vm_memory import PAGE_SIZE, ServiceVmMemory
 
 if TYPE_CHECKING:
     from acrn.emu.hv import Hypervisor

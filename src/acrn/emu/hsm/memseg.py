@@ -3,7 +3,7 @@
 
 RAM: ``vma_base`` is a user address of this process; its pages are "pinned" (must be mapped
 writable: the kernel always pins with FOLL_WRITE) and handed to the hypervisor as Service VM
-physical addresses, which in the emulator are the same addresses (see ``acrn.emu.hostmem``).
+physical addresses, which in the emulator are the same addresses (see ``acrn.emu.service_vm_memory``).
 The batch has one region per SET_MEMSEG instead of one per compound page (see :func:`_regions`).
 
 Emulator difference: the VM_PFNMAP path (device memory mapped with remap_pfn_range) is not
@@ -16,9 +16,9 @@ import errno
 import logging
 
 from acrn import uapi
-from acrn.emu.hostmem import PAGE_SIZE
 from acrn.emu.hsm.uaccess import PAGE_MASK, Fault
 from acrn.emu.hsm.vm import ACRN_MEM_MAPPING_MAX, HsmVm
+from acrn.emu.service_vm_memory import PAGE_SIZE
 
 log = logging.getLogger("acrn.emu.hsm")
 

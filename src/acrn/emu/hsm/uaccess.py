@@ -8,7 +8,7 @@ kernel's ``copy_*_user`` would fail, so the ioctl gives ``-EFAULT`` instead of t
 
 "Pinning" a user page (``pin_user_pages_fast``) means: the range must be mapped readable and
 writable in this process (the HSM always pins with FOLL_WRITE), and it is registered with the
-:class:`~acrn.emu.hostmem.ServiceVmMemory` so that the hypervisor may reach it by "physical"
+:class:`~acrn.emu.service_vm_memory.ServiceVmMemory` so that the hypervisor may reach it by "physical"
 address.  Pins are reference-counted per range because the same page may be pinned twice.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import ctypes
 import threading
 
-from acrn.emu.hostmem import PAGE_SIZE, ServiceVmMemory, is_mapped
+from acrn.emu.service_vm_memory import PAGE_SIZE, ServiceVmMemory, is_mapped
 
 PAGE_MASK = ~(PAGE_SIZE - 1) & ((1 << 64) - 1)
 U64 = (1 << 64) - 1

@@ -26,7 +26,6 @@ from typing import Any, Final, TypeVar
 
 from acrn import uapi
 from acrn.arch import CpuState
-from acrn.emu.hostmem import ServiceVmMemory
 from acrn.emu.hv.state import (
     BSP_VCPU_ID,
     EINVAL,
@@ -49,6 +48,7 @@ from acrn.emu.platform import (
     Platform,
     VmConfig,
 )
+from acrn.emu.service_vm_memory import ServiceVmMemory
 from acrn.rules import is_valid_cr0_cr4, land_vcpu_regs, reset_vcpu_state
 
 log = logging.getLogger(__name__)

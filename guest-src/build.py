@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Assemble the built-in guests (guests/*.S) into the flat images in src/acrn/guests/.
+"""Assemble the built-in guests (guest-src/*.S) into the flat images in src/acrn/guests/.
 
 Each guest is assembled with GNU ``as``, linked with ``ld`` and ``guest.ld`` at GPA 0x8000 and cut to
 a flat binary with ``objcopy -O binary``.  The addresses the register state needs (entry point, GDT,
 page tables) are read from the linked ELF with ``nm`` and written to ``src/acrn/guests/symbols.json``,
 so the Python catalogue never hard-codes a layout that the sources could change.
 
-Usage: ``python guests/build.py [--out DIR]`` (default: the package directory).  Needs binutils.
+Usage: ``python guest-src/build.py [--out DIR]`` (default: the package directory).  Needs binutils.
 The checked-in outputs are compared with a fresh build by tests/guests/test_build.py.
 """
 

@@ -1,4 +1,4 @@
-"""Page-aligned host memory for guest RAM and the ioreq page.
+"""The client's memory for guest RAM and the ioreq page: page-aligned user memory of this process.
 
 The HSM takes *user virtual addresses* (``vma_base`` for RAM, ``ioreq_buf`` for the request page)
 and pins the pages behind them, so the memory must stay mapped for as long as the VM uses it.

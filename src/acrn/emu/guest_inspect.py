@@ -1,6 +1,7 @@
-"""Reading guest memory for reports: guest-physical reads, a page-table walk and disassembly.
+"""Inspecting a guest from outside, read-only: guest-physical reads, a page-table walk, disassembly.
 
-Used when a vCPU stops on a fault, to show the instructions at RIP.  The walk handles the x86 paging
+Used when a vCPU stops on a fault, to show the instructions at RIP, and by the fallback and the
+SYSCALL repair to read an IDT gate, an instruction or a stack frame.  The walk handles the x86 paging
 modes (32-bit, PAE, 4-level, 5-level); it reads only, never sets accessed/dirty bits, and gives
 up (None) on anything not present, so a report can never fault itself.  ``capstone`` is optional
 and imported only here.

@@ -1,4 +1,4 @@
-"""Host memory as the emulated kernel and hypervisor see it.
+"""The Service VM's "physical" memory, as the emulated kernel and hypervisor see it.
 
 On a real system the Service VM's memory is identity-mapped to host physical memory, the HSM
 passes ``virt_to_phys()`` of kernel copies to the hypervisor, and pins user pages by virtual
