@@ -2,7 +2,7 @@
 
 Pure state and rules (no threads, fds or KVM).  The emulated HSM driver calls :meth:`Hypervisor.hypercall`
 exactly as the kernel issues VMCALLs: parameters are "Service VM physical addresses", which in pyacrn
-are addresses in this process (:mod:`acrn.emu.hostmem`).  A runtime drives running vCPUs from the
+are addresses in this process (:mod:`acrn.emu.service_vm_memory`).  A runtime drives running vCPUs from the
 state kept here and learns about changes through :class:`HvListener` callbacks.
 
 Emulator choices where ACRN has no observable answer (each is documented at its handler):
