@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 from acrn.device import EmulatedDevice
-from acrn.dm.loaders.boot import ConsoleWatch, ImageSpec, prepare_boot
+from acrn.dm.boot import prepare_boot
+from acrn.dm.console import ConsoleWatch
+from acrn.dm.loaders.image import ImageSpec
 from acrn.dm.vmm import RunResult, VmSession
 from acrn.emu.fallback import FallbackStats, HybridAccelerator
 from acrn.emu.machine import Machine

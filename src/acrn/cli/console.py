@@ -3,7 +3,7 @@
 What a user can count on, in every mode:
 
 * the guest's console goes to stdout; when stdin is a terminal its keys go to the UART, with
-  QEMU's Ctrl-A escapes (:class:`acrn.dm.loaders.boot.InteractiveConsole`);
+  QEMU's Ctrl-A escapes (:class:`acrn.dm.console.InteractiveConsole`);
 * SIGINT, SIGTERM and SIGHUP end the run as any other stop does: the terminal is restored, the
   "VM ended" line names the signal, ``--dump-state`` and ``--json`` are written, and the exit
   status is 128 + the signal number (a signal before the VM starts ends with the same status);
@@ -329,7 +329,7 @@ def run_session(
     no_reboot: bool = False,
 ) -> int:
     """Create the session, ``build`` it (images, registers), run it and report; the exit status."""
-    from acrn.dm.loaders.boot import InteractiveConsole, terminal_notice
+    from acrn.dm.console import InteractiveConsole, terminal_notice
     from acrn.dm.vmm import VmSession
 
     for option, path in (("--dump-state", opts.dump_state), ("--json", opts.json_path)):
