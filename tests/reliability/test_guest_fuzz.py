@@ -638,7 +638,7 @@ def make_machine(accel: str) -> Machine:
     """A Machine on ``accel``: kvm, soft, or fallback/hybrid (KVM with the soft CPU behind it)."""
     if accel in ("kvm", "soft"):
         return Machine(accel=accel)
-    from acrn.emu.fallback import FallbackAccelerator, HybridAccelerator
+    from acrn.emu.accel.fallback import FallbackAccelerator, HybridAccelerator
 
     machine = Machine(accel="kvm")
     machine.runtime.set_accelerator(HybridAccelerator() if accel == "hybrid" else FallbackAccelerator())

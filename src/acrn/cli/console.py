@@ -411,15 +411,14 @@ def _open_session(cls: type[VmSession], *, cpu_affinity: int, **kwargs: Any) -> 
 def _choose_engine(session: VmSession, opts: RunOptions) -> None:
     """KVM with the soft-CPU fallback (default), the hybrid (--hybrid) or bare KVM (--no-fallback)."""
     session.fallback_stats = None
-    if session.control is None or opts.accel == "soft":
+    if session.control is None:
         return
-    from acrn.emu.accel import availability
+    from acrn.emu.accel import wrapper_for
 
-    if not availability("kvm")[0] or not availability("soft")[0]:
-        return  # auto picks soft (or KVM without a soft CPU to fall back on): nothing to wrap
-    if not (opts.hybrid or opts.fallback):
-        return
-    session.fallback_stats = session.control.use_engine(hybrid=opts.hybrid)
+    # None where auto picks soft, or KVM has no soft CPU to fall back on: nothing to wrap.
+    wrapper = wrapper_for(opts.accel, hybrid=opts.hybrid, fallback=opts.fallback)
+    if wrapper is not None:
+        session.fallback_stats = session.control.use_engine(hybrid=wrapper == "hybrid")
 
 
 def _report(session: VmSession, result: RunResult, console: _Console, opts: RunOptions, wall: float) -> None:

@@ -324,9 +324,9 @@ def _check_accel_options(args: argparse.Namespace) -> None:
         which = "--hybrid" if args.hybrid else "--no-fallback"
         raise CliError(f"{which}: applies to KVM, not to --accel soft", status=2)
     if args.hybrid:
-        from acrn.emu.accel import availability
+        from acrn.emu.accel import TABLE, availability
 
-        for name in ("kvm", "soft"):
+        for name in TABLE["hybrid"].needs:
             ok, why = availability(name)
             if not ok:
                 raise CliError(f"--hybrid needs the {name} accelerator: {why}")
