@@ -1,6 +1,6 @@
 /*
  * syscall_user: a minimal kernel/user split, to check how the host's KVM delivers SYSCALL from
- * user mode (and int3 in kernel mode), and that pyacrn's repair of it works (acrn.emu.syscall_repair).
+ * user mode (and int3 in kernel mode), and that pyacrn's repair of it works (acrn.emu.accel.syscall_repair).
  *
  * The "kernel" (CPL 0, 64-bit) loads its own GDT in Linux's layout (kernel CS 0x10, SS 0x18, user
  * SS 0x2b, user CS 0x33; a TSS at 0x38 whose RSP0 is the exception stack), an IDT of 32 gates,

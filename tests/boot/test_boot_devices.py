@@ -1,6 +1,6 @@
 """Whole-stack boots of tiny ELF32 guests: acrn-dm's reset sequence (i8042 0xFE), --no-reboot, S5 power-off.
 
-The guests are loaded by the ELF loader through :func:`acrn.dm.loaders.boot.prepare_boot`, so the
+The guests are loaded by the ELF loader through :func:`acrn.dm.boot.prepare_boot`, so the
 devices, the ACPI tables and the reload hook are the ones ``acrn run -E`` uses.
 """
 
@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from acrn.device import EmulatedDevice
-from acrn.dm.loaders.boot import ImageSpec, prepare_boot
+from acrn.dm.boot import prepare_boot
+from acrn.dm.loaders.image import ImageSpec
 from acrn.dm.vmm import RunResult, VmSession
 from acrn.emu.machine import Machine
 

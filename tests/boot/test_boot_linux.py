@@ -10,7 +10,7 @@ machine's KVM); the run is bounded by ``BOOT_TIMEOUT`` and reports how long it t
 (about 10 minutes here: the kernel reaches ``Run /init`` after ~470 s of this KVM's ~1 M
 instructions/s).  On the development machines' KVM (kvm_pvm) a user-mode SYSCALL arrives at LSTAR
 with the user CS/SS still loaded, so init would die on its first system call; the fallback's
-SYSCALL repair (acrn.emu.syscall_repair) must have completed every one of init's system calls.
+SYSCALL repair (acrn.emu.accel.syscall_repair) must have completed every one of init's system calls.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from pathlib import Path
 import pytest
 
 from acrn.device import EmulatedDevice
-from acrn.dm.loaders.boot import ConsoleWatch, ImageSpec, prepare_boot
+from acrn.dm.boot import prepare_boot
+from acrn.dm.console import ConsoleWatch
+from acrn.dm.loaders.image import ImageSpec
 from acrn.dm.vmm import RunResult, VmSession
-from acrn.emu.fallback import FallbackStats, HybridAccelerator
+from acrn.emu.accel.fallback import FallbackStats, HybridAccelerator
+from acrn.emu.accel.syscall_repair import probe
 from acrn.emu.machine import Machine
-from acrn.emu.syscall_repair import probe
 
 BOOT_TIMEOUT = 240.0
 INIT_TIMEOUT = 3600.0

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from acrn.dm.console import ConsoleWatch, InteractiveConsole
 from acrn.dm.loaders import LoaderError
-from acrn.dm.loaders.boot import ConsoleWatch, ImageSpec, InteractiveConsole
+from acrn.dm.loaders.image import ImageSpec
 
 
 def test_loader_priority_is_ovmf_then_bzimage_then_elf() -> None:

@@ -1,4 +1,4 @@
-"""The KVM emulation-failure fallback and the hybrid accelerator (acrn.emu.fallback).
+"""The KVM emulation-failure fallback and the hybrid accelerator (acrn.emu.accel.fallback).
 
 The guest executes, in 64-bit mode, the instructions this machine's KVM cannot emulate
 (README.md, "Booting Linux"): popcnt, clac, stac, lock cmpxchg16b, int3 (with an IDT whose #BP handler sets
@@ -18,7 +18,7 @@ import pytest
 from acrn.arch import CpuState
 from acrn.dm.setup import preset_regs
 from acrn.emu.accel.base import AccelVcpu, HaltExit, PioExit, ShutdownExit, VmExit
-from acrn.emu.fallback import (
+from acrn.emu.accel.fallback import (
     FallbackAccelerator,
     FallbackVcpu,
     HybridAccelerator,
@@ -258,8 +258,8 @@ def test_sse_instructions_see_and_return_the_guest_xmm_registers() -> None:
 @pytest.mark.kvm
 @pytest.mark.soft
 def test_hybrid_switch_waits_for_the_outstanding_io_of_the_soft_cpu() -> None:
+    from acrn.emu.accel.fallback import HybridVm
     from acrn.emu.accel.kvm import KvmAccelerator
-    from acrn.emu.fallback import HybridVm
 
     accel = HybridAccelerator(KvmAccelerator(irqchip=True))
     mem = HostMemory(2 << 20)
@@ -314,7 +314,7 @@ def test_x87_stack_crosses_between_kvm_and_the_soft_cpu() -> None:
 def test_fpu_state_converts_to_and_from_kvm_fpu() -> None:
     from acrn.arch import FpuState
     from acrn.emu.accel import kvm_abi as abi
-    from acrn.emu.fallback import fpu_from_kvm, fpu_to_kvm
+    from acrn.emu.accel.fallback import fpu_from_kvm, fpu_to_kvm
 
     st = FpuState(
         fcw=0x27F, fsw=5 << 11 | 0x41, ftw=0b1110_0000, fop=0x1EB, fip=0x8004, fdp=0x10000,

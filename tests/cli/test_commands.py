@@ -33,7 +33,7 @@ def test_info_text_names_each_part(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.kvm
 def test_info_probe_reports_what_the_repair_decides(capsys: pytest.CaptureFixture[str]) -> None:
     from acrn.emu.accel import availability
-    from acrn.emu.syscall_repair import probe
+    from acrn.emu.accel.syscall_repair import probe
 
     assert main(["info", "--json", "--probe"]) == 0
     pr = json.loads(capsys.readouterr().out)["kvm_probe"]

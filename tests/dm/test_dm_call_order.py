@@ -16,8 +16,9 @@ from collections.abc import Iterator
 import pytest
 
 from acrn.device import EmulatedDevice
+from acrn.dm.boot import prepare_boot
 from acrn.dm.loaders import GiB, MiB
-from acrn.dm.loaders.boot import ImageSpec, prepare_boot
+from acrn.dm.loaders.image import ImageSpec
 from acrn.dm.vmm import VmSession
 from acrn.emu.machine import Machine
 

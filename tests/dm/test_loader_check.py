@@ -7,8 +7,8 @@ import struct
 import pytest
 
 from acrn.dm.loaders import LoaderError
-from acrn.dm.loaders.boot import ImageSpec
 from acrn.dm.loaders.check import check_bzimage, check_elf, check_firmware, check_image, describe
+from acrn.dm.loaders.image import ImageSpec
 
 MiB = 1 << 20
 

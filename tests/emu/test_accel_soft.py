@@ -580,8 +580,8 @@ def test_fpu_state_round_trips_and_computes_on_the_soft_cpu() -> None:
 
 
 def test_msrs_round_trip_on_the_soft_cpu() -> None:
+    from acrn.emu.accel.fallback import CARRIED_MSRS
     from acrn.emu.accel.soft import SoftAccelerator
-    from acrn.emu.fallback import CARRIED_MSRS
 
     vm = SoftAccelerator().create_vm()
     try:

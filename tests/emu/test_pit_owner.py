@@ -113,8 +113,8 @@ def test_pit_ports_are_absorbed_by_kvm_when_the_hypervisor_owns_the_pit(run_pit_
 
 
 def test_pit_owner_reaches_a_wrapped_kvm_accelerator() -> None:
+    from acrn.emu.accel.fallback import FallbackAccelerator, HybridAccelerator
     from acrn.emu.accel.kvm import KvmAccelerator
-    from acrn.emu.fallback import FallbackAccelerator, HybridAccelerator
     from acrn.emu.runtime import _apply_pit_owner
 
     for wrapper in (FallbackAccelerator, HybridAccelerator):

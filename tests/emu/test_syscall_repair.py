@@ -1,4 +1,4 @@
-"""The SYSCALL repair (acrn.emu.syscall_repair) against a fake vCPU and guest memory: when the trap
+"""The SYSCALL repair (acrn.emu.accel.syscall_repair) against a fake vCPU and guest memory: when the trap
 goes in, how a broken SYSCALL is told from a genuine #PF, what the repaired state is (SDM SYSCALL),
 and how a genuine fault goes on with the handler's original first instruction."""
 
@@ -10,8 +10,8 @@ import struct
 import pytest
 
 from acrn.arch import CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, CpuState, DescriptorTable, Segment
-from acrn.emu import syscall_repair as sr
-from acrn.emu.syscall_repair import Outcome, SlotMemory, SyscallRepair, parse_syscall_user
+from acrn.emu.accel import syscall_repair as sr
+from acrn.emu.accel.syscall_repair import Outcome, SlotMemory, SyscallRepair, parse_syscall_user
 
 RAM = 0x20000
 PML4, PDPT, PD = 0x1000, 0x2000, 0x3000

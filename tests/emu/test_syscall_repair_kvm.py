@@ -14,9 +14,9 @@ import pytest
 from acrn.device import EmulatedDevice
 from acrn.dm.vmm import VmSession
 from acrn.emu.accel import availability
-from acrn.emu.fallback import FallbackAccelerator, HybridAccelerator
+from acrn.emu.accel.fallback import FallbackAccelerator, HybridAccelerator
+from acrn.emu.accel.syscall_repair import parse_syscall_user, probe
 from acrn.emu.machine import Machine
-from acrn.emu.syscall_repair import parse_syscall_user, probe
 from acrn.guests import GUESTS
 
 _ok, _why = availability("kvm")

@@ -49,9 +49,9 @@ from hypothesis import strategies as st
 
 from acrn.arch import CpuState
 from acrn.device import EmulatedDevice
+from acrn.dm.boot import attach_boot_devices
 from acrn.dm.devices import acpi_pm, i8042
 from acrn.dm.loaders import MemoryLayout
-from acrn.dm.loaders.boot import attach_boot_devices
 from acrn.dm.vmm import FAULT_REASONS, STATUS_FAULT, STATUS_TIMEOUT, RunResult, VmSession
 from acrn.emu.machine import Machine
 from acrn.guests import GUESTS, Guest
@@ -638,7 +638,7 @@ def make_machine(accel: str) -> Machine:
     """A Machine on ``accel``: kvm, soft, or fallback/hybrid (KVM with the soft CPU behind it)."""
     if accel in ("kvm", "soft"):
         return Machine(accel=accel)
-    from acrn.emu.fallback import FallbackAccelerator, HybridAccelerator
+    from acrn.emu.accel.fallback import FallbackAccelerator, HybridAccelerator
 
     machine = Machine(accel="kvm")
     machine.runtime.set_accelerator(HybridAccelerator() if accel == "hybrid" else FallbackAccelerator())

@@ -3,7 +3,7 @@
 What a user can count on, in every mode:
 
 * the guest's console goes to stdout; when stdin is a terminal its keys go to the UART, with
-  QEMU's Ctrl-A escapes (:class:`acrn.dm.loaders.boot.InteractiveConsole`);
+  QEMU's Ctrl-A escapes (:class:`acrn.dm.console.InteractiveConsole`);
 * SIGINT, SIGTERM and SIGHUP end the run as any other stop does: the terminal is restored, the
   "VM ended" line names the signal, ``--dump-state`` and ``--json`` are written, and the exit
   status is 128 + the signal number (a signal before the VM starts ends with the same status);
@@ -329,7 +329,7 @@ def run_session(
     no_reboot: bool = False,
 ) -> int:
     """Create the session, ``build`` it (images, registers), run it and report; the exit status."""
-    from acrn.dm.loaders.boot import InteractiveConsole, terminal_notice
+    from acrn.dm.console import InteractiveConsole, terminal_notice
     from acrn.dm.vmm import VmSession
 
     for option, path in (("--dump-state", opts.dump_state), ("--json", opts.json_path)):
@@ -411,15 +411,14 @@ def _open_session(cls: type[VmSession], *, cpu_affinity: int, **kwargs: Any) -> 
 def _choose_engine(session: VmSession, opts: RunOptions) -> None:
     """KVM with the soft-CPU fallback (default), the hybrid (--hybrid) or bare KVM (--no-fallback)."""
     session.fallback_stats = None
-    if session.control is None or opts.accel == "soft":
+    if session.control is None:
         return
-    from acrn.emu.accel import availability
+    from acrn.emu.accel import wrapper_for
 
-    if not availability("kvm")[0] or not availability("soft")[0]:
-        return  # auto picks soft (or KVM without a soft CPU to fall back on): nothing to wrap
-    if not (opts.hybrid or opts.fallback):
-        return
-    session.fallback_stats = session.control.use_engine(hybrid=opts.hybrid)
+    # None where auto picks soft, or KVM has no soft CPU to fall back on: nothing to wrap.
+    wrapper = wrapper_for(opts.accel, hybrid=opts.hybrid, fallback=opts.fallback)
+    if wrapper is not None:
+        session.fallback_stats = session.control.use_engine(hybrid=wrapper == "hybrid")
 
 
 def _report(session: VmSession, result: RunResult, console: _Console, opts: RunOptions, wall: float) -> None:

@@ -40,7 +40,7 @@ def add_machine_options(p: argparse.ArgumentParser) -> None:
 
 def make_machine(args: argparse.Namespace) -> object:
     """A Machine as the options say; CliError for what cannot work here."""
-    from acrn.emu.accel import availability
+    from acrn.emu.accel import availability, get_accelerator, wrapper_for
     from acrn.emu.machine import Machine
     from acrn.emu.platform import Platform
 
@@ -53,11 +53,9 @@ def make_machine(args: argparse.Namespace) -> object:
     # acrn-dm's own i8254 answers ports 0x40-0x43 and 0x61 (docs/acrn-dm.md).
     platform.pit_owner = args.pit_owner
     machine = Machine(platform, args.accel)
-    if args.accel != "soft" and availability("kvm")[0] and availability("soft")[0]:
-        if args.hybrid or not args.no_fallback:
-            from acrn.emu.fallback import FallbackAccelerator, HybridAccelerator
-
-            machine.runtime.set_accelerator(HybridAccelerator() if args.hybrid else FallbackAccelerator())
+    wrapper = wrapper_for(args.accel, hybrid=args.hybrid, fallback=not args.no_fallback)
+    if wrapper is not None:
+        machine.runtime.set_accelerator(get_accelerator(wrapper))
     elif args.hybrid:
         raise CliError("--hybrid needs both KVM and the soft CPU")
     return machine

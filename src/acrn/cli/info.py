@@ -22,9 +22,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def probe_kvm() -> dict[str, Any]:
-    """How this host's KVM delivers int3 (kernel mode) and a user-mode SYSCALL (acrn.emu.syscall_repair)."""
+    """How this host's KVM delivers int3 (kernel mode) and a user-mode SYSCALL (acrn.emu.accel.syscall_repair)."""
     from acrn.emu.accel import availability
-    from acrn.emu.syscall_repair import probe
+    from acrn.emu.accel.syscall_repair import probe
 
     ok, why = availability("kvm")
     if not ok:

@@ -324,9 +324,9 @@ def _check_accel_options(args: argparse.Namespace) -> None:
         which = "--hybrid" if args.hybrid else "--no-fallback"
         raise CliError(f"{which}: applies to KVM, not to --accel soft", status=2)
     if args.hybrid:
-        from acrn.emu.accel import availability
+        from acrn.emu.accel import TABLE, availability
 
-        for name in ("kvm", "soft"):
+        for name in TABLE["hybrid"].needs:
             ok, why = availability(name)
             if not ok:
                 raise CliError(f"--hybrid needs the {name} accelerator: {why}")
@@ -454,9 +454,10 @@ def _suggest(size: int) -> str:
 def _boot(args: argparse.Namespace, opts: RunOptions) -> int:
     """``acrn run -k/-E/--ovmf/--vmlinux``: boot an image as acrn-dm does (``acrn_sw_load``)."""
     from acrn.cli.console import run_session
+    from acrn.dm.boot import prepare_boot
     from acrn.dm.loaders import LoaderError
-    from acrn.dm.loaders.boot import ImageSpec, prepare_boot
     from acrn.dm.loaders.check import check_image
+    from acrn.dm.loaders.image import ImageSpec
 
     cpus = args.cpus or 1
     spec = ImageSpec(

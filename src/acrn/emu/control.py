@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from acrn.emu.runtime import FastHandler, StopReport
 
 if TYPE_CHECKING:
-    from acrn.emu.fallback import FallbackStats
+    from acrn.emu.accel.fallback import FallbackStats
     from acrn.emu.runtime import Runtime
 
 __all__ = ["EmulatorControl", "FastHandler", "StopReport"]
@@ -63,9 +63,11 @@ class EmulatorControl:
     def use_engine(self, *, hybrid: bool) -> FallbackStats:
         """Run VMs started from now on on KVM with the soft-CPU fallback, or (``hybrid``) on the soft
         CPU until their first interrupt or exception; the engine's event counts."""
-        from acrn.emu.fallback import FallbackAccelerator, HybridAccelerator
+        from acrn.emu.accel import get_accelerator
+        from acrn.emu.accel.fallback import FallbackAccelerator
 
-        acc = HybridAccelerator() if hybrid else FallbackAccelerator()
+        acc = get_accelerator("hybrid" if hybrid else "fallback")
+        assert isinstance(acc, FallbackAccelerator)
         self._runtime.set_accelerator(acc)
         return acc.stats
 

@@ -28,7 +28,7 @@ from acrn.dm.loaders import KiB, LoaderError, MiB
 from acrn.dm.loaders import zeropage as zp
 
 if TYPE_CHECKING:
-    from acrn.dm.loaders.boot import ImageSpec
+    from acrn.dm.loaders.image import ImageSpec
 
 KERNEL_LOAD_OFF: Final = 16 * MiB
 #: Room acrn-dm's bzImage loader takes below the ramdisk: the GDT (2 KiB); above: bootargs and

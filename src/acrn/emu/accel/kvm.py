@@ -1153,7 +1153,7 @@ class KvmVcpu:
 
         ``KVM_SET_VCPU_EVENTS`` with ``exception.injected``: the current RIP is what the handler
         sees as the return address (a trap such as #BP needs RIP past the instruction).  Used by
-        :mod:`acrn.emu.fallback` for instructions this KVM cannot emulate (README.md, "Booting Linux").
+        :mod:`acrn.emu.accel.fallback` for instructions this KVM cannot emulate (README.md, "Booting Linux").
         """
         self._check_open()
         self._flush_completion()
@@ -1173,7 +1173,7 @@ class KvmVcpu:
         ``KVM_SET_VCPU_EVENTS`` with ``interrupt.injected`` (not ``soft``: the return address
         pushed is the current RIP, which the caller sets past an ``INT n``; a soft injection
         would add an instruction length userspace cannot set).  The gate's DPL is not checked,
-        as for any external interrupt: :mod:`acrn.emu.fallback` checks it before, as INT n does.
+        as for any external interrupt: :mod:`acrn.emu.accel.fallback` checks it before, as INT n does.
         """
         self._check_open()
         self._flush_completion()

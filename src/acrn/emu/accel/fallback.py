@@ -21,7 +21,7 @@ emulator lacks (``KVM_EXIT_INTERNAL_ERROR``, suberror 1): a stock kernel stops i
 Every event is counted per instruction (:attr:`FallbackStats.events`) for ``acrn run -v``.
 
 Where this KVM delivers a user-mode SYSCALL with the user CS/SS still loaded, the VM also gets the
-:mod:`acrn.emu.syscall_repair` trap (decided by its probe, once per process; ``syscall_repair``
+:mod:`acrn.emu.accel.syscall_repair` trap (decided by its probe, once per process; ``syscall_repair``
 forces it on or off): its int3 on the guest's #PF handler is handled here before any other.
 What crosses over: the :class:`~acrn.arch.CpuState` plus the x87 and SSE registers as an
 :class:`~acrn.arch.FpuState` (``KVM_GET/SET_FPU``: ST0-7, control/status/tag words, last
@@ -62,8 +62,8 @@ from acrn.emu.accel.base import (
     ShutdownExit,
     VmExit,
 )
+from acrn.emu.accel.syscall_repair import Outcome, SlotMemory, SyscallRepair, probe
 from acrn.emu.guest_inspect import read_linear
-from acrn.emu.syscall_repair import Outcome, SlotMemory, SyscallRepair, probe
 
 log = logging.getLogger(__name__)
 
@@ -534,7 +534,7 @@ class FallbackAccelerator:
             primary = KvmAccelerator(irqchip=True)
         self.primary = primary
         self.stats = FallbackStats()
-        #: None: decided by :func:`acrn.emu.syscall_repair.probe` at the first VM.
+        #: None: decided by :func:`acrn.emu.accel.syscall_repair.probe` at the first VM.
         self.syscall_repair = syscall_repair
 
     def _repair(self) -> bool:

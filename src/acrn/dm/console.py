@@ -1,16 +1,10 @@
-"""Booting a guest image the way acrn-dm does: layout, devices, ACPI, loader, BSP registers.
-
-:func:`prepare_boot` takes a :class:`~acrn.dm.vmm.VmSession` whose lowmem is mapped at GPA 0 and
-an :class:`ImageSpec`, and (devicemodel/core/main.c: main) maps the other RAM regions, registers the boot
-devices (i8042, RTC/CMOS, ACPI PM; the session already has the 16550 UART and the debug-exit
-port), writes the ACPI tables at 0xF2400, runs the loader acrn-dm would choose (vSBL > OVMF >
-bzImage > ELF; pyacrn's vmlinux loader when asked for), and issues SET_VCPU_REGS for vCPU 0.  It
-also installs the reload hook that acrn-dm's guest reset sequence runs (the loader again, then
-SET_VCPU_REGS), so an i8042 0xFE reset reboots the guest.
+"""The guest's console as ``acrn run`` serves it: watch its output, feed it a terminal's keys.
 
 :class:`ConsoleWatch` ends a run when the guest's console prints a marker (for tests and
 benchmarks, e.g. ``Linux version``) and :class:`InteractiveConsole` feeds a terminal's keys to the
-UART in raw mode, with QEMU's escapes: Ctrl-A h lists them, Ctrl-A x quits.
+UART in raw mode (as acrn-dm's stdio backend puts a tty in raw mode:
+devicemodel/hw/uart_core.c: uart_config_backend), with QEMU's escapes: Ctrl-A h lists them,
+Ctrl-A x quits.
 """
 
 from __future__ import annotations
@@ -20,122 +14,12 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from acrn.dm import acpi
-from acrn.dm.devices.acpi_pm import AcpiPm
-from acrn.dm.devices.i8042 import I8042
-from acrn.dm.devices.rtc import Rtc
-from acrn.dm.loaders import GuestMemory, LoaderError, LoadResult, MemoryLayout
-from acrn.dm.loaders.bzimage import load_bzimage
-from acrn.dm.loaders.elf import load_elf
-from acrn.dm.loaders.ovmf import firmware_image, load_ovmf
-from acrn.dm.loaders.vmlinux import load_vmlinux
-from acrn.regs.model import VcpuRegs
 
 if TYPE_CHECKING:
     from acrn.dm.vmm import VmSession
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ImageSpec:
-    """What to boot; exactly one of kernel / elf / ovmf / vmlinux."""
-
-    kernel: bytes | None = None  # bzImage (-k)
-    elf: bytes | None = None  # ELF32 multiboot (-E)
-    ovmf: bytes | None = None  # firmware ending at 4 GiB (--ovmf)
-    vmlinux: bytes | None = None  # ELF64 through the 64-bit boot protocol (--vmlinux)
-    ramdisk: bytes | None = None
-    bootargs: str | None = None
-    cpus: int = 1
-
-    @property
-    def loader(self) -> str:
-        """acrn-dm's priority (``acrn_sw_load``): OVMF > bzImage > ELF; vmlinux is pyacrn's own."""
-        given = [n for n in ("ovmf", "kernel", "elf", "vmlinux") if getattr(self, n) is not None]
-        if not given:
-            raise LoaderError("nothing to boot: give a kernel, an ELF, a firmware image or a vmlinux")
-        if len(given) > 1 and "vmlinux" in given:
-            raise LoaderError("--vmlinux cannot be combined with another image")
-        return {"ovmf": "ovmf", "kernel": "bzimage", "elf": "elf", "vmlinux": "vmlinux"}[given[0]]
-
-    def layout(self, memsize: int) -> MemoryLayout:
-        bios = len(self.ovmf) if self.loader == "ovmf" and self.ovmf is not None else 0
-        return MemoryLayout.from_memsize(memsize, biosmem=bios)
-
-
-def run_loader(mem: GuestMemory, layout: MemoryLayout, spec: ImageSpec) -> LoadResult:
-    """Run the chosen loader into ``mem`` (any GuestMemory)."""
-    loader = spec.loader
-    if loader == "ovmf":
-        assert spec.ovmf is not None
-        return load_ovmf(mem, layout, firmware_image(ovmf=spec.ovmf))
-    if loader == "bzimage":
-        assert spec.kernel is not None
-        return load_bzimage(mem, layout, spec.kernel, ramdisk=spec.ramdisk, bootargs=spec.bootargs)
-    if loader == "elf":
-        assert spec.elf is not None
-        return load_elf(mem, layout, spec.elf)
-    assert spec.vmlinux is not None
-    return load_vmlinux(mem, layout, spec.vmlinux, ramdisk=spec.ramdisk, bootargs=spec.bootargs)
-
-
-@dataclass
-class BootDevices:
-    i8042: I8042
-    rtc: Rtc
-    pm: AcpiPm
-
-
-def attach_boot_devices(session: VmSession, layout: MemoryLayout) -> BootDevices:
-    """i8042, RTC/CMOS and ACPI PM on the session's bus, wired to its reset and stop requests."""
-    devs = BootDevices(
-        i8042=I8042(on_reset=session.request_reset),
-        rtc=Rtc(lowmem=layout.lowmem, highmem=layout.highmem),
-        pm=AcpiPm(
-            on_poweroff=lambda: session.request_stop("poweroff", 0, "guest powered off (ACPI S5)"),
-            on_reset=session.request_reset,
-        ),
-    )
-    devs.i8042.attach(session.bus)
-    devs.rtc.attach(session.bus)
-    devs.pm.attach(session.bus)
-    return devs
-
-
-def prepare_boot(session: VmSession, spec: ImageSpec, memsize: int) -> LoadResult:
-    """Map RAM, attach devices, write ACPI tables, load, SET_VCPU_REGS; install the reload hook.
-
-    The session must have been created with ``mem_size = spec.layout(memsize).lowmem``.
-    """
-    layout = spec.layout(memsize)
-    if session.mem_size != layout.lowmem:
-        raise ValueError(
-            f"session maps {session.mem_size:#x} bytes at 0, the layout wants {layout.lowmem:#x}"
-        )
-    for gpa, size in layout.regions()[1:]:
-        session.map_ram(gpa, size)
-    attach_boot_devices(session, layout)
-    # The vCPUs' LAPIC IDs are their pCPUs' (ACRN's vlapic_init); pCPUs 1.. when the session left
-    # the choice to the VM's configuration (the default platform's User VM pCPUs; the Service VM
-    # reads the real ones from its own MADT).
-    affinity = session.cpu_affinity or (((1 << spec.cpus) - 1) << 1)
-    pcpus = [p for p in range(64) if affinity >> p & 1][: spec.cpus]
-    acpi.install_acpi_tables(session, spec.cpus, pcpus if len(pcpus) == spec.cpus else None)
-    result = run_loader(session, layout, spec)
-    for note in result.notes:
-        log.debug("%s: %s", result.loader, note)  # acrn run -v prints them itself
-    session.set_regs(result.regs)
-
-    def reload() -> VcpuRegs:
-        log.info("guest reset: re-running the %s loader", result.loader)
-        return run_loader(session, layout, spec).regs
-
-    session.reload = reload
-    return result
 
 
 class ConsoleWatch:
