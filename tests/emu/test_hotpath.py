@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import pytest
 
 from acrn import uapi
+from acrn.emu.hv import HvListener, HvVm
 from acrn.emu.hv.state import ENOTTY
 from acrn.emu.runtime import _Completion
 
@@ -200,8 +201,8 @@ def test_notify_hypercall_on_a_polling_vm_does_not_signal(env: Env) -> None:
     env.create(vm_flag=uapi.GUEST_FLAG_IO_COMPLETION_POLLING)
     seen: list[int] = []
 
-    class Listener:
-        def request_completed(self, vm: object, vcpu_id: int) -> None:
+    class Listener(HvListener):
+        def request_completed(self, vm: HvVm, vcpu_id: int) -> None:
             seen.append(vcpu_id)
 
     listener = Listener()

@@ -10,7 +10,7 @@ import errno
 import pytest
 
 from acrn import uapi
-from acrn.emu.hv import HC_STATE_RULES, HvVm, Hypervisor, VcpuState, VmState
+from acrn.emu.hv import HC_STATE_RULES, HvListener, HvVm, Hypervisor, VcpuState, VmState
 
 EINVAL = -errno.EINVAL
 ENOTTY = -errno.ENOTTY
@@ -464,7 +464,7 @@ def test_notify_request_finish_signals_vcpu(hv: Hypervisor, page: Page) -> None:
     vmid = vm_in(hv, VmState.RUNNING, page)
     seen: list[tuple[int, int]] = []
 
-    class L:
+    class L(HvListener):
         def request_completed(self, vm: HvVm, vcpu_id: int) -> None:
             seen.append((vm.vmid, vcpu_id))
 
@@ -484,8 +484,8 @@ def test_notify_request_finish_polling_vm_does_not_signal(hv: Hypervisor, page: 
     assert set_buffer(hv, cv.vmid, page) == 0
     seen: list[int] = []
 
-    class L:
-        def request_completed(self, vm: object, vcpu_id: int) -> None:
+    class L(HvListener):
+        def request_completed(self, vm: HvVm, vcpu_id: int) -> None:
             seen.append(vcpu_id)
 
     hv.add_listener(L())
@@ -496,9 +496,24 @@ def test_notify_request_finish_polling_vm_does_not_signal(hv: Hypervisor, page: 
 def test_listeners_see_lifecycle_events(hv: Hypervisor, page: Page) -> None:
     events: list[str] = []
 
-    class L:
-        def __getattr__(self, name: str) -> object:
-            return lambda *a: events.append(name)
+    class L(HvListener):
+        def vm_created(self, vm: HvVm) -> None:
+            events.append("vm_created")
+
+        def vm_started(self, vm: HvVm) -> None:
+            events.append("vm_started")
+
+        def vm_paused(self, vm: HvVm) -> None:
+            events.append("vm_paused")
+
+        def vm_reset(self, vm: HvVm) -> None:
+            events.append("vm_reset")
+
+        def vm_destroyed(self, vm: HvVm) -> None:
+            events.append("vm_destroyed")
+
+        def memory_changed(self, vm: HvVm) -> None:
+            events.append("memory_changed")
 
     listener = L()
     hv.add_listener(listener)

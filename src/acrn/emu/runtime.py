@@ -50,6 +50,7 @@ from acrn.emu.accel.base import (
     io_runner,
     multiprocessor_vcpu,
 )
+from acrn.emu.hv.hypervisor import HvListener
 from acrn.emu.hv.state import BSP_VCPU_ID, EINVAL
 from acrn.emu.irq import IrqRouter
 from acrn.rules import first_entry_state
@@ -411,14 +412,8 @@ class VmRuntime:
             runner.allow()
 
     def ap_started(self, vcpu_id: int) -> None:
-        """The guest started an AP with INIT/SIPI: mirror ACRN's VCPU_INIT -> VCPU_RUNNING."""
-        from acrn.emu.hv import VcpuState
-
-        with self.hv.lock:
-            vm = self.hv.vm(self.vmid)
-            vcpu = vm.vcpu(vcpu_id) if vm is not None else None
-            if vcpu is not None and vcpu.state == VcpuState.INIT:
-                vcpu.state = VcpuState.RUNNING
+        """The guest started an AP with INIT/SIPI: the hypervisor's VCPU_INIT -> VCPU_RUNNING."""
+        self.hv.vcpu_started(self.vmid, vcpu_id)
 
     def pause(self) -> None:
         for r in self.vcpus.values():
@@ -532,7 +527,7 @@ def _apply_pit_owner(accelerator: Accelerator, owner: str) -> None:
             acc.pit = owner == "hypervisor-kvm"
 
 
-class Runtime:
+class Runtime(HvListener):
     """Attach to a :class:`~acrn.emu.hv.Hypervisor` and execute its VMs on an accelerator."""
 
     def __init__(self, hv: Hypervisor, accel: str | Accelerator = "auto") -> None:

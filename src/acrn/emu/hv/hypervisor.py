@@ -22,7 +22,7 @@ import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
 from acrn import uapi
 from acrn.arch import CpuState
@@ -30,13 +30,24 @@ from acrn.emu.hv.state import (
     BSP_VCPU_ID,
     EINVAL,
     ENOTTY,
+    HC_GET_HW_INFO,
+    HC_INITIALIZE_TRUSTY,
+    HC_PROFILING_OPS,
+    HC_SAVE_RESTORE_SWORLD_CTX,
+    HC_SETUP_HV_NPK_LOG,
     HC_STATE_RULES,
-    VCPU_TRANSITIONS,
+    HC_SWITCH_EE,
+    HC_TEE_VCPU_BOOT_DONE,
+    HC_WORLD_SWITCH,
     Severity,
+    VcpuEvent,
     VcpuState,
     VmEvent,
     VmState,
     check_state,
+    hc_index,
+    may_transition,
+    vcpu_transition,
     vm_transition,
 )
 from acrn.emu.hv.vm import EptRegion, HvVm, PtdevIntx, Vcpu
@@ -76,27 +87,107 @@ VRP_DEV_ID: Final = 0x8086 | (0x9D14 << 16)
 #: Dispatch indexes whose table entry carries permission flags (Trusty, TEE): the Service VM's guest
 #: flags never contain them, so they are -ENOTTY for it
 #: (``hypervisor/arch/x86/guest/vmcall.c: dispatch_hypercall``).
-_PERMISSION_FLAGGED: Final = frozenset({0x70, 0x71, 0x72, 0x90, 0x91})
+_PERMISSION_FLAGGED: Final = frozenset(
+    hc_index(h)
+    for h in (
+        HC_INITIALIZE_TRUSTY,
+        HC_WORLD_SWITCH,
+        HC_SAVE_RESTORE_SWORLD_CTX,
+        HC_TEE_VCPU_BOOT_DONE,
+        HC_SWITCH_EE,
+    )
+)
 #: Handlers ACRN has but pyacrn does not emulate (debug, sbuf, asyncio): they answer -1.
-_NOT_EMULATED: Final = frozenset({0x32, 0x33, 0x44, 0x61, 0x62, 0x63})
+_NOT_EMULATED: Final = frozenset(
+    hc_index(h)
+    for h in (
+        uapi.HC_ASYNCIO_ASSIGN,
+        uapi.HC_ASYNCIO_DEASSIGN,
+        uapi.HC_SETUP_SBUF,
+        HC_SETUP_HV_NPK_LOG,
+        HC_PROFILING_OPS,
+        HC_GET_HW_INFO,
+    )
+)
+_CREATE_VM_IDX: Final = hc_index(uapi.HC_CREATE_VM)
 
 
 class HvListener:
-    """Callbacks about hypervisor state changes, all optional (duck typing: define what you need).
+    """What the hypervisor tells about state changes: subclass it and override what you need.
 
-    They run synchronously under ``Hypervisor.lock``, after the state changed, on the thread that
-    made the hypercall.  They must not block; they may read the hypervisor's state.
+    The callbacks run synchronously under ``Hypervisor.lock``, after the state changed, on the
+    thread that made the hypercall.  They must not block; they may read the hypervisor's state.
     """
 
-    def vm_created(self, vm: HvVm) -> None: ...
-    def vm_started(self, vm: HvVm) -> None: ...
-    def vm_paused(self, vm: HvVm) -> None: ...
-    def vm_reset(self, vm: HvVm) -> None: ...
-    def vm_destroyed(self, vm: HvVm) -> None: ...
-    def memory_changed(self, vm: HvVm) -> None: ...
-    def request_completed(self, vm: HvVm, vcpu_id: int) -> None: ...
-    def irqline(self, vm: HvVm, gsi: int, op: int) -> None: ...
-    def msi(self, vm: HvVm, addr: int, data: int) -> None: ...
+    def vm_created(self, vm: HvVm) -> None:
+        """CREATE_VM made ``vm``."""
+
+    def vm_started(self, vm: HvVm) -> None:
+        """START_VM: the BSP is RUNNING."""
+
+    def vm_paused(self, vm: HvVm) -> None:
+        """PAUSE_VM (or the emulator's forced shutdown) made every vCPU a zombie."""
+
+    def vm_reset(self, vm: HvVm) -> None:
+        """RESET_VM: the vCPUs are back in INIT with their power-on registers."""
+
+    def vm_destroyed(self, vm: HvVm) -> None:
+        """DESTROY_VM: ``vm`` is gone."""
+
+    def memory_changed(self, vm: HvVm) -> None:
+        """SET_MEMORY_REGIONS or WRITE_PROTECT_PAGE changed the EPT."""
+
+    def request_completed(self, vm: HvVm, vcpu_id: int) -> None:
+        """NOTIFY_REQUEST_FINISH signalled the vCPU's IOREQ event."""
+
+    def irqline(self, vm: HvVm, gsi: int, op: int) -> None:
+        """SET_IRQLINE was accepted."""
+
+    def msi(self, vm: HvVm, addr: int, data: int) -> None:
+        """INJECT_MSI was accepted."""
+
+
+class _Broadcast(HvListener):
+    """Every registered listener, called in order: the hypervisor's one typed way to notify."""
+
+    def __init__(self) -> None:
+        self.listeners: list[HvListener] = []
+
+    def vm_created(self, vm: HvVm) -> None:
+        for listener in list(self.listeners):
+            listener.vm_created(vm)
+
+    def vm_started(self, vm: HvVm) -> None:
+        for listener in list(self.listeners):
+            listener.vm_started(vm)
+
+    def vm_paused(self, vm: HvVm) -> None:
+        for listener in list(self.listeners):
+            listener.vm_paused(vm)
+
+    def vm_reset(self, vm: HvVm) -> None:
+        for listener in list(self.listeners):
+            listener.vm_reset(vm)
+
+    def vm_destroyed(self, vm: HvVm) -> None:
+        for listener in list(self.listeners):
+            listener.vm_destroyed(vm)
+
+    def memory_changed(self, vm: HvVm) -> None:
+        for listener in list(self.listeners):
+            listener.memory_changed(vm)
+
+    def request_completed(self, vm: HvVm, vcpu_id: int) -> None:
+        for listener in list(self.listeners):
+            listener.request_completed(vm, vcpu_id)
+
+    def irqline(self, vm: HvVm, gsi: int, op: int) -> None:
+        for listener in list(self.listeners):
+            listener.irqline(vm, gsi, op)
+
+    def msi(self, vm: HvVm, addr: int, data: int) -> None:
+        for listener in list(self.listeners):
+            listener.msi(vm, addr, data)
 
 
 @dataclass
@@ -116,7 +207,7 @@ _Handler = Callable[[_Target, int, int], int]
 
 #: The HC_STATE_RULES entry of HC_NOTIFY_REQUEST_FINISH, applied inline by its shortcut (the shape that code
 #: relies on is asserted here; a test compares it with check_state for every state).
-_NOTIFY_IDX: Final = uapi.HC_NOTIFY_REQUEST_FINISH & 0xFF
+_NOTIFY_IDX: Final = hc_index(uapi.HC_NOTIFY_REQUEST_FINISH)
 _NOTIFY_RULE: Final = HC_STATE_RULES[_NOTIFY_IDX]
 assert _NOTIFY_RULE.severity is Severity.REQUIRED and _NOTIFY_RULE.needs_ioreq_buffer
 _NOTIFY_ALLOWED: Final = tuple(_NOTIFY_RULE.allowed)
@@ -254,40 +345,45 @@ class Hypervisor:
         self._vms: dict[int, HvVm] = {}
         #: Views of the 16 slots of each ioreq page in use, made once per page (the hot path).
         self._slot_views: dict[int, list[tuple[uapi.acrn_io_request, memoryview]]] = {}
-        self._listeners: list[Any] = []
+        self._notify = _Broadcast()
         self._upcall: Callable[[], None] | None = None
         svc = self.vm_configs[self.service_vm_id]
-        self.service_vm = self._build_vm(self.service_vm_id, svc, svc.cpu_affinity, VmState.RUNNING)
-        for v in self.service_vm.vcpus:
-            v.state = VcpuState.RUNNING
+        booted = vm_transition(VmEvent.START, vm_transition(VmEvent.CREATE, VmState.POWERED_OFF))
+        self.service_vm = self._build_vm(self.service_vm_id, svc, svc.cpu_affinity, booted)
+        for v in self.service_vm.vcpus:  # the Service VM runs from boot on
+            v.state = vcpu_transition(VcpuEvent.LAUNCH, v.state)
         self._vms[self.service_vm_id] = self.service_vm
+        #: The handlers by dispatch index (NOTIFY_REQUEST_FINISH has its own entry in hypercall()).
         self._handlers: dict[int, _Handler] = {
-            0x00: self._hc_get_api_version,
-            0x01: self._hc_service_vm_offline_cpu,
-            0x02: self._hc_set_callback_vector,
-            0x10: self._hc_create_vm,
-            0x11: self._hc_destroy_vm,
-            0x12: self._hc_start_vm,
-            0x13: self._hc_pause_vm,
-            0x14: self._hc_create_vcpu,
-            0x15: self._hc_reset_vm,
-            0x16: self._hc_set_vcpu_regs,
-            0x23: self._hc_inject_msi,
-            0x24: self._hc_vm_intr_monitor,
-            0x25: self._hc_set_irqline,
-            0x30: self._hc_set_ioreq_buffer,
-            0x41: self._hc_gpa2hpa,
-            0x42: self._hc_set_memory_regions,
-            0x43: self._hc_write_protect_page,
-            0x53: self._hc_set_ptdev_intr,
-            0x54: self._hc_reset_ptdev_intr,
-            0x55: self._hc_assign_pcidev,
-            0x56: self._hc_deassign_pcidev,
-            0x57: self._hc_assign_mmiodev,
-            0x58: self._hc_deassign_mmiodev,
-            0x59: self._hc_add_vdev,
-            0x5A: self._hc_remove_vdev,
-            0x80: self._hc_get_cpu_pm_state,
+            hc_index(hcid): handler
+            for hcid, handler in (
+                (uapi.HC_GET_API_VERSION, self._hc_get_api_version),
+                (uapi.HC_SOS_REMOVE_CPU, self._hc_service_vm_offline_cpu),
+                (uapi.HC_SET_CALLBACK_VECTOR, self._hc_set_callback_vector),
+                (uapi.HC_CREATE_VM, self._hc_create_vm),
+                (uapi.HC_DESTROY_VM, self._hc_destroy_vm),
+                (uapi.HC_START_VM, self._hc_start_vm),
+                (uapi.HC_PAUSE_VM, self._hc_pause_vm),
+                (uapi.HC_CREATE_VCPU, self._hc_create_vcpu),
+                (uapi.HC_RESET_VM, self._hc_reset_vm),
+                (uapi.HC_SET_VCPU_REGS, self._hc_set_vcpu_regs),
+                (uapi.HC_INJECT_MSI, self._hc_inject_msi),
+                (uapi.HC_VM_INTR_MONITOR, self._hc_vm_intr_monitor),
+                (uapi.HC_SET_IRQLINE, self._hc_set_irqline),
+                (uapi.HC_SET_IOREQ_BUFFER, self._hc_set_ioreq_buffer),
+                (uapi.HC_VM_GPA2HPA, self._hc_gpa2hpa),
+                (uapi.HC_VM_SET_MEMORY_REGIONS, self._hc_set_memory_regions),
+                (uapi.HC_VM_WRITE_PROTECT_PAGE, self._hc_write_protect_page),
+                (uapi.HC_SET_PTDEV_INTR, self._hc_set_ptdev_intr),
+                (uapi.HC_RESET_PTDEV_INTR, self._hc_reset_ptdev_intr),
+                (uapi.HC_ASSIGN_PCIDEV, self._hc_assign_pcidev),
+                (uapi.HC_DEASSIGN_PCIDEV, self._hc_deassign_pcidev),
+                (uapi.HC_ASSIGN_MMIODEV, self._hc_assign_mmiodev),
+                (uapi.HC_DEASSIGN_MMIODEV, self._hc_deassign_mmiodev),
+                (uapi.HC_CREATE_VDEV, self._hc_add_vdev),
+                (uapi.HC_DESTROY_VDEV, self._hc_remove_vdev),
+                (uapi.HC_PM_GET_CPU_STATE, self._hc_get_cpu_pm_state),
+            )
         }
         for idx in _NOT_EMULATED | _PERMISSION_FLAGGED:
             self._handlers[idx] = self._hc_not_emulated
@@ -299,18 +395,18 @@ class Hypervisor:
         under the lock and return the signed RAX value."""
         param1 &= (1 << 64) - 1
         param2 &= (1 << 64) - 1
-        if hcid & 0xFF == _NOTIFY_IDX:
+        if hc_index(hcid) == _NOTIFY_IDX:
             return self._notify_request_finish(param1, param2)
         with self.lock:
             # Only the low byte indexes the table; the 0x80 << 24 prefix is never checked.
-            idx = hcid & 0xFF
+            idx = hc_index(hcid)
             handler = self._handlers.get(idx)
             if handler is None or idx in _PERMISSION_FLAGGED:
                 return ENOTTY
             target = self._parse_target(hcid & ((1 << 64) - 1), param1)
             if target is None or target.config.load_order == "pre":
                 return ENOTTY
-            if idx != 0x10:  # CREATE_VM checks its slot itself (its failure path clears names)
+            if idx != _CREATE_VM_IDX:  # CREATE_VM checks its slot itself (its failure path clears names)
                 err = check_state(idx, target.state, self._severity_pass(target), self._has_buffer(target))
                 if err is not None:
                     return err
@@ -345,7 +441,7 @@ class Hypervisor:
             if vcpu_id >= vm.vcpu_num:
                 return -1
             if not vm.is_polling_ioreq:
-                self._notify("request_completed", vm, vcpu_id)  # signal_event(VCPU_EVENT_IOREQ)
+                self._notify.request_completed(vm, vcpu_id)  # signal_event(VCPU_EVENT_IOREQ)
             return 0
 
     def vm(self, rel_vmid: int) -> HvVm | None:
@@ -367,25 +463,38 @@ class Hypervisor:
                 raise KeyError(f"no vCPU {vcpu_id} in VM {rel_vmid}")
             return vcpu.regs.copy()
 
-    def add_listener(self, listener: HvListener | object) -> None:
+    def add_listener(self, listener: HvListener) -> None:
         with self.lock:
-            self._listeners.append(listener)
+            self._notify.listeners.append(listener)
 
-    def remove_listener(self, listener: HvListener | object) -> None:
+    def remove_listener(self, listener: HvListener) -> None:
         with self.lock:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
+            if listener in self._notify.listeners:
+                self._notify.listeners.remove(listener)
 
     def set_upcall(self, callback: Callable[[], None] | None) -> None:
         """Register the HSM's upcall handler (what vector 0xF3 runs in the Service VM kernel)."""
         with self.lock:
             self._upcall = callback
 
+    def vcpu_started(self, rel_vmid: int, vcpu_id: int) -> None:
+        """Runtime hook: the guest started an AP with INIT/SIPI, VCPU_INIT -> VCPU_RUNNING
+        (``vlapic.c: vlapic_process_init_sipi``); nothing if the vCPU is not waiting in INIT."""
+        with self.lock:
+            vm = self.vm(rel_vmid)
+            vcpu = vm.vcpu(vcpu_id) if vm is not None else None
+            if vcpu is not None and vcpu.state == VcpuState.INIT:
+                vcpu.state = vcpu_transition(VcpuEvent.SIPI, vcpu.state)
+
     def poweroff_rt_vm(self, rel_vmid: int) -> None:
         """Runtime hook: the guest of an RTVM powered itself off (``poweroff_if_rt_vm``)."""
         with self.lock:
             vm = self.vm(rel_vmid)
-            if vm is not None and vm.guest_flags & uapi.GUEST_FLAG_RT:
+            if (
+                vm is not None
+                and vm.guest_flags & uapi.GUEST_FLAG_RT
+                and may_transition(VmEvent.RT_POWEROFF, vm.state)
+            ):
                 vm.state = vm_transition(VmEvent.RT_POWEROFF, vm.state)
 
     def force_shutdown(self, rel_vmid: int) -> bool:
@@ -397,11 +506,8 @@ class Hypervisor:
             if vm is None:
                 return False
             t = _Target(vm.abs_id, vm.config, vm)
-            if vm.state not in (VmState.PAUSED, VmState.POWERED_OFF):
-                for vcpu in vm.vcpus:
-                    vcpu.state = VCPU_TRANSITIONS[VmEvent.PAUSE]
-                vm.state = VmState.PAUSED
-                self._notify("vm_paused", vm)
+            if vm.state != VmState.PAUSED:  # whatever its severity
+                self._pause(vm, vm_transition(VmEvent.PAUSE, vm.state))
             self._hc_destroy_vm(t, 0, 0)
             return True
 
@@ -477,12 +583,6 @@ class Hypervisor:
     def _rel(self, abs_id: int) -> int:
         return (abs_id - self.service_vm_id) & _U16
 
-    def _notify(self, event: str, *args: Any) -> None:
-        for listener in list(self._listeners):
-            fn = getattr(listener, event, None)
-            if fn is not None:
-                fn(*args)
-
     def _severity_pass(self, t: _Target) -> bool:
         return t.config.severity <= SEVERITY_SERVICE_VM
 
@@ -556,7 +656,7 @@ class Hypervisor:
             # hypervisor/arch/x86/guest/vlapic.c: vlapic_init, "Set vLAPIC ID to be same as pLAPIC
             # ID"); acrn-dm writes those IDs into the guest's MADT from the Service VM's.  The
             # emulated board numbers its LAPICs by pCPU id.
-            vm.vcpus.append(Vcpu(vcpu_id, pcpu, pcpu, VCPU_TRANSITIONS[VmEvent.CREATE]))
+            vm.vcpus.append(Vcpu(vcpu_id, pcpu, pcpu, vcpu_transition(VcpuEvent.CREATE, VcpuState.OFFLINE)))
         return vm
 
     # ------------------------------------------------------------------ handlers: general
@@ -573,7 +673,7 @@ class Hypervisor:
             if vcpu.lapic_id == lapic_id and vcpu.state != VcpuState.OFFLINE:
                 if vcpu.vcpu_id == BSP_VCPU_ID:
                     return -1  # the BSP is never offlined
-                vcpu.state = VcpuState.OFFLINE
+                vcpu.state = vcpu_transition(VcpuEvent.OFFLINE, vcpu.state)
         return 0
 
     def _hc_set_callback_vector(self, t: _Target, p1: int, p2: int) -> int:
@@ -613,7 +713,7 @@ class Hypervisor:
             cfg.name = ""
         if vmid_out is not None:
             vm = self._vms[t.abs_id]
-            self._notify("vm_created", vm)
+            self._notify.vm_created(vm)
         return ret
 
     def _create_vm(self, t: _Target, pcpu_bitmap: int) -> HvVm | None:
@@ -633,7 +733,7 @@ class Hypervisor:
         assert vm is not None
         vm.state = vm_transition(VmEvent.DESTROY, vm.state)
         for vcpu in vm.vcpus:
-            vcpu.state = VCPU_TRANSITIONS[VmEvent.DESTROY]
+            vcpu.state = vcpu_transition(VcpuEvent.DESTROY, vcpu.state)
         vm.memory_regions = []
         vm.pcidevs.clear()
         vm.mmiodevs.clear()
@@ -646,7 +746,7 @@ class Hypervisor:
         del self._vms[t.abs_id]
         if vm.ioreq_buffer is not None:
             self._slot_views.pop(vm.ioreq_buffer, None)
-        self._notify("vm_destroyed", vm)
+        self._notify.vm_destroyed(vm)
         return 0
 
     def _hc_start_vm(self, t: _Target, p1: int, p2: int) -> int:
@@ -654,8 +754,9 @@ class Hypervisor:
         assert vm is not None
         vm.state = vm_transition(VmEvent.START, vm.state)
         # Only the BSP is launched; APs wait in INIT for the guest's INIT/SIPI.
-        vm.vcpus[BSP_VCPU_ID].state = VcpuState.RUNNING
-        self._notify("vm_started", vm)
+        bsp = vm.vcpus[BSP_VCPU_ID]
+        bsp.state = vcpu_transition(VcpuEvent.LAUNCH, bsp.state)
+        self._notify.vm_started(vm)
         return 0
 
     def _hc_pause_vm(self, t: _Target, p1: int, p2: int) -> int:
@@ -663,12 +764,16 @@ class Hypervisor:
         assert vm is not None
         new = vm_transition(VmEvent.PAUSE, vm.state, self._severity_pass(t))
         if new != vm.state:
-            for vcpu in vm.vcpus:
-                vcpu.state = VCPU_TRANSITIONS[VmEvent.PAUSE]
-            vm.state = new
-            self._notify("vm_paused", vm)
+            self._pause(vm, new)
         # 0 even when nothing changed (PAUSED again, or a RUNNING higher-severity VM): hcall_pause_vm.
         return 0
+
+    def _pause(self, vm: HvVm, new: VmState) -> None:
+        """``pause_vm``: every vCPU a zombie, then the VM's new state, then the listeners."""
+        for vcpu in vm.vcpus:
+            vcpu.state = vcpu_transition(VcpuEvent.PAUSE, vcpu.state)
+        vm.state = new
+        self._notify.vm_paused(vm)
 
     def _hc_reset_vm(self, t: _Target, p1: int, p2: int) -> int:
         vm = t.vm
@@ -677,7 +782,7 @@ class Hypervisor:
             vcpu.regs = reset_vcpu_state()
             vcpu.set_regs = None
             vcpu.tsc_aux = 0  # COLD_RESET is not INIT_RESET
-            vcpu.state = VCPU_TRANSITIONS[VmEvent.RESET]
+            vcpu.state = vcpu_transition(VcpuEvent.RESET, vcpu.state)
             vcpu.io_type = None
         if vm.ioreq_buffer is not None:
             for i in range(uapi.ACRN_IO_REQUEST_MAX):
@@ -685,7 +790,7 @@ class Hypervisor:
         vm.ioapic_lines.clear()  # vIOAPIC/vPIC reset
         vm.pic_lines.clear()
         vm.state = vm_transition(VmEvent.RESET, vm.state)
-        self._notify("vm_reset", vm)
+        self._notify.vm_reset(vm)
         return 0
 
     def _hc_create_vcpu(self, t: _Target, p1: int, p2: int) -> int:
@@ -734,7 +839,7 @@ class Hypervisor:
         if (addr >> 20) & 0xFFF != 0xFEE:  # not an MSI address: vlapic_inject_msi refuses it
             return -1
         vm.msis.append((addr, value))
-        self._notify("msi", vm, addr, value)
+        self._notify.msi(vm, addr, value)
         return 0
 
     def _hc_set_irqline(self, t: _Target, p1: int, p2: int) -> int:
@@ -754,7 +859,7 @@ class Hypervisor:
             if gsi < NR_VPIC_PINS_TOTAL:
                 vm.pic_lines[0 if gsi == 2 else gsi] = final  # the PIT: IOAPIC pin 2 is PIC IRQ 0
             vm.ioapic_lines[gsi] = final
-        self._notify("irqline", vm, gsi, op)
+        self._notify.irqline(vm, gsi, op)
         return 0
 
     def _hc_vm_intr_monitor(self, t: _Target, p1: int, p2: int) -> int:
@@ -818,7 +923,7 @@ class Hypervisor:
                 break  # earlier regions stay applied
             changed = True
         if changed:
-            self._notify("memory_changed", vm)
+            self._notify.memory_changed(vm)
         return ret
 
     def _set_memory_region(self, vm: HvVm, op: uapi.vm_memory_region_op) -> int:
@@ -862,7 +967,7 @@ class Hypervisor:
             region.prot & ~uapi.ACRN_MEM_ACCESS_WRITE if set_wp else region.prot | uapi.ACRN_MEM_ACCESS_WRITE
         )
         vm.ept_add(EptRegion(gpa, region.hpa + (gpa - region.gpa), PAGE_SIZE, prot, region.memtype))
-        self._notify("memory_changed", vm)
+        self._notify.memory_changed(vm)
         return 0
 
     # ------------------------------------------------------------------ handlers: devices

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Final
 
+from acrn import uapi
+
 
 class VmState(IntEnum):
     """``enum vm_state`` (hypervisor vm.h). There is no "VM_READY"."""
@@ -26,6 +28,14 @@ class VmState(IntEnum):
     RUNNING = 2
     READY_TO_POWEROFF = 3
     PAUSED = 4
+
+
+class IllegalTransition(RuntimeError):
+    """A VM or vCPU state change the tables below do not allow.
+
+    The hypercall rules are checked before any handler acts, so this is never a client's or a
+    guest's doing: it is a bug in the emulator, and it stops the change instead of making it.
+    """
 
 
 class VcpuState(IntEnum):
@@ -63,34 +73,54 @@ _CREATED_PAUSED: Final = frozenset({_S.CREATED, _S.PAUSED})
 EINVAL: Final = -errno.EINVAL
 ENOTTY: Final = -errno.ENOTTY
 
-#: The hypercalls' state preconditions, keyed by the hypercall's dispatch index (``hcall_id & 0xFF``).
+
+def hc_index(hcid: int) -> int:
+    """The dispatch index of a hypercall id: its low byte (``vmcall.c: dispatch_hypercall``)."""
+    return hcid & 0xFF
+
+
+#: ACRN v3.3 hypercalls that ``<linux/acrn.h>`` does not name (``hypervisor/include/public/
+#: acrn_hv_defs.h``): the debug, Trusty and TEE ones the Service VM cannot use here.
+HC_SETUP_HV_NPK_LOG: Final = 0x80000061
+HC_PROFILING_OPS: Final = 0x80000062
+HC_GET_HW_INFO: Final = 0x80000063
+HC_INITIALIZE_TRUSTY: Final = 0x80000070
+HC_WORLD_SWITCH: Final = 0x80000071
+HC_SAVE_RESTORE_SWORLD_CTX: Final = 0x80000072
+HC_TEE_VCPU_BOOT_DONE: Final = 0x80000090
+HC_SWITCH_EE: Final = 0x80000091
+
+_I = hc_index
+
+#: The hypercalls' state preconditions, keyed by the hypercall's dispatch index (``hc_index``).
 #: CREATE_VM's rule is about the *config slot* found by name.  Hypercalls missing here have no VM-state
 #: precondition.
 HC_STATE_RULES: Final[dict[int, StateRule]] = {
-    0x10: StateRule(frozenset({_S.POWERED_OFF}), -1),  # CREATE_VM
-    0x11: StateRule(frozenset({_S.PAUSED}), -1),  # DESTROY_VM
-    0x12: StateRule(_CREATED, -1, needs_ioreq_buffer=True),  # START_VM
-    0x13: StateRule(_ALIVE, -1),  # PAUSE_VM (a no-op in some states, see VM_TRANSITIONS)
-    0x15: StateRule(frozenset({_S.PAUSED}), -1),  # RESET_VM
+    _I(uapi.HC_CREATE_VM): StateRule(frozenset({_S.POWERED_OFF}), -1),
+    _I(uapi.HC_DESTROY_VM): StateRule(frozenset({_S.PAUSED}), -1),
+    _I(uapi.HC_START_VM): StateRule(_CREATED, -1, needs_ioreq_buffer=True),
+    # PAUSE_VM is a no-op in some states (see VM_TRANSITIONS).
+    _I(uapi.HC_PAUSE_VM): StateRule(_ALIVE, -1),
+    _I(uapi.HC_RESET_VM): StateRule(frozenset({_S.PAUSED}), -1),
     # SET_VCPU_REGS: not POWERED_OFF and not RUNNING (hcall_set_vcpu_regs).
-    0x16: StateRule(frozenset({_S.CREATED, _S.PAUSED, _S.READY_TO_POWEROFF}), -1),
-    0x23: StateRule(_ALIVE, -1, Severity.REQUIRED),  # INJECT_MSI
-    0x24: StateRule(_ALIVE, EINVAL),  # VM_INTR_MONITOR
-    0x25: StateRule(_ALIVE, -1, Severity.REQUIRED),  # SET_IRQLINE
-    0x30: StateRule(_CREATED, -1),  # SET_IOREQ_BUFFER
-    0x31: StateRule(_ALIVE, -1, Severity.REQUIRED, needs_ioreq_buffer=True),  # NOTIFY_REQUEST_FINISH
-    0x41: StateRule(_ALIVE, -1),  # VM_GPA2HPA
-    0x42: StateRule(_ALIVE, -1, Severity.REQUIRED_IF_RUNNING),  # VM_SET_MEMORY_REGIONS
-    0x43: StateRule(_ALIVE, -1),  # VM_WRITE_PROTECT_PAGE
-    0x53: StateRule(_CREATED, -1),  # SET_PTDEV_INTR
-    0x54: StateRule(_CREATED_PAUSED, -1),  # RESET_PTDEV_INTR
-    0x55: StateRule(_CREATED, EINVAL),  # ASSIGN_PCIDEV
-    0x56: StateRule(_CREATED_PAUSED, EINVAL),  # DEASSIGN_PCIDEV
-    0x57: StateRule(_CREATED, EINVAL),  # ASSIGN_MMIODEV
-    0x58: StateRule(_CREATED_PAUSED, EINVAL),  # DEASSIGN_MMIODEV
-    0x59: StateRule(_CREATED, EINVAL),  # CREATE_VDEV (hv: ADD_VDEV)
-    0x5A: StateRule(_CREATED_PAUSED, EINVAL),  # DESTROY_VDEV (hv: REMOVE_VDEV)
-    0x80: StateRule(_CREATED_PAUSED, -1),  # PM_GET_CPU_STATE
+    _I(uapi.HC_SET_VCPU_REGS): StateRule(frozenset({_S.CREATED, _S.PAUSED, _S.READY_TO_POWEROFF}), -1),
+    _I(uapi.HC_INJECT_MSI): StateRule(_ALIVE, -1, Severity.REQUIRED),
+    _I(uapi.HC_VM_INTR_MONITOR): StateRule(_ALIVE, EINVAL),
+    _I(uapi.HC_SET_IRQLINE): StateRule(_ALIVE, -1, Severity.REQUIRED),
+    _I(uapi.HC_SET_IOREQ_BUFFER): StateRule(_CREATED, -1),
+    _I(uapi.HC_NOTIFY_REQUEST_FINISH): StateRule(_ALIVE, -1, Severity.REQUIRED, needs_ioreq_buffer=True),
+    _I(uapi.HC_VM_GPA2HPA): StateRule(_ALIVE, -1),
+    _I(uapi.HC_VM_SET_MEMORY_REGIONS): StateRule(_ALIVE, -1, Severity.REQUIRED_IF_RUNNING),
+    _I(uapi.HC_VM_WRITE_PROTECT_PAGE): StateRule(_ALIVE, -1),
+    _I(uapi.HC_SET_PTDEV_INTR): StateRule(_CREATED, -1),
+    _I(uapi.HC_RESET_PTDEV_INTR): StateRule(_CREATED_PAUSED, -1),
+    _I(uapi.HC_ASSIGN_PCIDEV): StateRule(_CREATED, EINVAL),
+    _I(uapi.HC_DEASSIGN_PCIDEV): StateRule(_CREATED_PAUSED, EINVAL),
+    _I(uapi.HC_ASSIGN_MMIODEV): StateRule(_CREATED, EINVAL),
+    _I(uapi.HC_DEASSIGN_MMIODEV): StateRule(_CREATED_PAUSED, EINVAL),
+    _I(uapi.HC_CREATE_VDEV): StateRule(_CREATED, EINVAL),  # the hypervisor's ADD_VDEV
+    _I(uapi.HC_DESTROY_VDEV): StateRule(_CREATED_PAUSED, EINVAL),  # the hypervisor's REMOVE_VDEV
+    _I(uapi.HC_PM_GET_CPU_STATE): StateRule(_CREATED_PAUSED, -1),
 }
 
 
@@ -120,33 +150,77 @@ class VmEvent(Enum):
     RT_POWEROFF = "rt_poweroff"
 
 
-#: VM transitions per event.  A state missing from an event's map means "no change".  PAUSE of a
-#: RUNNING VM is listed separately because it depends on severity (``hcall_pause_vm``).
+#: VM transitions per event: every legal (event, state) pair, no-ops included; any other pair
+#: is refused (:class:`IllegalTransition`).  PAUSE of a RUNNING VM depends on severity
+#: (``hcall_pause_vm``), so :func:`vm_transition` decides that one.
 VM_TRANSITIONS: Final[dict[VmEvent, dict[VmState, VmState]]] = {
     VmEvent.CREATE: {_S.POWERED_OFF: _S.CREATED},
     VmEvent.START: {_S.CREATED: _S.RUNNING},
-    VmEvent.PAUSE: {_S.CREATED: _S.PAUSED, _S.READY_TO_POWEROFF: _S.PAUSED},
+    VmEvent.PAUSE: {
+        _S.CREATED: _S.PAUSED,
+        _S.RUNNING: _S.PAUSED,
+        _S.READY_TO_POWEROFF: _S.PAUSED,
+        _S.PAUSED: _S.PAUSED,  # PAUSE of a paused VM: 0 and nothing happens
+    },
     VmEvent.RESET: {_S.PAUSED: _S.CREATED},
     VmEvent.DESTROY: {_S.PAUSED: _S.POWERED_OFF},
-    VmEvent.RT_POWEROFF: {_S.CREATED: _S.READY_TO_POWEROFF, _S.RUNNING: _S.READY_TO_POWEROFF},
+    # poweroff_if_rt_vm: not when paused or powered off.
+    VmEvent.RT_POWEROFF: {
+        _S.CREATED: _S.READY_TO_POWEROFF,
+        _S.RUNNING: _S.READY_TO_POWEROFF,
+        _S.READY_TO_POWEROFF: _S.READY_TO_POWEROFF,
+    },
 }
 #: PAUSE moves a RUNNING VM only when the target passes the severity check.
 PAUSE_RUNNING_NEEDS_SEVERITY_PASS: Final = True
 
 
 def vm_transition(event: VmEvent, state: VmState, severity_pass: bool = True) -> VmState:
-    """The VM state after ``event``; unchanged where the table has no entry."""
-    if event is VmEvent.PAUSE and state == VmState.RUNNING:
-        return VmState.PAUSED if severity_pass or not PAUSE_RUNNING_NEEDS_SEVERITY_PASS else state
-    return VM_TRANSITIONS[event].get(state, state)
+    """The VM state after ``event``; :class:`IllegalTransition` for a pair the table lacks."""
+    new = VM_TRANSITIONS[event].get(state)
+    if new is None:
+        raise IllegalTransition(f"VM {state.name} cannot take {event.name}")
+    if event is VmEvent.PAUSE and state == VmState.RUNNING and PAUSE_RUNNING_NEEDS_SEVERITY_PASS:
+        return new if severity_pass else state
+    return new
 
 
-#: What each VM-level event does to the VM's vCPUs (``hypervisor/arch/x86/guest/vm.c``).  START is special:
-#: only the BSP (vCPU 0) goes RUNNING; APs stay INIT until the guest sends INIT/SIPI.
-VCPU_TRANSITIONS: Final[dict[VmEvent, VcpuState]] = {
-    VmEvent.CREATE: VcpuState.INIT,
-    VmEvent.PAUSE: VcpuState.ZOMBIE,
-    VmEvent.RESET: VcpuState.INIT,
-    VmEvent.DESTROY: VcpuState.OFFLINE,
+def may_transition(event: VmEvent, state: VmState) -> bool:
+    """Whether ``event`` is legal for a VM in ``state`` (for callers that act only then)."""
+    return state in VM_TRANSITIONS[event]
+
+
+class VcpuEvent(Enum):
+    """What moves a vCPU (``hypervisor/arch/x86/guest/vcpu.c``, ``vm.c``, ``vlapic.c``)."""
+
+    CREATE = "create"  # prepare_vcpu: VCPU_INIT
+    LAUNCH = "launch"  # launch_vcpu: the BSP at START (and the Service VM's at boot)
+    SIPI = "sipi"  # the guest's INIT/SIPI started an AP
+    PAUSE = "pause"  # zombie_vcpu, by pause_vm
+    RESET = "reset"  # reset_vcpu, by reset_vm
+    DESTROY = "destroy"  # offline_vcpu, by destroy_vm
+    OFFLINE = "offline"  # HC_SOS_REMOVE_CPU on a Service VM vCPU
+
+
+_V = VcpuState
+#: vCPU transitions per event; any other pair is refused (:class:`IllegalTransition`).
+VCPU_TRANSITIONS: Final[dict[VcpuEvent, dict[VcpuState, VcpuState]]] = {
+    VcpuEvent.CREATE: {_V.OFFLINE: _V.INIT},
+    VcpuEvent.LAUNCH: {_V.INIT: _V.RUNNING},
+    VcpuEvent.SIPI: {_V.INIT: _V.RUNNING},
+    VcpuEvent.PAUSE: {_V.INIT: _V.ZOMBIE, _V.RUNNING: _V.ZOMBIE, _V.ZOMBIE: _V.ZOMBIE},
+    VcpuEvent.RESET: {_V.ZOMBIE: _V.INIT},
+    VcpuEvent.DESTROY: {_V.ZOMBIE: _V.OFFLINE},
+    VcpuEvent.OFFLINE: {_V.INIT: _V.OFFLINE, _V.RUNNING: _V.OFFLINE},
 }
+
+
+def vcpu_transition(event: VcpuEvent, state: VcpuState) -> VcpuState:
+    """The vCPU state after ``event``; :class:`IllegalTransition` for a pair the table lacks."""
+    new = VCPU_TRANSITIONS[event].get(state)
+    if new is None:
+        raise IllegalTransition(f"vCPU {state.name} cannot take {event.name}")
+    return new
+
+
 BSP_VCPU_ID: Final = 0
