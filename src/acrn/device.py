@@ -259,9 +259,9 @@ class EmulatedDevice(Device):
         if hv_vm is not None and hv_vm.state == VmState.PAUSED:
             # Paused after running: the accelerator holds the registers the vCPU stopped with.
             vmrt = self.machine.runtime.vms.get(vmid)
-            runner = vmrt.vcpus.get(vcpu_id) if vmrt is not None else None
-            if runner is not None and not runner.reload and vcpu_id not in self._regs_set:
-                return dict(runner.avcpu.get_state().to_dict())
+            live = vmrt.live_state(vcpu_id) if vmrt is not None and vcpu_id not in self._regs_set else None
+            if live is not None:
+                return dict(live.to_dict())
         return landed
 
     def interrupt_attach(self) -> None:

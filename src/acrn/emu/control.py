@@ -99,7 +99,7 @@ class EmulatorControl:
         vmrt = self._runtime.vms.get(vmid)
         if vmrt is None:
             return {}
-        return {vid: runner.avcpu.get_state().to_dict() for vid, runner in vmrt.vcpus.items()}
+        return {vid: state.to_dict() for vid, state in vmrt.accel_states().items()}
 
     def exit_counts(self, vmid: int) -> dict[str, int]:
         """Exits of ``vmid``'s vCPUs so far, by kind (``pio``, ``mmio``, ``halt``, ...)."""

@@ -31,7 +31,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Final
 
 from acrn import uapi
 from acrn.arch import CpuState
@@ -140,6 +141,48 @@ class _Mapped:
     size: int
 
 
+class RunnerState(Enum):
+    """Where a vCPU thread is, one state moved by events (as Firecracker's vCPU state machine)."""
+
+    #: Parked; the hypervisor's landed state is loaded at the next START (created, RESET_VM).
+    RESET = "reset"
+    #: Parked with the accelerator's registers kept (PAUSE_VM).
+    PAUSED = "paused"
+    #: START after a reset: the thread loads the landed state, then runs.
+    LOADING = "loading"
+    #: In the guest, or about to enter it.
+    RUNNING = "running"
+    #: Published a StopReport; parked until RESET_VM.
+    STOPPED = "stopped"
+    #: DESTROY_VM: the thread ends.
+    QUIT = "quit"
+
+
+class RunnerEvent(Enum):
+    START = "start"  # START_VM
+    LOADED = "loaded"  # the thread loaded the landed state
+    PAUSE = "pause"  # PAUSE_VM
+    RESET = "reset"  # RESET_VM
+    STOP = "stop"  # the thread published a StopReport
+    DESTROY = "destroy"  # DESTROY_VM
+
+
+_R = RunnerState
+#: The runner's transitions; a pair missing keeps the state (e.g. START of a STOPPED vCPU: it
+#: waits for RESET_VM, as a vCPU ACRN stopped would; anything but DESTROY leaves QUIT alone).
+RUNNER_TRANSITIONS: Final[dict[RunnerEvent, dict[RunnerState, RunnerState]]] = {
+    RunnerEvent.START: {_R.RESET: _R.LOADING, _R.PAUSED: _R.RUNNING},
+    RunnerEvent.LOADED: {_R.LOADING: _R.RUNNING},
+    # Paused before its state was loaded: it must still be loaded at the next START.
+    RunnerEvent.PAUSE: {_R.RUNNING: _R.PAUSED, _R.LOADING: _R.RESET},
+    RunnerEvent.RESET: {s: _R.RESET for s in RunnerState if s is not _R.QUIT},
+    RunnerEvent.STOP: {_R.RUNNING: _R.STOPPED, _R.LOADING: _R.STOPPED, _R.PAUSED: _R.STOPPED},
+    RunnerEvent.DESTROY: {s: _R.QUIT for s in RunnerState},
+}
+#: The states the thread waits in.
+_PARKED: Final = frozenset({_R.RESET, _R.PAUSED, _R.STOPPED})
+
+
 class _VcpuRunner:
     """One vCPU thread.
 
@@ -156,10 +199,8 @@ class _VcpuRunner:
         self.cond = threading.Condition()
         #: Held by the vCPU thread while it may execute guest code (see the class docstring).
         self.guest = threading.Lock()
-        self.run_allowed = False  # set by START, cleared by PAUSE/DESTROY
-        self.reload = True  # load the hypervisor's landed state before the next run
-        self.stopped = False  # parked after a StopReport until RESET
-        self.quit = False
+        #: Changed only by :meth:`_event`, under ``cond``; the hot loop reads it unlocked.
+        self.state = RunnerState.RESET
         self.generation = 0  # bumped by every START: tells exits of an abandoned run apart
         self.exit_generation = 0  # the generation of the run whose exit is being handled
         #: The landed state (and its SET_VCPU_REGS blob) handed over at START, under hv.lock, so
@@ -182,52 +223,77 @@ class _VcpuRunner:
         """Whether the thread is (or may be about to be) executing guest code."""
         return self.guest.locked()
 
+    @property
+    def running(self) -> bool:
+        """Whether the thread may run the guest (START given, no PAUSE, stop or DESTROY since)."""
+        return self.state is RunnerState.RUNNING
+
+    def _event(self, event: RunnerEvent) -> RunnerState:
+        """Apply ``event`` (caller holds ``cond``) and wake the thread; the new state."""
+        self.state = RUNNER_TRANSITIONS[event].get(self.state, self.state)
+        self.cond.notify_all()
+        return self.state
+
     # ------------------------------------------------------------------ control (any thread)
     def allow(self) -> None:
+        """START: run (after loading the landed state, if reset since)."""
         with self.cond:
-            # The generation first: the hot loop reads run_allowed, then the generation, unlocked.
+            # The generation first: the hot loop reads the state, then the generation, unlocked.
             self.generation += 1
-            self.run_allowed = True
-            self.cond.notify_all()
+            self._event(RunnerEvent.START)
 
     def park(self) -> None:
-        """Stop running guest code; returns once the thread is out of the guest."""
+        """PAUSE: stop running guest code; returns once the thread is out of the guest."""
         with self.cond:
-            self.run_allowed = False
-            self.cond.notify_all()
+            self._event(RunnerEvent.PAUSE)
+        self._leave_guest()
+
+    def reset(self) -> None:
+        """RESET: parked, and the landed state is loaded at the next START."""
+        with self.cond:
+            self._event(RunnerEvent.PAUSE)
+        self._leave_guest()
+        with self.cond:
+            self._event(RunnerEvent.RESET)
+
+    def stop_thread(self) -> None:
+        """DESTROY: the thread ends."""
+        with self.cond:
+            self._event(RunnerEvent.DESTROY)
+        self.completed.set()
+        self.avcpu.kick()
+
+    def _leave_guest(self) -> None:
         self.completed.set()  # abandon a request the device model may never complete
         self.avcpu.kick()
         # The kick is sticky: a thread that is about to enter the guest returns at once.
         if self.guest.acquire(True, 10.0):
             self.guest.release()
 
-    def stop_thread(self) -> None:
-        with self.cond:
-            self.quit = True
-            self.run_allowed = False
-            self.cond.notify_all()
-        self.completed.set()
-        self.avcpu.kick()
+    def landed_since_run(self) -> bool:
+        """Whether the accelerator's registers are still the loaded state (reset and not run)."""
+        return self.state in (RunnerState.RESET, RunnerState.LOADING)
 
     # ------------------------------------------------------------------ the thread
     def _main(self) -> None:
         try:
             while True:
                 with self.cond:
-                    self.cond.wait_for(lambda: self.quit or (self.run_allowed and not self.stopped))
-                    if self.quit:
-                        return
-                if self.reload:
-                    with self.cond:
-                        state = self.start_state
-                    if state is None:  # not handed over (cannot happen through START): ask
-                        state = first_entry_state(self.vmrt.landed_state(self.vcpu_id))
-                    self.avcpu.set_state(state)
+                    self.cond.wait_for(lambda: self.state not in _PARKED)
+                    state = self.state
+                    start = self.start_state
+                if state is RunnerState.QUIT:
+                    return
+                if state is RunnerState.LOADING:
+                    if start is None:  # not handed over (cannot happen through START): ask
+                        start = first_entry_state(self.vmrt.landed_state(self.vcpu_id))
+                    self.avcpu.set_state(start)
                     mp = multiprocessor_vcpu(self.avcpu)
                     if mp is not None:
                         # ACRN launches only the BSP; APs wait for the guest's INIT/SIPI (``hcall_start_vm``).
                         mp.power_on(wait_for_sipi=self.vcpu_id != BSP_VCPU_ID)
-                    self.reload = False
+                    with self.cond:
+                        self._event(RunnerEvent.LOADED)
                 self._run_guest()
         except Exception as e:  # a bug must end the VM with a report, never kill silently
             log.exception("vCPU %d thread failed", self.vcpu_id)
@@ -235,13 +301,14 @@ class _VcpuRunner:
             self._stop("error", f"{type(e).__name__}: {e}", None)
 
     def _run_guest(self) -> None:
-        """Run the guest and handle its exits until PAUSE, DESTROY, a stop or RESET's reload."""
+        """Run the guest and handle its exits until PAUSE, RESET, DESTROY or a stop."""
         guest = self.guest
         run = self._run_io
+        running = RunnerState.RUNNING
         while True:
             guest.acquire()
             try:
-                if self.quit or not self.run_allowed or self.stopped or self.reload:
+                if self.state is not running:
                     return
                 generation = self.generation
                 self.exit_generation = generation
@@ -250,7 +317,7 @@ class _VcpuRunner:
                 guest.release()
             if ex is None:  # an I/O access was abandoned (parked meanwhile): look at the flags again
                 continue
-            if generation != self.generation or not self.run_allowed:
+            if generation != self.generation or self.state is not running:
                 continue  # an exit of a run that PAUSE, RESET or a new START abandoned
             self._handle(ex)
 
@@ -315,7 +382,7 @@ class _VcpuRunner:
                 # RESET and a new START overtook this exit (from the previous boot): drop it,
                 # or the new boot would be reported stopped and never run.
                 return
-            self.stopped = True
+            self._event(RunnerEvent.STOP)
         report = StopReport(self.vmrt.vmid, self.vcpu_id, reason, detail, state, ex)
         if reason != "halt":
             self.vmrt.explain(report)
@@ -345,6 +412,18 @@ class VmRuntime:
         """Whether the VM completes I/O requests by polling (GUEST_FLAG_IO_COMPLETION_POLLING)."""
         vm = self.hv.vm(self.vmid)
         return bool(vm is not None and vm.is_polling_ioreq)
+
+    def accel_states(self) -> dict[int, CpuState]:
+        """Every created vCPU's registers as the accelerator holds them."""
+        return {vid: runner.avcpu.get_state() for vid, runner in self.vcpus.items()}
+
+    def live_state(self, vcpu_id: int) -> CpuState | None:
+        """The registers a vCPU holds in the accelerator, once it has run since its last load
+        (None before: the hypervisor's landed state is then the truth)."""
+        runner = self.vcpus.get(vcpu_id)
+        if runner is None or runner.landed_since_run():
+            return None
+        return runner.avcpu.get_state()
 
     def landed_state(self, vcpu_id: int) -> CpuState:
         return self.hv.vcpu_state(self.vmid, vcpu_id)
@@ -421,10 +500,7 @@ class VmRuntime:
 
     def reset(self) -> None:
         for r in self.vcpus.values():
-            r.park()
-            with r.cond:
-                r.reload = True
-                r.stopped = False
+            r.reset()
         self.irq.reset()  # ACRN resets the vIOAPIC/vPIC (and each vLAPIC, at the next power_on)
 
     def destroy(self) -> None:
@@ -469,7 +545,7 @@ class VmRuntime:
             # and the request fails as acrn_insert_request does.
             ioreq = runner.ioreq = self.hv.vcpu_ioreq(self.vmid, vid)
         with self.hv.lock:
-            if not runner.run_allowed:
+            if runner.state is not RunnerState.RUNNING:
                 return None  # paused meanwhile: the instruction is not completed (it re-runs after reset)
             rc = ioreq.insert(req_type, is_write, address, size, value) if ioreq is not None else EINVAL
         if rc < 0 or ioreq is None:
@@ -492,11 +568,11 @@ class VmRuntime:
         if ioreq.polling:
             # IO_COMPLETION_POLLING: no notify hypercall; the hypervisor polls the slot
             # (``ioreq_complete_request``).
-            while runner.run_allowed and slot.processed != uapi.ACRN_IOREQ_STATE_COMPLETE:
+            while runner.running and slot.processed != uapi.ACRN_IOREQ_STATE_COMPLETE:
                 completed.wait(POLL_INTERVAL)
         else:
             completed.wait()
-        if not runner.run_allowed:
+        if not runner.running:
             return None
         return ioreq.complete()
 
