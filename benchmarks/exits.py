@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from acrn.device import EmulatedDevice
-from acrn.dm.ioreq import batch_scheduling
+from acrn.dm.ioreq_loop import batch_scheduling
 from acrn.dm.vmm import VmSession
 from acrn.emu.accel import kvm_abi as abi
 from acrn.emu.machine import Machine

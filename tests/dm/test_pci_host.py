@@ -7,7 +7,7 @@ import pytest
 from acrn import uapi
 from acrn.dm.bus import IoBus
 from acrn.dm.devices.pci_host import HOSTBRIDGE_DEVICE, HOSTBRIDGE_VENDOR, PciHostBridge
-from acrn.dm.ioreq import PCI_INVALID, IoreqLoop
+from acrn.dm.ioreq_loop import PCI_INVALID, IoreqLoop
 from acrn.dm.pci import PciBus, PciConfigSpace
 
 

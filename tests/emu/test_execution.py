@@ -330,7 +330,7 @@ def test_polling_mode_vm_completes_requests_without_notify(accel: str) -> None:
     out = bytearray()
     from acrn.dm.bus import IoBus
     from acrn.dm.devices.uart16550 import Uart16550
-    from acrn.dm.ioreq import IoreqLoop
+    from acrn.dm.ioreq_loop import IoreqLoop
 
     bus = IoBus()
     Uart16550(output=out.extend).attach(bus)

@@ -14,7 +14,7 @@ import pytest
 
 from acrn import uapi
 from acrn.device import EmulatedDevice
-from acrn.dm.ioreq import IoreqLoop
+from acrn.dm.ioreq_loop import IoreqLoop
 from acrn.dm.vmm import VmSession
 from acrn.emu.machine import Machine
 from acrn.guests import GUESTS

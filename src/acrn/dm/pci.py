@@ -4,7 +4,7 @@ PCICFG requests to it.
 The guest never reaches this through raw port I/O: the HSM kernel driver keeps 0xCF8 itself and
 rewrites accesses to 0xCFC-0xCFF into PCICFG requests carrying bus, device, function and register
 (``drivers/virt/acrn/ioreq.c: handle_cf8cfc``).  :class:`PciBus` is the device model's side of those
-requests; it is the ``pci`` handler of :class:`acrn.dm.ioreq.IoreqLoop`.
+requests; it is the ``pci`` handler of :class:`acrn.dm.ioreq_loop.IoreqLoop`.
 
 The access rules are acrn-dm's ``pci_cfgrw`` (inherited from bhyve):
 
@@ -144,7 +144,7 @@ class PciConfigSpace:
 class PciBus:
     """The device model's PCI segment: (bus, device, function) -> function; answers PCICFG requests.
 
-    It has the shape of :class:`acrn.dm.ioreq.PciConfigHandler`: ``cfg_read`` returns None where
+    It has the shape of :class:`acrn.dm.ioreq_loop.PciConfigHandler`: ``cfg_read`` returns None where
     nothing answers, and the ioreq loop then puts all-ones in the slot, as acrn-dm does.
     """
 

@@ -45,7 +45,7 @@ from acrn.dm.devices.debugexit import DebugExit
 from acrn.dm.devices.i8254 import I8254, PIT_GSI
 from acrn.dm.devices.pci_host import PciHostBridge
 from acrn.dm.devices.uart16550 import COM1_IRQ, Uart16550
-from acrn.dm.ioreq import IoreqLoop, batch_scheduling
+from acrn.dm.ioreq_loop import IoreqLoop, batch_scheduling
 from acrn.dm.pci import PciBus
 from acrn.errors import HsmError
 from acrn.hsm import Hsm, Vm
@@ -343,7 +343,7 @@ class VmSession:
 
     @staticmethod
     def _serve(loop: IoreqLoop) -> None:
-        """The ioreq thread: SCHED_BATCH (:func:`acrn.dm.ioreq.batch_scheduling`), then the loop."""
+        """The ioreq thread: SCHED_BATCH (:func:`acrn.dm.ioreq_loop.batch_scheduling`), then the loop."""
         batch_scheduling()
         loop.run()
 

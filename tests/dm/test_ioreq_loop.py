@@ -10,7 +10,7 @@ import pytest
 
 from acrn import uapi
 from acrn.dm.bus import IoBus
-from acrn.dm.ioreq import MMIO_INVALID, PCI_INVALID, PIO_INVALID, IoreqLoop
+from acrn.dm.ioreq_loop import MMIO_INVALID, PCI_INVALID, PIO_INVALID, IoreqLoop
 
 READ, WRITE = uapi.ACRN_IOREQ_DIR_READ, uapi.ACRN_IOREQ_DIR_WRITE
 PENDING = uapi.ACRN_IOREQ_STATE_PENDING
