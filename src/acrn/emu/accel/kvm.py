@@ -968,9 +968,6 @@ class KvmVcpu:
         self._vm._forget_vcpu(self)
 
 
-#: The accelerator class this module provides (see :mod:`acrn.emu.accel`).
-ACCELERATOR = KvmAccelerator
-
 if TYPE_CHECKING:
     # mypy proves here that the classes satisfy the accelerator protocols of base.py.
     _accelerator_check: Accelerator = KvmAccelerator()
