@@ -3,17 +3,18 @@
 What a guest sees (set up in this order, as Firecracker does): a VM with its TSS at
 0xFFFBD000 and the EPT identity map at 0xFFFBC000 (both in the reserved hole below 4 GiB), no
 in-kernel irqchip unless asked for (without it HLT exits to userspace, which the emulated ACRN
-needs; with it HLT sleeps inside ``KVM_RUN``), CPUID taken from ``KVM_GET_SUPPORTED_CPUID`` minus
-the features this machine's KVM cannot run (CX16, XSAVE/OSXSAVE and the AVX family: README.md, "Booting
-Linux") and with ACRN's hypervisor leaves (signature "ACRNACRNACRN", max leaf 0x40000010, TSC kHz in
-0x40000010.EAX), Firecracker's small boot MSR list, and the x87/SSE reset state.
+needs; with it HLT sleeps inside ``KVM_RUN``), the CPUID of :mod:`.kvm_cpuid`, the boot MSRs of
+:mod:`.kvm_msrs`, and the x87/SSE reset state.
 
-Kicking a vCPU (:meth:`KvmVcpu.kick`) needs a real-time signal whose handler is a no-op, so that
-the signal only interrupts ``KVM_RUN`` (EINTR) and never kills the process.  Python lets only the
-main thread install handlers: call :func:`install_kick_handler` once from the main thread before
-vCPUs run on other threads.  :meth:`KvmAccelerator.create_vm` does it for you when it is called
-on the main thread.  Without the handler a kick still works, but only at the next ``KVM_RUN``
-entry (through ``kvm_run.immediate_exit``), not for a guest that is already spinning.
+This module is the accelerator itself; beside it, one concern per file: :mod:`.kvm_abi` (the
+``<linux/kvm.h>`` layouts), :mod:`.kvm_irq` (the irqchip ioctls), :mod:`.kvm_sys` (ioctls that name
+their request, the kick signal), :mod:`.kvm_cpuid` (the CPUID policy), :mod:`.kvm_msrs` (the MSRs)
+and :mod:`.kvm_regs` (``CpuState`` <-> ``kvm_sregs``/``kvm_regs``).
+
+Kicking a vCPU (:meth:`KvmVcpu.kick`) needs the no-op handler of the kick signal
+(:func:`install_kick_handler`, from the main thread; :meth:`KvmAccelerator.create_vm` does it for
+you when it is called on the main thread).  Without the handler a kick still works, but only at the
+next ``KVM_RUN`` entry (through ``kvm_run.immediate_exit``), not for a guest that is already spinning.
 
 With ``irqchip=True`` (what the runtime uses) the VM also offers the optional interrupt and SMP
 capabilities of :mod:`acrn.emu.accel.base`:
@@ -49,9 +50,10 @@ import struct
 import threading
 from typing import TYPE_CHECKING, Final
 
-from acrn.arch import CpuState, DescriptorTable, Segment
+from acrn.arch import CpuState
 from acrn.emu.accel import kvm_abi as abi
 from acrn.emu.accel import kvm_irq as ki
+from acrn.emu.accel import kvm_msrs
 from acrn.emu.accel.base import (
     Accelerator,
     AccelVcpu,
@@ -67,6 +69,16 @@ from acrn.emu.accel.base import (
     UnknownExit,
     VmExit,
 )
+from acrn.emu.accel.kvm_cpuid import build_guest_cpuid, get_supported_cpuid, set_cpuid
+from acrn.emu.accel.kvm_msrs import BOOT_MSRS
+from acrn.emu.accel.kvm_regs import segment_from_kvm, segment_to_kvm, state_from_kvm, state_to_kvm
+from acrn.emu.accel.kvm_sys import (
+    KICK_SIGNAL,
+    install_kick_handler,
+    kick_handler_installed,
+    kvm_ioctl,
+    kvm_ioctl_ulong,
+)
 
 if TYPE_CHECKING:
     from acrn.emu.accel.base import IoExitHandler, IoLoopVcpu
@@ -79,51 +91,10 @@ TSS_ADDR: Final = 0xFFFBD000
 IDENTITY_MAP_ADDR: Final = 0xFFFBC000
 PAGE_SIZE: Final = 4096
 
-#: The real-time signal used to interrupt ``KVM_RUN`` on a vCPU thread.
-KICK_SIGNAL: Final = int(signal.SIGRTMIN) + 4
-
 #: ``hardware_entry_failure_reason`` reported when KVM refuses the state at ``KVM_SET_SREGS``
 #: (this KVM checks there, before any VM entry): VMX basic exit reason 33 "VM-entry failure due
 #: to invalid guest state" with bit 31 (entry failure) set, which is what VMX hardware reports.
 ENTRY_FAILURE_INVALID_STATE: Final = 0x80000021
-
-# ACRN's hypervisor CPUID leaves (Linux Documentation/virt/acrn/cpuid.rst).
-ACRN_CPUID_SIGNATURE: Final = 0x40000000
-ACRN_CPUID_FEATURES: Final = 0x40000001
-ACRN_CPUID_TIMING_INFO: Final = 0x40000010
-ACRN_SIGNATURE: Final = b"ACRNACRNACRN"
-
-# CPUID bits masked because this machine's KVM cannot execute them (cmpxchg16b and
-# xrstor kill the guest with KVM_EXIT_INTERNAL_ERROR) - (leaf, subleaf, register) -> mask.
-# Leaf 1 ECX: FMA, CX16, XSAVE, OSXSAVE, AVX, F16C.
-_LEAF1_ECX_MASK: Final = (1 << 12) | (1 << 13) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 29)
-# Leaf 7.0 EBX: AVX2, AVX512F/DQ/IFMA/PF/ER/CD/BW/VL.
-_LEAF7_EBX_MASK: Final = (1 << 5) | (1 << 16) | (1 << 17) | (1 << 21) | (0xD << 26) | (0x3 << 30)
-# Leaf 7.0 ECX: AVX512_VBMI, VBMI2, VNNI, BITALG, VPOPCNTDQ.
-_LEAF7_ECX_MASK: Final = (1 << 1) | (1 << 6) | (1 << 11) | (1 << 12) | (1 << 14)
-# Leaf 7.0 EDX: AVX512_4VNNIW, 4FMAPS, VP2INTERSECT, FP16.
-_LEAF7_EDX_MASK: Final = (1 << 2) | (1 << 3) | (1 << 8) | (1 << 23)
-# Leaf 7.1 EAX: AVX-VNNI, AVX512_BF16.
-_LEAF7_1_EAX_MASK: Final = (1 << 4) | (1 << 5)
-# Leaf 0x80000001 ECX: XOP, FMA4 (AMD's AVX-era extensions).
-_LEAF_80000001_ECX_MASK: Final = (1 << 11) | (1 << 16)
-_LEAF1_ECX_HYPERVISOR: Final = 1 << 31
-_KVM_CPUID_FLAG_SIGNIFCANT_INDEX: Final = 1
-
-#: Firecracker's boot MSR list (``src/vmm/src/arch/x86_64/msr.rs: create_boot_msr_entries``): index -> value.
-BOOT_MSRS: Final = {
-    0x174: 0,  # IA32_SYSENTER_CS
-    0x175: 0,  # IA32_SYSENTER_ESP
-    0x176: 0,  # IA32_SYSENTER_EIP
-    0xC0000081: 0,  # STAR
-    0xC0000082: 0,  # LSTAR
-    0xC0000083: 0,  # CSTAR
-    0xC0000084: 0,  # SYSCALL_MASK
-    0xC0000102: 0,  # KERNEL_GS_BASE
-    0x10: 0,  # IA32_TSC
-    0x1A0: 1,  # IA32_MISC_ENABLE: fast strings
-    0x2FF: (1 << 11) | 6,  # IA32_MTRR_DEF_TYPE: MTRRs enabled, default write-back
-}
 
 _U8 = struct.Struct("<B")
 _U32 = struct.Struct("<I")
@@ -152,176 +123,6 @@ class _Continue:
 
 _CONTINUE: Final = _Continue()
 _ZERO8: Final = bytes(8)
-
-_SEGMENTS: Final = (("cs", "cs"), ("ss", "ss"), ("ds", "ds"), ("es", "es"), ("fs", "fs"), ("gs", "gs"),
-                    ("ldtr", "ldt"), ("tr", "tr"))  # fmt: skip
-_KVM_GPRS: Final = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
-                    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
-
-
-def _noop_signal_handler(signum: int, frame: object) -> None:
-    """Does nothing: the kick signal exists only to make ``KVM_RUN`` return EINTR."""
-
-
-def install_kick_handler() -> None:
-    """Install the no-op handler of :data:`KICK_SIGNAL`; call once, from the main thread.
-
-    Idempotent.  A handler already installed by someone else is kept (any real handler makes the
-    signal interrupt ``KVM_RUN``); only the default action (terminate) or "ignore" (the signal
-    would then never interrupt anything) is replaced.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        raise RuntimeError("install_kick_handler() must be called from the main thread")
-    if not kick_handler_installed():
-        signal.signal(KICK_SIGNAL, _noop_signal_handler)
-
-
-def kick_handler_installed() -> bool:
-    """Whether :data:`KICK_SIGNAL` has a handler, so that sending it is safe and interrupts."""
-    return signal.getsignal(KICK_SIGNAL) not in (signal.SIG_DFL, signal.SIG_IGN, None)
-
-
-def _ioctl(fd: int, name: str, request: int, arg: int | bytearray | ctypes.Structure = 0) -> int:
-    """``ioctl`` raising OSError that names the KVM request (for everything but the run loop)."""
-    try:
-        return fcntl.ioctl(fd, request, arg)
-    except OSError as e:
-        raise OSError(e.errno, f"{name}: {os.strerror(e.errno or 0)}") from None
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc_ioctl = _libc.ioctl
-_libc_ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong)
-_libc_ioctl.restype = ctypes.c_int
-
-
-def _ioctl_ulong(fd: int, name: str, request: int, value: int) -> int:
-    """An ioctl whose argument is an unsigned long by value.
-
-    ``fcntl.ioctl`` passes integers as a C ``int``, which cannot carry 0xFFFBD000 (and a negative
-    int would be sign-extended into an address KVM refuses), so this goes through libc directly.
-    """
-    ret = int(_libc_ioctl(fd, request, value))
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{name}: {os.strerror(err)}")
-    return ret
-
-
-# --------------------------------------------------------------------------------------------
-# Segment conversion: VMX access rights <-> struct kvm_segment (Linux arch/x86/kvm/vmx/vmx.c:
-# vmx_segment_access_rights and vmx_get_segment do the same in the kernel)
-# --------------------------------------------------------------------------------------------
-def segment_to_kvm(seg: Segment, out: abi.kvm_segment) -> None:
-    """Fill ``out`` from a segment whose ``ar`` is in VMX access-rights format."""
-    ar = seg.ar
-    out.base = seg.base & 0xFFFFFFFFFFFFFFFF
-    out.limit = seg.limit & 0xFFFFFFFF
-    out.selector = seg.selector & 0xFFFF
-    out.type = ar & 0xF
-    out.s = (ar >> 4) & 1
-    out.dpl = (ar >> 5) & 3
-    out.present = (ar >> 7) & 1
-    out.avl = (ar >> 12) & 1
-    out.l = (ar >> 13) & 1
-    out.db = (ar >> 14) & 1
-    out.g = (ar >> 15) & 1
-    out.unusable = (ar >> 16) & 1
-    out.padding = 0
-
-
-def segment_from_kvm(ks: abi.kvm_segment) -> Segment:
-    """The inverse of :func:`segment_to_kvm`."""
-    ar = (
-        (ks.type & 0xF)
-        | (ks.s & 1) << 4
-        | (ks.dpl & 3) << 5
-        | (ks.present & 1) << 7
-        | (ks.avl & 1) << 12
-        | (ks.l & 1) << 13
-        | (ks.db & 1) << 14
-        | (ks.g & 1) << 15
-        | (ks.unusable & 1) << 16
-    )
-    return Segment(selector=ks.selector, base=ks.base, limit=ks.limit, ar=ar)
-
-
-# --------------------------------------------------------------------------------------------
-# CPUID
-# --------------------------------------------------------------------------------------------
-_supported_cpuid_cache: list[tuple[int, ...]] | None = None
-_cache_lock = threading.Lock()
-
-
-def get_supported_cpuid(kvm_fd: int) -> list[tuple[int, ...]]:
-    """``KVM_GET_SUPPORTED_CPUID`` as (function, index, flags, eax, ebx, ecx, edx) tuples.
-
-    The buffer grows on E2BIG (the kernel does not say how many entries it has).  The answer is
-    the same for the life of the host, so it is cached.
-    """
-    global _supported_cpuid_cache
-    with _cache_lock:
-        if _supported_cpuid_cache is not None:
-            return list(_supported_cpuid_cache)
-        nent = 128
-        while True:
-            buf = bytearray(ctypes.sizeof(abi.kvm_cpuid2) + nent * ctypes.sizeof(abi.kvm_cpuid_entry2))
-            _U32.pack_into(buf, 0, nent)
-            try:
-                fcntl.ioctl(kvm_fd, abi.KVM_GET_SUPPORTED_CPUID, buf)
-                break
-            except OSError as e:
-                if e.errno != errno.E2BIG or nent >= 65536:
-                    raise OSError(e.errno, f"KVM_GET_SUPPORTED_CPUID: {os.strerror(e.errno or 0)}") from None
-                nent *= 2
-        n = _U32.unpack_from(buf, 0)[0]
-        entries = (abi.kvm_cpuid_entry2 * n).from_buffer(buf, ctypes.sizeof(abi.kvm_cpuid2))
-        _supported_cpuid_cache = [(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx) for e in entries]
-        return list(_supported_cpuid_cache)
-
-
-def build_guest_cpuid(
-    supported: list[tuple[int, ...]], *, vcpu_id: int, tsc_khz: int, acrn_features: int = 0
-) -> list[tuple[int, ...]]:
-    """The CPUID table a vCPU gets: supported leaves, masked, with ACRN's hypervisor leaves.
-
-    KVM's own paravirtual leaves (0x40000000-0x400000FF, "KVMKVMKVM") are dropped: the guest
-    runs on ACRN, not KVM.  Leaf 0xD (XSAVE state components) is dropped with XSAVE.  The
-    initial APIC ID in leaves 1 and 0xB is ``vcpu_id``: the KVM vCPU id, which is the local APIC's ID.
-    """
-    out: list[tuple[int, ...]] = []
-    for fn, idx, flags, eax, ebx, ecx, edx in supported:
-        if 0x40000000 <= fn <= 0x400000FF or fn == 0xD:
-            continue
-        if fn == 1:
-            ecx = (ecx & ~_LEAF1_ECX_MASK) | _LEAF1_ECX_HYPERVISOR
-            ebx = (ebx & 0x00FFFFFF) | ((vcpu_id & 0xFF) << 24)
-        elif fn == 7 and idx == 0:
-            ebx &= ~_LEAF7_EBX_MASK
-            ecx &= ~_LEAF7_ECX_MASK
-            edx &= ~_LEAF7_EDX_MASK
-        elif fn == 7 and idx == 1:
-            eax &= ~_LEAF7_1_EAX_MASK
-        elif fn == 0xB:
-            edx = vcpu_id
-        elif fn == 0x80000001:
-            ecx &= ~_LEAF_80000001_ECX_MASK
-        out.append((fn, idx, flags, eax, ebx, ecx, edx))
-    sig = struct.unpack("<3I", ACRN_SIGNATURE)
-    out.append((ACRN_CPUID_SIGNATURE, 0, 0, ACRN_CPUID_TIMING_INFO, *sig))
-    out.append((ACRN_CPUID_FEATURES, 0, 0, acrn_features & 0xFFFFFFFF, 0, 0, 0))
-    out.append((ACRN_CPUID_TIMING_INFO, 0, 0, tsc_khz & 0xFFFFFFFF, 0, 0, 0))
-    return out
-
-
-def _cpuid2_buffer(entries: list[tuple[int, ...]]) -> bytearray:
-    head = ctypes.sizeof(abi.kvm_cpuid2)
-    esz = ctypes.sizeof(abi.kvm_cpuid_entry2)
-    buf = bytearray(head + len(entries) * esz)
-    _U32.pack_into(buf, 0, len(entries))
-    for i, (fn, idx, flags, eax, ebx, ecx, edx) in enumerate(entries):
-        struct.pack_into("<7I", buf, head + i * esz, fn, idx, flags, eax, ebx, ecx, edx)
-    return buf
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,25 +206,25 @@ class KvmVm:
         kvm_fd = os.open(KVM_DEVICE, os.O_RDWR | os.O_CLOEXEC)
         try:
             # The /dev/kvm fd is needed only at creation: the VM fd stands alone afterwards.
-            self._fd = _ioctl(kvm_fd, "KVM_CREATE_VM", abi.KVM_CREATE_VM, 0)
-            self._mmap_size = _ioctl(kvm_fd, "KVM_GET_VCPU_MMAP_SIZE", abi.KVM_GET_VCPU_MMAP_SIZE, 0)
+            self._fd = kvm_ioctl(kvm_fd, "KVM_CREATE_VM", abi.KVM_CREATE_VM, 0)
+            self._mmap_size = kvm_ioctl(kvm_fd, "KVM_GET_VCPU_MMAP_SIZE", abi.KVM_GET_VCPU_MMAP_SIZE, 0)
             self._readonly_ok = fcntl.ioctl(kvm_fd, abi.KVM_CHECK_EXTENSION, abi.KVM_CAP_READONLY_MEM) > 0
             self._supported_cpuid = get_supported_cpuid(kvm_fd)
-            _ioctl_ulong(self._fd, "KVM_SET_TSS_ADDR", abi.KVM_SET_TSS_ADDR, TSS_ADDR)
-            _ioctl(
+            kvm_ioctl_ulong(self._fd, "KVM_SET_TSS_ADDR", abi.KVM_SET_TSS_ADDR, TSS_ADDR)
+            kvm_ioctl(
                 self._fd,
                 "KVM_SET_IDENTITY_MAP_ADDR",
                 abi.KVM_SET_IDENTITY_MAP_ADDR,
                 bytearray(_U64.pack(IDENTITY_MAP_ADDR)),
             )
             if irqchip:
-                _ioctl(self._fd, "KVM_CREATE_IRQCHIP", abi.KVM_CREATE_IRQCHIP, 0)
+                kvm_ioctl(self._fd, "KVM_CREATE_IRQCHIP", abi.KVM_CREATE_IRQCHIP, 0)
                 if self.pit:
                     # SPEAKER_DUMMY: port 0x61 is handled in the kernel too (linux
                     # arch/x86/kvm/i8254.c: kvm_create_pit registers speaker_dev on it), so the
                     # guest's channel-2 gate and OUT2 status never leave KVM.
                     config = abi.kvm_pit_config(flags=abi.KVM_PIT_SPEAKER_DUMMY)
-                    _ioctl(self._fd, "KVM_CREATE_PIT2", abi.KVM_CREATE_PIT2, config)
+                    kvm_ioctl(self._fd, "KVM_CREATE_PIT2", abi.KVM_CREATE_PIT2, config)
                 self._set_routing()
                 self._chip_snapshots = [
                     ki.get_irqchip(self._fd, chip)
@@ -547,7 +348,7 @@ class KvmVm:
                 userspace_addr=host_addr,
             )
             try:
-                _ioctl(self._fd, "KVM_SET_USER_MEMORY_REGION", abi.KVM_SET_USER_MEMORY_REGION, region)
+                kvm_ioctl(self._fd, "KVM_SET_USER_MEMORY_REGION", abi.KVM_SET_USER_MEMORY_REGION, region)
             except OSError:
                 if slot != self._next_slot:
                     self._free_slots.append(slot)
@@ -564,7 +365,7 @@ class KvmVm:
             if slot is None:
                 raise ValueError(f"unmap_memory: [{gpa:#x}, +{size:#x}) is not mapped")
             region = abi.kvm_userspace_memory_region(slot=slot, guest_phys_addr=gpa)
-            _ioctl(self._fd, "KVM_SET_USER_MEMORY_REGION", abi.KVM_SET_USER_MEMORY_REGION, region)
+            kvm_ioctl(self._fd, "KVM_SET_USER_MEMORY_REGION", abi.KVM_SET_USER_MEMORY_REGION, region)
             del self._slots[(gpa, size)]
             self._free_slots.append(slot)
 
@@ -582,7 +383,7 @@ class KvmVm:
         if first and apic != 0:
             # KVM's boot CPU is id 0 unless told otherwise (KVM_SET_BOOT_CPU_ID, before any vCPU).
             try:
-                _ioctl_ulong(self._fd, "KVM_SET_BOOT_CPU_ID", abi.KVM_SET_BOOT_CPU_ID, apic)
+                kvm_ioctl_ulong(self._fd, "KVM_SET_BOOT_CPU_ID", abi.KVM_SET_BOOT_CPU_ID, apic)
             except OSError as e:
                 log.debug("KVM_SET_BOOT_CPU_ID(%d): %s", apic, e)
         vcpu = KvmVcpu(self, vcpu_id, apic)
@@ -660,7 +461,7 @@ class KvmVcpu:
         self._wait_sipi = False  # an AP that has not been started by INIT/SIPI yet
         self._init_seen = False
         self._lapic_snapshot: bytearray | None = None
-        self._fd = _ioctl(vm.fd, "KVM_CREATE_VCPU", abi.KVM_CREATE_VCPU, self.apic_id)
+        self._fd = kvm_ioctl(vm.fd, "KVM_CREATE_VCPU", abi.KVM_CREATE_VCPU, self.apic_id)
         try:
             self._run = mmap.mmap(self._fd, vm._mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             self._bring_up()
@@ -679,14 +480,14 @@ class KvmVcpu:
             except OSError:
                 tsc_khz = 0
         cpuid = build_guest_cpuid(self._vm._supported_cpuid, vcpu_id=self.apic_id, tsc_khz=int(tsc_khz))
-        _ioctl(self._fd, "KVM_SET_CPUID2", abi.KVM_SET_CPUID2, _cpuid2_buffer(cpuid))
-        self._set_msrs(BOOT_MSRS)
+        set_cpuid(self._fd, cpuid)
+        kvm_msrs.set_msrs(self._fd, BOOT_MSRS)
         fpu = abi.kvm_fpu(fcw=0x37F, mxcsr=0x1F80)
-        _ioctl(self._fd, "KVM_SET_FPU", abi.KVM_SET_FPU, fpu)
+        kvm_ioctl(self._fd, "KVM_SET_FPU", abi.KVM_SET_FPU, fpu)
         if self._vm.irqchip:
             self._set_lint()
             self._lapic_snapshot = bytearray(ctypes.sizeof(abi.kvm_lapic_state))
-            _ioctl(self._fd, "KVM_GET_LAPIC", abi.KVM_GET_LAPIC, self._lapic_snapshot)
+            kvm_ioctl(self._fd, "KVM_GET_LAPIC", abi.KVM_GET_LAPIC, self._lapic_snapshot)
 
     # -- SMP start-up (irqchip=True only; acrn.emu.accel.base.MultiprocessorVcpu) -----------------
     @property
@@ -706,7 +507,7 @@ class KvmVcpu:
         if self._lapic_snapshot is None:
             raise RuntimeError("power_on needs the in-kernel irqchip (KvmAccelerator(irqchip=True))")
         self._flush_completion()
-        _ioctl(self._fd, "KVM_SET_LAPIC", abi.KVM_SET_LAPIC, bytearray(self._lapic_snapshot))
+        kvm_ioctl(self._fd, "KVM_SET_LAPIC", abi.KVM_SET_LAPIC, bytearray(self._lapic_snapshot))
         # No pending exception, interrupt, NMI or latched INIT.
         ki.set_vcpu_events(
             self._fd,
@@ -750,7 +551,7 @@ class KvmVcpu:
             if self._init_seen and ki.get_mp_state(self._fd) == ki.KVM_MP_STATE_RUNNABLE:
                 self._wait_sipi = False
                 self._init_seen = False
-                _ioctl(self._fd, "KVM_GET_SREGS", abi.KVM_GET_SREGS, self._sregs)
+                kvm_ioctl(self._fd, "KVM_GET_SREGS", abi.KVM_GET_SREGS, self._sregs)
                 return StartupExit(self._sregs.cs.selector >> 8)
             with self._cond:
                 if not self._kicked and not self._closed:
@@ -771,49 +572,28 @@ class KvmVcpu:
     def _halted_with_interrupts_disabled(self) -> bool:
         if ki.get_mp_state(self._fd) != ki.KVM_MP_STATE_HALTED:
             return False
-        _ioctl(self._fd, "KVM_GET_REGS", abi.KVM_GET_REGS, self._regs)
+        kvm_ioctl(self._fd, "KVM_GET_REGS", abi.KVM_GET_REGS, self._regs)
         return not self._regs.rflags & _RFLAGS_IF
-
-    def _set_msrs(self, msrs: dict[int, int]) -> None:
-        """``KVM_SET_MSRS``; KVM returns how many entries it wrote and stops at the first refusal."""
-        head = ctypes.sizeof(abi.kvm_msrs)
-        esz = ctypes.sizeof(abi.kvm_msr_entry)
-        items = list(msrs.items())
-        buf = bytearray(head + len(items) * esz)
-        _U32.pack_into(buf, 0, len(items))
-        for i, (index, value) in enumerate(items):
-            struct.pack_into("<IIQ", buf, head + i * esz, index, 0, value)
-        written = _ioctl(self._fd, "KVM_SET_MSRS", abi.KVM_SET_MSRS, buf)
-        if written != len(items):
-            index, value = items[written]
-            raise OSError(errno.EINVAL, f"KVM_SET_MSRS refused MSR {index:#x} = {value:#x}")
 
     def set_msrs(self, msrs: dict[int, int]) -> None:
         """``KVM_SET_MSRS``; OSError(EINVAL) names the first MSR KVM refuses."""
         self._check_open()
-        self._set_msrs(msrs)
+        kvm_msrs.set_msrs(self._fd, msrs)
 
     def get_msrs(self, indices: list[int]) -> dict[int, int]:
         """``KVM_GET_MSRS``: the current value of each MSR KVM reports (those it refuses are left out)."""
         self._check_open()
-        head = ctypes.sizeof(abi.kvm_msrs)
-        esz = ctypes.sizeof(abi.kvm_msr_entry)
-        buf = bytearray(head + len(indices) * esz)
-        _U32.pack_into(buf, 0, len(indices))
-        for i, index in enumerate(indices):
-            struct.pack_into("<IIQ", buf, head + i * esz, index, 0, 0)
-        got = _ioctl(self._fd, "KVM_GET_MSRS", abi.KVM_GET_MSRS, buf)
-        return {indices[i]: struct.unpack_from("<Q", buf, head + i * esz + 8)[0] for i in range(got)}
+        return kvm_msrs.get_msrs(self._fd, indices)
 
     def _set_lint(self) -> None:
         """LAPIC LVT LINT0 = ExtINT, LINT1 = NMI, so the in-kernel 8259 reaches the CPU (Firecracker's
         ``set_lint``)."""
         raw = bytearray(ctypes.sizeof(abi.kvm_lapic_state))
-        _ioctl(self._fd, "KVM_GET_LAPIC", abi.KVM_GET_LAPIC, raw)
+        kvm_ioctl(self._fd, "KVM_GET_LAPIC", abi.KVM_GET_LAPIC, raw)
         for offset, mode in ((0x350, 7), (0x360, 4)):
             v = _U32.unpack_from(raw, offset)[0]
             _U32.pack_into(raw, offset, (v & ~0x700) | (mode << 8))
-        _ioctl(self._fd, "KVM_SET_LAPIC", abi.KVM_SET_LAPIC, raw)
+        kvm_ioctl(self._fd, "KVM_SET_LAPIC", abi.KVM_SET_LAPIC, raw)
 
     # -- state --------------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -852,24 +632,9 @@ class KvmVcpu:
         self._check_open()
         self._flush_completion()
         sregs = self._sregs
-        _ioctl(self._fd, "KVM_GET_SREGS", abi.KVM_GET_SREGS, sregs)  # keeps apic_base, cr8, pending irq
-        for ours, theirs in _SEGMENTS:
-            segment_to_kvm(getattr(state, ours), getattr(sregs, theirs))
-        for ours, theirs in (("gdtr", "gdt"), ("idtr", "idt")):
-            t: DescriptorTable = getattr(state, ours)
-            kt = getattr(sregs, theirs)
-            kt.base = t.base & 0xFFFFFFFFFFFFFFFF
-            kt.limit = t.limit & 0xFFFF
-        sregs.cr0 = state.cr0
-        sregs.cr2 = state.cr2
-        sregs.cr3 = state.cr3
-        sregs.cr4 = state.cr4
-        sregs.efer = state.efer
+        kvm_ioctl(self._fd, "KVM_GET_SREGS", abi.KVM_GET_SREGS, sregs)  # keeps apic_base, cr8, pending irq
         regs = self._regs
-        for n in _KVM_GPRS:
-            setattr(regs, n, getattr(state, n) & 0xFFFFFFFFFFFFFFFF)
-        regs.rip = state.rip & 0xFFFFFFFFFFFFFFFF
-        regs.rflags = state.rflags & 0xFFFFFFFFFFFFFFFF
+        state_to_kvm(state, sregs, regs)
         try:
             fcntl.ioctl(self._fd, abi.KVM_SET_SREGS, sregs)
         except OSError as e:
@@ -880,7 +645,7 @@ class KvmVcpu:
                 f"cr4={state.cr4:#x} efer={state.efer:#x} cs.ar={state.cs.ar:#x}"
             )
             return
-        _ioctl(self._fd, "KVM_SET_REGS", abi.KVM_SET_REGS, regs)
+        kvm_ioctl(self._fd, "KVM_SET_REGS", abi.KVM_SET_REGS, regs)
         self._entry_failure = None
         if self._vm.irqchip and not self._wait_sipi:
             # A loaded state is an active one (ACRN's init_vmcs: activity state 0), even if the
@@ -894,23 +659,9 @@ class KvmVcpu:
             self._flush_completion()
         sregs = self._sregs
         regs = self._regs
-        _ioctl(self._fd, "KVM_GET_SREGS", abi.KVM_GET_SREGS, sregs)
-        _ioctl(self._fd, "KVM_GET_REGS", abi.KVM_GET_REGS, regs)
-        st = CpuState()
-        for ours, theirs in _SEGMENTS:
-            setattr(st, ours, segment_from_kvm(getattr(sregs, theirs)))
-        st.gdtr = DescriptorTable(sregs.gdt.base, sregs.gdt.limit)
-        st.idtr = DescriptorTable(sregs.idt.base, sregs.idt.limit)
-        st.cr0 = sregs.cr0
-        st.cr2 = sregs.cr2
-        st.cr3 = sregs.cr3
-        st.cr4 = sregs.cr4
-        st.efer = sregs.efer
-        for n in _KVM_GPRS:
-            setattr(st, n, getattr(regs, n))
-        st.rip = regs.rip
-        st.rflags = regs.rflags
-        return st
+        kvm_ioctl(self._fd, "KVM_GET_SREGS", abi.KVM_GET_SREGS, sregs)
+        kvm_ioctl(self._fd, "KVM_GET_REGS", abi.KVM_GET_REGS, regs)
+        return state_from_kvm(sregs, regs)
 
     # -- running ------------------------------------------------------------------------------
     def run(self) -> VmExit:
@@ -1140,13 +891,13 @@ class KvmVcpu:
         """``KVM_GET_FPU``: the x87 and SSE registers (the fallback hands them to the soft CPU)."""
         self._check_open()
         fpu = abi.kvm_fpu()
-        _ioctl(self._fd, "KVM_GET_FPU", abi.KVM_GET_FPU, fpu)
+        kvm_ioctl(self._fd, "KVM_GET_FPU", abi.KVM_GET_FPU, fpu)
         return fpu
 
     def set_fpu(self, fpu: abi.kvm_fpu) -> None:
         """``KVM_SET_FPU``."""
         self._check_open()
-        _ioctl(self._fd, "KVM_SET_FPU", abi.KVM_SET_FPU, fpu)
+        kvm_ioctl(self._fd, "KVM_SET_FPU", abi.KVM_SET_FPU, fpu)
 
     def inject_exception(self, vector: int, error_code: int | None = None) -> None:
         """Deliver exception ``vector`` through the guest's IDT at the next ``run``.
@@ -1217,12 +968,35 @@ class KvmVcpu:
         self._vm._forget_vcpu(self)
 
 
-#: The accelerator class this module provides (see :mod:`acrn.emu.accel`).
-ACCELERATOR = KvmAccelerator
-
 if TYPE_CHECKING:
     # mypy proves here that the classes satisfy the accelerator protocols of base.py.
     _accelerator_check: Accelerator = KvmAccelerator()
     _vm_check: AccelVm = KvmVm()
     _vcpu_check: AccelVcpu = KvmVcpu(KvmVm(), 0)
     _io_loop_check: IoLoopVcpu = KvmVcpu(KvmVm(), 0)
+
+#: What this module offers, with the names of its sibling modules that callers have always imported
+#: from here (the kick handler, the CPUID policy, the segment conversion).
+__all__ = [
+    "BOOT_MSRS",
+    "ENTRY_FAILURE_INVALID_STATE",
+    "HALT_PROBE_PERIOD",
+    "IDENTITY_MAP_ADDR",
+    "IOAPIC_GSI_BASE",
+    "KICK_SIGNAL",
+    "KVM_DEVICE",
+    "PAGE_SIZE",
+    "PIC_GSI_BASE",
+    "SIPI_POLL_MAX",
+    "SIPI_POLL_MIN",
+    "TSS_ADDR",
+    "KvmAccelerator",
+    "KvmVcpu",
+    "KvmVm",
+    "build_guest_cpuid",
+    "get_supported_cpuid",
+    "install_kick_handler",
+    "kick_handler_installed",
+    "segment_from_kvm",
+    "segment_to_kvm",
+]

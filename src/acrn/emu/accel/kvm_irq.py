@@ -10,12 +10,11 @@ The functions below are thin wrappers, one per ioctl, used by :mod:`acrn.emu.acc
 from __future__ import annotations
 
 import ctypes
-import fcntl
-import os
 from ctypes import c_uint8, c_uint32, c_uint64
 from typing import Final
 
 from acrn.emu.accel.kvm_abi import _io, _ior, _iow, _iowr
+from acrn.emu.accel.kvm_sys import kvm_ioctl
 
 
 class kvm_irq_level(ctypes.LittleEndianStructure):
@@ -173,23 +172,16 @@ CONSTANTS: Final = {
 }
 
 
-def _ioctl(fd: int, name: str, request: int, arg: int | bytearray | ctypes.Structure = 0) -> int:
-    try:
-        return fcntl.ioctl(fd, request, arg)
-    except OSError as e:
-        raise OSError(e.errno, f"{name}: {os.strerror(e.errno or 0)}") from None
-
-
 # ---- VM fd ---------------------------------------------------------------------------------------
 def irq_line(vm_fd: int, gsi: int, level: int) -> None:
     """``KVM_IRQ_LINE``: drive one KVM GSI (through the routing table) to ``level``."""
-    _ioctl(vm_fd, "KVM_IRQ_LINE", KVM_IRQ_LINE, kvm_irq_level(irq=gsi, level=level))
+    kvm_ioctl(vm_fd, "KVM_IRQ_LINE", KVM_IRQ_LINE, kvm_irq_level(irq=gsi, level=level))
 
 
 def signal_msi(vm_fd: int, address: int, data: int) -> int:
     """``KVM_SIGNAL_MSI``: > 0 delivered, 0 blocked by the guest (e.g. LAPIC disabled)."""
     msi = kvm_msi(address_lo=address & 0xFFFFFFFF, address_hi=(address >> 32) & 0xFFFFFFFF, data=data)
-    return _ioctl(vm_fd, "KVM_SIGNAL_MSI", KVM_SIGNAL_MSI, msi)
+    return kvm_ioctl(vm_fd, "KVM_SIGNAL_MSI", KVM_SIGNAL_MSI, msi)
 
 
 def set_gsi_routing(vm_fd: int, routes: list[tuple[int, int, int]]) -> None:
@@ -202,39 +194,39 @@ def set_gsi_routing(vm_fd: int, routes: list[tuple[int, int, int]]) -> None:
         e = kvm_irq_routing_entry.from_buffer(buf, head + i * esz)
         e.gsi, e.type = gsi, KVM_IRQ_ROUTING_IRQCHIP
         e.u.irqchip.irqchip, e.u.irqchip.pin = chip, pin
-    _ioctl(vm_fd, "KVM_SET_GSI_ROUTING", KVM_SET_GSI_ROUTING, buf)
+    kvm_ioctl(vm_fd, "KVM_SET_GSI_ROUTING", KVM_SET_GSI_ROUTING, buf)
 
 
 def get_irqchip(vm_fd: int, chip_id: int) -> kvm_irqchip:
     chip = kvm_irqchip(chip_id=chip_id)
-    _ioctl(vm_fd, "KVM_GET_IRQCHIP", KVM_GET_IRQCHIP, chip)
+    kvm_ioctl(vm_fd, "KVM_GET_IRQCHIP", KVM_GET_IRQCHIP, chip)
     return chip
 
 
 def set_irqchip(vm_fd: int, chip: kvm_irqchip) -> None:
-    _ioctl(vm_fd, "KVM_SET_IRQCHIP", KVM_SET_IRQCHIP, chip)
+    kvm_ioctl(vm_fd, "KVM_SET_IRQCHIP", KVM_SET_IRQCHIP, chip)
 
 
 # ---- vCPU fd -------------------------------------------------------------------------------------
 def get_mp_state(vcpu_fd: int) -> int:
     """``KVM_GET_MP_STATE``.  Note: KVM first processes pending INIT/SIPI events here."""
     st = kvm_mp_state()
-    _ioctl(vcpu_fd, "KVM_GET_MP_STATE", KVM_GET_MP_STATE, st)
+    kvm_ioctl(vcpu_fd, "KVM_GET_MP_STATE", KVM_GET_MP_STATE, st)
     return int(st.mp_state)
 
 
 def set_mp_state(vcpu_fd: int, state: int) -> None:
-    _ioctl(vcpu_fd, "KVM_SET_MP_STATE", KVM_SET_MP_STATE, kvm_mp_state(mp_state=state))
+    kvm_ioctl(vcpu_fd, "KVM_SET_MP_STATE", KVM_SET_MP_STATE, kvm_mp_state(mp_state=state))
 
 
 def get_vcpu_events(vcpu_fd: int) -> kvm_vcpu_events:
     ev = kvm_vcpu_events()
-    _ioctl(vcpu_fd, "KVM_GET_VCPU_EVENTS", KVM_GET_VCPU_EVENTS, ev)
+    kvm_ioctl(vcpu_fd, "KVM_GET_VCPU_EVENTS", KVM_GET_VCPU_EVENTS, ev)
     return ev
 
 
 def set_vcpu_events(vcpu_fd: int, ev: kvm_vcpu_events) -> None:
-    _ioctl(vcpu_fd, "KVM_SET_VCPU_EVENTS", KVM_SET_VCPU_EVENTS, ev)
+    kvm_ioctl(vcpu_fd, "KVM_SET_VCPU_EVENTS", KVM_SET_VCPU_EVENTS, ev)
 
 
 def take_latched_init(vcpu_fd: int) -> bool:
