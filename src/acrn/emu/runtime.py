@@ -51,14 +51,14 @@ from acrn.emu.accel.base import (
     io_runner,
     multiprocessor_vcpu,
 )
-from acrn.emu.hv.hypervisor import HvListener
+from acrn.emu.hv.listener import HvListener
 from acrn.emu.hv.state import BSP_VCPU_ID, EINVAL
 from acrn.emu.irq import IrqRouter
 from acrn.rules import first_entry_state
 
 if TYPE_CHECKING:
     from acrn.emu.hv import HvVm, Hypervisor
-    from acrn.emu.hv.hypervisor import VcpuIoreq
+    from acrn.emu.hv.io_req import VcpuIoreq
 
 log = logging.getLogger(__name__)
 

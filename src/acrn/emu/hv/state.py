@@ -5,8 +5,9 @@ Sources: the state checks at the top of each ``hcall_*`` handler in
 
 Everything that decides *whether* a hypercall may act on a VM lives here: the legal VM states per
 hypercall with the error ACRN returns otherwise, and the transitions each lifecycle event makes.
-Handlers in :mod:`acrn.emu.hv.hypervisor` consult :data:`HC_STATE_RULES` before doing anything and
-move VMs and vCPUs only through :func:`vm_transition` / :data:`VCPU_TRANSITIONS`, so the whole
+The dispatch in :mod:`acrn.emu.hv.hypervisor` consults :data:`HC_STATE_RULES` before any handler runs,
+and the handlers (``acrn.emu.hv.hc_*``) move VMs and vCPUs only through :func:`vm_transition` /
+:data:`VCPU_TRANSITIONS`, so the whole
 protocol can be read on one screen (the h11 ``_state.py`` style).
 """
 

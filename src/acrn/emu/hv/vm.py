@@ -1,6 +1,7 @@
 """The emulated hypervisor's per-VM and per-vCPU records (read-mostly views for the runtime and tests).
 
-Only :class:`acrn.emu.hv.Hypervisor` mutates these, under its lock; everyone else reads them.
+Only :class:`acrn.emu.hv.Hypervisor` and its handlers (``acrn.emu.hv.hc_*``) mutate these, under its
+lock; everyone else reads them.
 """
 
 from __future__ import annotations
