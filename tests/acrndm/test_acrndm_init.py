@@ -1,7 +1,8 @@
 """acrn-dm v3.3 boots the Debian kernel and its busybox initramfs to init on pyacrn (``slow``).
 
-Both runs go the whole way through the kernel (about 10 minutes on the development machines' KVM;
-README.md, "Booting Linux") with the boot tests' init command line, through ``acrn -v exec``:
+Each run goes the whole way through the kernel (about 10 minutes on the development machines'
+KVM; README.md, "Run ACRN's acrn-dm on pyacrn", gives the times measured) with the boot tests'
+init command line, through ``acrn -v exec``:
 
 * **virtio-blk**: ``-s 3,virtio-blk,disk.img``, an ext4 image made without root (``mkfs.ext4 -d``)
   holding a file with a known line; the virtio initramfs (``scripts/fetch-linux-guest.py``) loads
@@ -15,8 +16,12 @@ README.md, "Booting Linux") with the boot tests' init command line, through ``ac
   "Guest reboot"), so the warm one is what reaches the PAUSE_VM, CLEAR_VM_IOREQ, RESET_VM,
   SET_VCPU_REGS, START_VM path.  The kernel must print its banner a second time, and the service's
   trace must show that sequence between the two boots and no second CREATE_VM.
+* **full reset**: plain ``rgexit=reboot``, the kernel's default reboot through the FADT's reset
+  register (0x0E on 0xCF9): acrn-dm destroys the VM and creates it again in the same process.
+* **shell**: a command typed on acrn-dm's stdio console is answered, and ``poweroff -f`` ends
+  acrn-dm with status 0.
 
-Both run on ``--cpu_affinity 1``, as ACRN's launch scripts do: acrn-dm writes the *host's* LAPIC
+All run on ``--cpu_affinity 1``, as ACRN's launch scripts do: acrn-dm writes the *host's* LAPIC
 ID of that pCPU into the guest's MADT (``hw/platform/acpi/acpi.c: basl_fwrite_madt``), and the
 emulated board gives the vCPU its pCPU's LAPIC ID (ACRN's ``vlapic.c: vlapic_init``), numbering
 LAPICs by pCPU id.  The two agree where the host's pCPU 1 has LAPIC ID 1; elsewhere Linux would
